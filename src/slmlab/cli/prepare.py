@@ -1,0 +1,33 @@
+"""slmlab-prepare: synthesise or convert the corpus, fit the tokenizers, fill the token cache.
+
+    slmlab-prepare data=synthetic data.preset=default
+    slmlab-prepare data=librispeech data.source=/data/LibriSpeech
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import hydra
+from omegaconf import DictConfig
+
+from slmlab.cli import CONF_DIR
+from slmlab.cli.train import build
+
+log = logging.getLogger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    started = time.perf_counter()
+    datamodule, _ = build(cfg)
+    datamodule.prepare_data()
+    summary = {"corpus": str(datamodule.corpus.root), "seconds": round(time.perf_counter() - started, 1),
+               "data": datamodule.summary()}
+    log.info("prepared: %s", json.dumps(summary))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""slmlab-train: fit one arm on one corpus with the composed config; write metrics.json."""
+from __future__ import annotations
+
+import logging
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from slmlab.cli import CONF_DIR
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig):
+    """corpus -> tokenizers -> datamodule and task, as the config says."""
+    corpus = instantiate(cfg.data.corpus)
+    corpus.prepare()
+    tokenizers = {"text": instantiate(cfg.tokenizer.text, corpus=corpus)}
+    datamodule = instantiate(cfg.datamodule, corpus=corpus, tokenizers=tokenizers, fields=list(cfg.model.fields))
+    task = instantiate(cfg.model.task, tokenizer=tokenizers["text"])
+    return datamodule, task
+
+
+def train(cfg: DictConfig) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, task = build(cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(task, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("val/loss")  # the value a Hydra sweeper optimises
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Callbacks shared by every arm (the rest come from Lightning: checkpoints, LR monitor, throughput)."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+def batch_size(batch: dict) -> int:
+    """For Lightning's ThroughputMonitor: utterances in a batch."""
+    return len(batch["id"])
+
+
+def batch_tokens(batch: dict) -> int:
+    """For Lightning's ThroughputMonitor: non-padding positions of the batch's first field."""
+    return int(next(v for k, v in batch.items() if k.endswith("_lengths")).sum())
+
+
+class MetricsJson(L.Callback):
+    """Writes `metrics.json` into the run folder when fitting ends: the last logged metrics, steps,
+    wall time, training throughput (tokens/s, whole run), parameter count, peak memory and the data
+    summary (records kept and skipped per split)."""
+
+    def __init__(self, output_dir: str, extra: dict | None = None) -> None:
+        self.path = Path(output_dir) / "metrics.json"
+        self.extra = extra or {}
+        self.tokens, self.train_seconds, self._t0 = 0, 0.0, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.train_seconds += time.perf_counter() - self._t0
+        self.tokens += batch_tokens(batch)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.global_rank != 0:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) or isinstance(v, float)}
+        datamodule = trainer.datamodule
+        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _peak_rss_bytes()
+        record = {
+            "metrics": {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())},
+            "global_step": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "train_seconds": round(self.train_seconds, 2),
+            "train_tokens_per_second": round(self.tokens * trainer.world_size / max(self.train_seconds, 1e-9), 1),
+            "parameters": sum(p.numel() for p in pl_module.parameters()),
+            "peak_memory_bytes": peak,
+            "world_size": trainer.world_size,
+            "data": datamodule.summary() if hasattr(datamodule, "summary") else {},
+            **self.extra,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,54 @@
+"""`model=text_lm`: a causal LM over corpus transcripts, the text-only topline Spirit LM is compared with."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from slmlab.tasks.base import SLMTask
+
+
+class TextLMTask(SLMTask):
+    """batch["text_ids"]: [B, L] bos + BPE + eos, padded; loss: next-token cross-entropy (nats/token)."""
+
+    fields = ["text_ids"]
+
+    def __init__(self, net, tokenizer, optimizer, scheduler=None, sample_prompts: int = 4,
+                 sample_tokens: int = 24) -> None:
+        super().__init__(optimizer, scheduler)
+        self.tokenizer = tokenizer
+        self.net = net(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_id)
+        self.sample_prompts, self.sample_tokens = sample_prompts, sample_tokens
+        self._prompts: list[str] = []
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask, labels = self.lm_labels(ids, lengths)
+        return self.net(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self(batch["text_ids"], batch["text_ids_lengths"])
+        tokens = (batch["text_ids_lengths"] - 1).sum()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["id"]))
+        self.log("train/tokens", tokens.float(), reduce_fx="sum", batch_size=len(batch["id"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self(batch["text_ids"], batch["text_ids_lengths"])
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["id"]))
+        if batch_idx == 0:
+            self._prompts = [" ".join(t.split()[:2]) for t in batch["text"][:self.sample_prompts]]
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.trainer.callback_metrics.get("val/loss")
+        if loss is not None:
+            self.log("val/ppl", math.exp(min(float(loss), 50.0)), sync_dist=True)
+        if self._prompts and not self.trainer.sanity_checking:
+            self.log_text("samples/val", "\n\n".join(f"**{p}** → {self.continue_text(p)}" for p in self._prompts))
+
+    @torch.no_grad()
+    def continue_text(self, prompt: str) -> str:
+        """Greedy continuation of `prompt` with transformers' `generate`, stopping at </s>."""
+        ids = torch.tensor([self.tokenizer.encode(prompt, eos=False)], device=self.device)
+        out = self.net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.sample_tokens,
+                                do_sample=False, eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id)
+        return self.tokenizer.decode(out[0, ids.shape[1]:])

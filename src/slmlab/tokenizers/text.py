@@ -1,0 +1,106 @@
+"""The shared text tokenizer: a BPE fitted on the corpus, or a pretrained one from a local path.
+
+Both are a transformers `PreTrainedTokenizerFast` behind `TextTokenizer`, so the arms extend the
+vocabulary the transformers way (`add_special_tokens`) and save it with `save_pretrained`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from slmlab.data.manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
+
+
+class TextTokenizer:
+    """ids = tok.encode("the dog runs") -> [bos, ..., eos]; tok.decode(ids) -> "the dog runs"."""
+
+    def __init__(self, hf: PreTrainedTokenizerFast) -> None:
+        if hf.pad_token is None:  # Llama-style tokenizers ship without one
+            hf.add_special_tokens({"pad_token": PAD})
+        self.hf = hf
+
+    def __len__(self) -> int:
+        return len(self.hf)
+
+    @property
+    def bos_id(self) -> int:
+        return self.hf.bos_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.hf.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        return self.hf.pad_token_id
+
+    def encode(self, text: str, bos: bool = True, eos: bool = True) -> list[int]:
+        ids = self.hf.encode(text, add_special_tokens=False)
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens).strip()
+
+    def add_special_tokens(self, tokens: list[str]) -> list[int]:
+        """Append tokens that are never split (e.g. `[TEXT]`, `[Hu12]`); returns their ids."""
+        self.hf.add_special_tokens({"additional_special_tokens": list(tokens)}, replace_additional_special_tokens=False)
+        return self.hf.convert_tokens_to_ids(list(tokens))
+
+    def fingerprint(self) -> str:
+        """Changes whenever the mapping text -> ids can change (cache key)."""
+        return hashlib.sha1(self.hf.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+    def save(self, path: str | Path) -> None:
+        self.hf.save_pretrained(str(path))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "TextTokenizer":
+        """A tokenizer folder on local disk (Llama, Qwen, ... or one saved by `save`); never a hub id."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"tokenizer folder not found: {path} (slmlab never downloads; pass a local path)")
+        return cls(AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True))
+
+
+def fit_bpe(texts: list[str], vocab_size: int, min_frequency: int = 2) -> TextTokenizer:
+    """A byte-level BPE (as GPT-2/Llama-3 use) fitted with the `tokenizers` library."""
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                  special_tokens=[PAD, BOS, EOS, UNK],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(texts, trainer=trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK)
+    return TextTokenizer(hf)
+
+
+def load_or_fit_bpe(corpus, vocab_size: int = 1024, min_frequency: int = 2) -> TextTokenizer:
+    """`tokenizer/text=bpe`: fit on the corpus's train transcripts once, saved next to the corpus."""
+    folder = Path(corpus.root) / "tokenizers" / f"bpe_{vocab_size}_{min_frequency}"
+    if (folder / "tokenizer.json").is_file():
+        return TextTokenizer.from_pretrained(folder)
+    records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+    tokenizer = fit_bpe([r.text for r in records], vocab_size, min_frequency)
+    tmp = folder.with_name(folder.name + ".partial")  # written aside, then renamed: never half a tokenizer
+    tokenizer.save(tmp)
+    (tmp / "fitted_on.json").write_text(json.dumps({"manifest": str(corpus.manifest("train")),
+                                                     "records": len(records), "vocab_size": len(tokenizer)}))
+    tmp.rename(folder)
+    log.info("fitted a %d-token BPE on %d transcripts -> %s", len(tokenizer), len(records), folder)
+    return TextTokenizer.from_pretrained(folder)
+
+
+def load_pretrained(path: str, corpus=None) -> TextTokenizer:
+    """`tokenizer/text=hf_pretrained`: `corpus` is accepted for a uniform call and not used."""
+    return TextTokenizer.from_pretrained(path)
