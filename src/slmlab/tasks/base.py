@@ -30,10 +30,6 @@ class SLMTask(L.LightningModule):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def on_fit_start(self) -> None:
-        self.log_dict({"params/total": float(self.num_parameters()),
-                       "params/trainable": float(self.num_parameters(trainable_only=True))}, rank_zero_only=True)
-
     def log_text(self, tag: str, text: str) -> None:
         """A Markdown text sample in TensorBoard (ignored by other loggers)."""
         for logger in self.loggers:

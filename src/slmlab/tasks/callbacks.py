@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import time
 from pathlib import Path
 
@@ -38,9 +39,16 @@ class MetricsJson(L.Callback):
         self.tokens += batch_tokens(batch)
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)
+
+    def _write(self, trainer, pl_module) -> None:
         if trainer.global_rank != 0:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) or isinstance(v, float)}
+        previous = json.loads(self.path.read_text())["metrics"] if self.path.is_file() else {}
+        metrics = previous | {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) or isinstance(v, float)}
         datamodule = trainer.datamodule
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _peak_rss_bytes()
         record = {
@@ -60,6 +68,4 @@ class MetricsJson(L.Callback):
 
 
 def _peak_rss_bytes() -> int:
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

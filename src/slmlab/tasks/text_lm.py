@@ -33,17 +33,31 @@ class TextLMTask(SLMTask):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss = self(batch["text_ids"], batch["text_ids_lengths"])
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["id"]))
+        self._evaluate(batch, "val")
         if batch_idx == 0:
             self._prompts = [" ".join(t.split()[:2]) for t in batch["text"][:self.sample_prompts]]
 
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch, stage: str) -> None:
+        """Token-weighted mean loss over the split; perplexity = exp(loss)."""
+        loss = self(batch["text_ids"], batch["text_ids_lengths"])
+        tokens = int((batch["text_ids_lengths"] - 1).sum())
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=tokens)
+
     def on_validation_epoch_end(self) -> None:
-        loss = self.trainer.callback_metrics.get("val/loss")
-        if loss is not None:
-            self.log("val/ppl", math.exp(min(float(loss), 50.0)), sync_dist=True)
+        self._log_perplexity("val")
         if self._prompts and not self.trainer.sanity_checking:
             self.log_text("samples/val", "\n\n".join(f"**{p}** → {self.continue_text(p)}" for p in self._prompts))
+
+    def on_test_epoch_end(self) -> None:
+        self._log_perplexity("test")
+
+    def _log_perplexity(self, stage: str) -> None:
+        loss = self.trainer.callback_metrics.get(f"{stage}/loss")
+        if loss is not None:
+            self.log(f"{stage}/ppl", math.exp(min(float(loss), 50.0)), sync_dist=True)
 
     @torch.no_grad()
     def continue_text(self, prompt: str) -> str:
