@@ -1,0 +1,49 @@
+"""Shared fixtures: one tiny embedded corpus per test session, and config composition."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from slmlab.cli import CONF_DIR, REPO_ROOT
+from slmlab.data.synthetic import SyntheticCorpus
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(data_dir) -> SyntheticCorpus:
+    corpus = SyntheticCorpus(str(data_dir / "synthetic" / "tiny_seed0"), preset="tiny", seed=0)
+    corpus.prepare()
+    return corpus
+
+
+@pytest.fixture
+def make_cfg(data_dir, tmp_path):
+    """compose('train', overrides) with data under the session's data dir and outputs in tmp_path."""
+
+    def _make(*overrides: str):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=[f"paths.data_dir={data_dir}", *overrides])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+        return cfg
+
+    return _make
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a console script of this venv the way a user does; fail with its output on error."""
+    exe = Path(sys.executable).parent / args[0]
+    env = {**os.environ, "SLMLAB_ROOT": str(REPO_ROOT)}
+    proc = subprocess.run([str(exe), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc

@@ -1,0 +1,33 @@
+"""Every pinned package installs at its pinned version and imports together."""
+import importlib
+import importlib.metadata as md
+import re
+import tomllib
+
+from slmlab.cli import REPO_ROOT
+
+IMPORT_NAMES = {"hydra-core": "hydra", "hydra-submitit-launcher": "hydra_plugins.hydra_submitit_launcher",
+                "espeakng-loader": "espeakng_loader", "pytest": "pytest", "lightning": "lightning.pytorch"}
+
+
+def pins() -> dict[str, str]:
+    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return dict(re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", d).groups() for d in deps)
+
+
+def test_every_pinned_package_is_installed_at_its_pin():
+    wrong = {name: (version, md.version(name)) for name, version in pins().items()
+             if md.version(name).split("+")[0] != version}
+    assert not wrong, f"installed versions differ from pyproject pins: {wrong}"
+
+
+def test_every_pinned_package_imports():
+    for name in pins():
+        importlib.import_module(IMPORT_NAMES.get(name, name.replace("-", "_")))
+
+
+def test_torchaudio_matches_torch():
+    import torch
+    import torchaudio
+
+    assert torch.__version__.split("+")[0] == torchaudio.__version__.split("+")[0]
