@@ -34,7 +34,7 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(task, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 

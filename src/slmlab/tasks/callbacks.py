@@ -29,7 +29,10 @@ class MetricsJson(L.Callback):
     def __init__(self, output_dir: str, extra: dict | None = None) -> None:
         self.path = Path(output_dir) / "metrics.json"
         self.extra = extra or {}
-        self.tokens, self.train_seconds, self._t0 = 0, 0.0, None
+        self.tokens, self.train_seconds, self._t0, self.start_step = 0, 0.0, None, 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start_step = trainer.global_step  # > 0 when resumed from a checkpoint
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._t0 = time.perf_counter()
@@ -54,6 +57,7 @@ class MetricsJson(L.Callback):
         record = {
             "metrics": {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())},
             "global_step": trainer.global_step,
+            "start_step": self.start_step,
             "epochs": trainer.current_epoch,
             "train_seconds": round(self.train_seconds, 2),
             "train_tokens_per_second": round(self.tokens * trainer.world_size / max(self.train_seconds, 1e-9), 1),

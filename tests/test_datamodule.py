@@ -1,0 +1,73 @@
+"""The shared DataModule: fields, on-disk cache keyed by the tokenizer, length buckets, DDP split."""
+from collections import Counter
+
+import pytest
+import torch
+
+from slmlab.data.batching import LengthBucketBatchSampler
+from slmlab.data.datamodule import SpeechDataModule, TextIdsField
+from slmlab.tokenizers.text import load_or_fit_bpe
+
+
+def make(corpus, fields=("text_ids",), vocab_size=512):
+    return SpeechDataModule(corpus, {"text": load_or_fit_bpe(corpus, vocab_size)}, list(fields), batch_size=8)
+
+
+def test_batches_hold_the_fields_the_arm_names(tiny_corpus):
+    dm = make(tiny_corpus, fields=("text_ids", "audio"))
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    B = len(batch["id"])
+    assert batch["text_ids"].shape[0] == B and batch["text_ids_lengths"].shape == (B,)
+    assert batch["audio"].dim() == 2 and int(batch["audio_lengths"].max()) == batch["audio"].shape[1]
+    lengths = batch["text_ids_lengths"]
+    assert (batch["text_ids"][0, lengths[0]:] == dm.tokenizers["text"].pad_id).all()
+
+
+def test_second_run_reads_the_cache(tiny_corpus, monkeypatch):
+    dm = make(tiny_corpus)
+    dm.prepare_data()
+    cache_files = sorted((tiny_corpus.root / "cache").glob("*.pt"))
+    assert len(cache_files) >= 3
+    calls = Counter()
+    original = TextIdsField.__call__
+
+    def counting(self, record):
+        calls["encode"] += 1
+        return original(self, record)
+
+    monkeypatch.setattr(TextIdsField, "__call__", counting)
+    again = make(tiny_corpus)
+    again.setup("fit")
+    assert calls["encode"] == 0
+    assert torch.equal(again.datasets["train"][0]["text_ids"], dm.datasets.get("train", again.datasets["train"])[0]["text_ids"])
+    other = make(tiny_corpus, vocab_size=400)  # another tokenizer config -> another cache key
+    other.setup("fit")
+    assert calls["encode"] == sum(len(other.datasets[s]) for s in ("train", "val", "test"))
+
+
+def test_length_buckets_cover_every_item_once_and_stay_tight():
+    lengths = [(i * 37) % 101 + 1 for i in range(1000)]
+    sampler = LengthBucketBatchSampler(lengths, batch_size=16, shuffle=True, bucket_batches=10)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded / sum(lengths) < 1.15  # random batches would pad ~2x
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # re-shuffled every epoch
+
+
+def test_max_tokens_caps_the_padded_batch():
+    lengths = [10] * 50 + [100] * 50
+    for batch in LengthBucketBatchSampler(lengths, batch_size=64, max_tokens=400):
+        assert len(batch) * max(lengths[i] for i in batch) <= 400
+
+
+@pytest.mark.parametrize("n", [100, 101, 103])
+def test_ddp_ranks_get_disjoint_equal_shares(n):
+    lengths = list(range(1, n + 1))
+    ranks = [list(LengthBucketBatchSampler(lengths, batch_size=4, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1])
+    covered = {i for rank in ranks for b in rank for i in b}
+    assert covered == set(range(n))
