@@ -18,7 +18,7 @@ from slmlab.cli.train import build
 log = logging.getLogger(__name__)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
 def main(cfg: DictConfig) -> None:
     started = time.perf_counter()
     datamodule, _ = build(cfg)
