@@ -17,7 +17,7 @@ def tone(path, seconds=1.0, rate=16000):
 
 @pytest.fixture
 def bad_manifest(tmp_path):
-    good = tone(tmp_path / "good.wav")
+    tone(tmp_path / "good.wav")
     tone(tmp_path / "r8k.wav", rate=8000)
     tone(tmp_path / "long.wav", seconds=3.0)
     sf.write(tmp_path / "empty.wav", np.zeros(0), 16000)

@@ -32,9 +32,10 @@ def train(cfg: DictConfig) -> dict:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
+    if cfg.get("test"):  # report the best checkpoint (by val/loss) on both held-out splits
+        best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") or None
+        trainer.validate(task, datamodule=datamodule, ckpt_path=best)
+        trainer.test(task, datamodule=datamodule, ckpt_path=best)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 

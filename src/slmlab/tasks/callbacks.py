@@ -44,6 +44,10 @@ class MetricsJson(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         self._write(trainer, pl_module)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":  # a validation run after fitting (on the best checkpoint)
+            self._write(trainer, pl_module)
+
     def on_test_end(self, trainer, pl_module) -> None:
         self._write(trainer, pl_module)
 

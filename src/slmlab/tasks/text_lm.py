@@ -27,9 +27,7 @@ class TextLMTask(SLMTask):
 
     def training_step(self, batch, batch_idx):
         loss = self(batch["text_ids"], batch["text_ids_lengths"])
-        tokens = (batch["text_ids_lengths"] - 1).sum()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["id"]))
-        self.log("train/tokens", tokens.float(), reduce_fx="sum", batch_size=len(batch["id"]))
         return loss
 
     def validation_step(self, batch, batch_idx):
