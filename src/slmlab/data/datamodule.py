@@ -1,0 +1,181 @@
+"""The one DataModule every arm trains from.
+
+An arm names the fields it needs (`model.fields` in its config). A field turns an `Utterance` into a
+tensor; tokenized fields are computed once per split and cached on disk under a key made of the
+manifest's content and the field's tokenizer fingerprint, so a second run (or `slmlab-prepare`
+before training) reads the cache. Batches are length-bucketed and padded per field:
+`batch[name]` is [B, L_max, ...] and `batch[name + "_lengths"]` is [B].
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from slmlab.data.batching import LengthBucketBatchSampler, pad_stack
+from slmlab.data.manifest import Utterance, load_audio, read_manifest
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+class TextIdsField:
+    """text_ids: LongTensor [L] = bos + BPE(text) + eos."""
+
+    cached = True
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.pad_value = tokenizer, tokenizer.pad_id
+
+    def fingerprint(self) -> str:
+        return "text_ids-" + self.tokenizer.fingerprint()
+
+    def __call__(self, record: Utterance) -> torch.Tensor:
+        return torch.tensor(self.tokenizer.encode(record.text), dtype=torch.long)
+
+
+class WaveformField:
+    """audio: FloatTensor [T] at `sample_rate`, read from disk on every access (not cached)."""
+
+    cached = False
+    pad_value = 0.0
+
+    def __init__(self, sample_rate: int = 16000) -> None:
+        self.sample_rate = sample_rate
+
+    def __call__(self, record: Utterance) -> torch.Tensor:
+        return load_audio(record.audio_filepath, self.sample_rate)
+
+
+def build_fields(names: list[str], tokenizers: dict, sample_rate: int) -> dict:
+    """Field name -> field object; an arm that needs a new kind of field adds it here."""
+    builders = {"text_ids": lambda: TextIdsField(tokenizers["text"]), "audio": lambda: WaveformField(sample_rate)}
+    unknown = [n for n in names if n not in builders]
+    if unknown:
+        raise ValueError(f"unknown data fields {unknown}; known fields: {sorted(builders)}")
+    return {name: builders[name]() for name in names}
+
+
+class UtteranceDataset(Dataset):
+    def __init__(self, records: list[Utterance], fields: dict, cached: dict[str, list[torch.Tensor]]) -> None:
+        self.records, self.fields, self.cached = records, fields, cached
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"id": self.records[i].id, "text": self.records[i].text}
+        for name, field in self.fields.items():
+            item[name] = self.cached[name][i] if name in self.cached else field(self.records[i])
+        return item
+
+
+class SpeechDataModule(L.LightningDataModule):
+    """corpus: an object with `prepare()`, `manifest(split)` and `root` (see `data/` configs)."""
+
+    def __init__(self, corpus, tokenizers: dict, fields: list[str], batch_size: int = 32,
+                 max_tokens: int | None = None, num_workers: int = 0, sample_rate: int = 16000,
+                 max_duration: float | None = 20.0, on_wrong_rate: str = "resample",
+                 on_duration_mismatch: str = "correct", bucket_batches: int = 50, seed: int = 0,
+                 cache_dir: str | None = None) -> None:
+        super().__init__()
+        self.corpus, self.tokenizers = corpus, tokenizers
+        self.fields = build_fields(list(fields), tokenizers, sample_rate)
+        self.batch_size, self.max_tokens, self.num_workers = batch_size, max_tokens, num_workers
+        self.sample_rate, self.max_duration, self.bucket_batches, self.seed = sample_rate, max_duration, bucket_batches, seed
+        self.policies = {"on_wrong_rate": on_wrong_rate, "on_duration_mismatch": on_duration_mismatch}
+        self.cache_dir = Path(cache_dir) if cache_dir else Path(corpus.root) / "cache"
+        self.datasets: dict[str, UtteranceDataset] = {}
+        self.reports: dict[str, dict] = {}
+        self._validated: dict[str, list[Utterance]] = {}
+
+    # -- cache ------------------------------------------------------------------------------------
+    def _cache_path(self, split: str, name: str) -> Path:
+        manifest_hash = hashlib.sha1(Path(self.corpus.manifest(split)).read_bytes()).hexdigest()[:12]
+        return self.cache_dir / f"{split}.{self.fields[name].fingerprint()}.{manifest_hash}.pt"
+
+    def _records(self, split: str) -> list[Utterance]:
+        if split in self._validated:
+            return self._validated[split]
+        records, report = read_manifest(self.corpus.manifest(split), sample_rate=self.sample_rate,
+                                        max_duration=self.max_duration, **self.policies)
+        self.reports[split] = report.summary()
+        if not records:
+            raise ValueError(f"no usable record in {self.corpus.manifest(split)}: {json.dumps(report.summary())}")
+        self._validated[split] = records
+        return records
+
+    def _load_or_build_cache(self, split: str, records: list[Utterance]) -> dict[str, list[torch.Tensor]]:
+        cached = {}
+        for name, field in self.fields.items():
+            if not field.cached:
+                continue
+            path = self._cache_path(split, name)
+            if path.is_file():
+                stored = torch.load(path)
+                if stored["ids"] == [r.id for r in records]:
+                    cached[name] = stored["values"]
+                    continue
+                log.info("cache %s was built for another set of records; rebuilding", path)
+            values = [field(r) for r in records]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"ids": [r.id for r in records], "values": values}, path.with_suffix(".partial"))
+            path.with_suffix(".partial").rename(path)
+            log.info("cached %s/%s for %d records -> %s", split, name, len(values), path)
+            cached[name] = values
+        return cached
+
+    # -- Lightning hooks ----------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Rank 0: make the corpus and tokenize every split into the cache."""
+        self.corpus.prepare()
+        for split in SPLITS:
+            self._load_or_build_cache(split, self._records(split))
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in SPLITS:
+            if split not in self.datasets:
+                records = self._records(split)
+                self.datasets[split] = UtteranceDataset(records, self.fields, self._load_or_build_cache(split, records))
+        for split, summary in self.reports.items():
+            if summary["problems"]:
+                log.warning("data %s: %s", split, json.dumps(summary))
+
+    def _lengths(self, split: str) -> list[int]:
+        dataset = self.datasets[split]
+        first_cached = next(iter(dataset.cached), None)
+        if first_cached is not None:
+            return [len(v) for v in dataset.cached[first_cached]]
+        return [int(r.duration * 100) for r in dataset.records]  # 10 ms frames
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        sampler = LengthBucketBatchSampler(
+            self._lengths(split), self.batch_size, self.max_tokens, shuffle, self.bucket_batches, self.seed,
+            num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
+        return DataLoader(self.datasets[split], batch_sampler=sampler, collate_fn=self.collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def collate(self, items: list[dict]) -> dict:
+        batch = {"id": [it["id"] for it in items], "text": [it["text"] for it in items]}
+        for name, field in self.fields.items():
+            batch[name], batch[f"{name}_lengths"] = pad_stack([it[name] for it in items], field.pad_value)
+        return batch
+
+    def summary(self) -> dict:
+        """Per split: records read, kept, skipped (by reason), resampled or corrected; for metrics.json."""
+        return dict(self.reports)
