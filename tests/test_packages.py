@@ -7,7 +7,7 @@ import tomllib
 from slmlab.cli import REPO_ROOT
 
 IMPORT_NAMES = {"hydra-core": "hydra", "hydra-submitit-launcher": "hydra_plugins.hydra_submitit_launcher",
-                "espeakng-loader": "espeakng_loader", "pytest": "pytest", "lightning": "lightning.pytorch"}
+                "espeakng-loader": "espeakng_loader", "lightning": "lightning.pytorch"}
 
 
 def pins() -> dict[str, str]:

@@ -62,7 +62,7 @@ def build_fields(names: list[str], tokenizers: dict, sample_rate: int) -> dict:
 
 
 class UtteranceDataset(Dataset):
-    def __init__(self, records: list[Utterance], fields: dict, cached: dict[str, list[torch.Tensor]]) -> None:
+    def __init__(self, records: list[Utterance], cached: dict[str, list[torch.Tensor]], fields: dict) -> None:
         self.records, self.fields, self.cached = records, fields, cached
 
     def __len__(self) -> int:
@@ -92,22 +92,26 @@ class SpeechDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else Path(corpus.root) / "cache"
         self.datasets: dict[str, UtteranceDataset] = {}
         self.reports: dict[str, dict] = {}
-        self._validated: dict[str, list[Utterance]] = {}
+        self._prepared: dict[str, tuple[list[Utterance], dict]] = {}
 
     # -- cache ------------------------------------------------------------------------------------
     def _cache_path(self, split: str, name: str) -> Path:
         manifest_hash = hashlib.sha1(Path(self.corpus.manifest(split)).read_bytes()).hexdigest()[:12]
         return self.cache_dir / f"{split}.{self.fields[name].fingerprint()}.{manifest_hash}.pt"
 
+    def _prepare_split(self, split: str) -> tuple[list[Utterance], dict[str, list[torch.Tensor]]]:
+        """Validate the split's manifest and load (or build) its token cache, once per process."""
+        if split not in self._prepared:
+            records = self._records(split)
+            self._prepared[split] = records, self._load_or_build_cache(split, records)
+        return self._prepared[split]
+
     def _records(self, split: str) -> list[Utterance]:
-        if split in self._validated:
-            return self._validated[split]
         records, report = read_manifest(self.corpus.manifest(split), sample_rate=self.sample_rate,
                                         max_duration=self.max_duration, **self.policies)
         self.reports[split] = report.summary()
         if not records:
             raise ValueError(f"no usable record in {self.corpus.manifest(split)}: {json.dumps(report.summary())}")
-        self._validated[split] = records
         return records
 
     def _load_or_build_cache(self, split: str, records: list[Utterance]) -> dict[str, list[torch.Tensor]]:
@@ -135,13 +139,12 @@ class SpeechDataModule(L.LightningDataModule):
         """Rank 0: make the corpus and tokenize every split into the cache."""
         self.corpus.prepare()
         for split in SPLITS:
-            self._load_or_build_cache(split, self._records(split))
+            self._prepare_split(split)
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
             if split not in self.datasets:
-                records = self._records(split)
-                self.datasets[split] = UtteranceDataset(records, self.fields, self._load_or_build_cache(split, records))
+                self.datasets[split] = UtteranceDataset(*self._prepare_split(split), fields=self.fields)
         for split, summary in self.reports.items():
             if summary["problems"]:
                 log.warning("data %s: %s", split, json.dumps(summary))

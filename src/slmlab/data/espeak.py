@@ -3,7 +3,7 @@
 `EspeakSynthesizer.synthesize(text, voice, pitch, pitch_range, rate)` returns the waveform at the
 engine's native rate (22.05 kHz) and one `(word, start_s, end_s)` per word. Word starts come from the
 engine's WORD events (the synthesis callback); a word ends where the next one starts, with the
-trailing pause trimmed by an energy threshold.
+pauses around it trimmed by an energy threshold.
 
 This is a minimal ctypes binding of `speak_lib.h`; it replaces calling the `espeak-ng` executable.
 """
@@ -29,7 +29,7 @@ AUDIO_OUTPUT_SYNCHRONOUS = 2
 INITIALIZE_DONT_EXIT = 0x8000
 POS_CHARACTER = 1
 CHARS_UTF8 = 1
-EVENT_LIST_TERMINATED, EVENT_WORD, EVENT_END = 0, 1, 5
+EVENT_LIST_TERMINATED, EVENT_WORD = 0, 1
 PARAM_RATE, PARAM_VOLUME, PARAM_PITCH, PARAM_RANGE = 1, 2, 3, 4
 
 
@@ -186,7 +186,7 @@ def speak_many(requests: list[list], workers: int = 2) -> list[tuple[list[str], 
     """
     with tempfile.TemporaryDirectory() as tmp:
         jobs, results = Path(tmp) / "requests.json", Path(tmp) / "results.json"
-        jobs.write_text(json.dumps([[str(x) if isinstance(x, Path) else x for x in r] for r in requests]))
+        jobs.write_text(json.dumps(requests))
         subprocess.run([sys.executable, "-m", "slmlab.data.espeak", str(jobs), str(results), str(workers)], check=True)
         return [tuple(r) for r in json.loads(results.read_text())]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from slmlab.data.espeak import speak_many
-from slmlab.data.grammar import NOUNS, ADJECTIVES, Grammar, nonword, vocabulary
+from slmlab.data.grammar import ADJECTIVES, NOUNS, Grammar, Sentence, nonword, vocabulary
 from slmlab.data.manifest import Utterance, write_manifest
 
 log = logging.getLogger(__name__)
@@ -98,11 +98,11 @@ class SyntheticCorpus:
         grammar = Grammar(rng)
         speakers, styles = sorted(SPEAKERS), sorted(STYLES)
         n_sentences = self.size.train + self.size.val + self.size.test
-        sentences: dict[str, object] = {}
+        sentences: dict[str, Sentence] = {}
         while len(sentences) < n_sentences:  # unique sentences, so that a split owns its texts
             sentence = grammar.sentence()
             sentences.setdefault(sentence.text, sentence)
-        probe_sentences: dict[str, object] = {}
+        probe_sentences: dict[str, Sentence] = {}
         while len(probe_sentences) < self.size.syntactic_pairs:  # unseen, and breakable by a minimal edit
             sentence = grammar.sentence()
             if sentence.edits and sentence.text not in sentences:
@@ -164,5 +164,3 @@ class SyntheticCorpus:
         shutil.rmtree(self.root, ignore_errors=True)
         tmp.rename(self.root)
         log.info("corpus ready in %.1f s: %s", time.perf_counter() - started, json.dumps(summary["utterances"]))
-
-

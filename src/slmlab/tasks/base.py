@@ -1,4 +1,4 @@
-"""The training logic every arm shares: optimiser and schedule from config, parameter count, logging."""
+"""The training logic every arm shares: optimiser and schedule from config, LM labels, text logging."""
 from __future__ import annotations
 
 import lightning as L
@@ -26,9 +26,6 @@ class SLMTask(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def log_text(self, tag: str, text: str) -> None:
         """A Markdown text sample in TensorBoard (ignored by other loggers)."""

@@ -22,13 +22,12 @@ def batch_tokens(batch: dict) -> int:
 
 
 class MetricsJson(L.Callback):
-    """Writes `metrics.json` into the run folder when fitting ends: the last logged metrics, steps,
-    wall time, training throughput (tokens/s, whole run), parameter count, peak memory and the data
-    summary (records kept and skipped per split)."""
+    """Writes `metrics.json` into the run folder when fitting ends, and again after a validation or
+    test run: the logged metrics, steps, wall time, training throughput (tokens/s, whole run),
+    parameter count, peak memory and the data summary (records kept and skipped per split)."""
 
-    def __init__(self, output_dir: str, extra: dict | None = None) -> None:
+    def __init__(self, output_dir: str) -> None:
         self.path = Path(output_dir) / "metrics.json"
-        self.extra = extra or {}
         self.tokens, self.train_seconds, self._t0, self.start_step = 0, 0.0, None, 0
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -69,7 +68,6 @@ class MetricsJson(L.Callback):
             "peak_memory_bytes": peak,
             "world_size": trainer.world_size,
             "data": datamodule.summary() if hasattr(datamodule, "summary") else {},
-            **self.extra,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(record, indent=2) + "\n")

@@ -11,8 +11,6 @@ from slmlab.tasks.base import SLMTask
 class TextLMTask(SLMTask):
     """batch["text_ids"]: [B, L] bos + BPE + eos, padded; loss: next-token cross-entropy (nats/token)."""
 
-    fields = ["text_ids"]
-
     def __init__(self, net, tokenizer, optimizer, scheduler=None, sample_prompts: int = 4,
                  sample_tokens: int = 24) -> None:
         super().__init__(optimizer, scheduler)
