@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import hydra
 import lightning as L
@@ -36,6 +37,8 @@ def train(cfg: DictConfig) -> dict:
         best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") or None
         trainer.validate(task, datamodule=datamodule, ckpt_path=best)
         trainer.test(task, datamodule=datamodule, ckpt_path=best)
+    if hasattr(task, "save_pretrained") and trainer.is_global_zero:  # the transformers way, next to the checkpoints
+        task.save_pretrained(Path(cfg.paths.output_dir) / "pretrained")
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 

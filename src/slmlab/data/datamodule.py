@@ -150,11 +150,13 @@ class SpeechDataModule(L.LightningDataModule):
                 log.warning("data %s: %s", split, json.dumps(summary))
 
     def _lengths(self, split: str) -> list[int]:
+        """Bucketing lengths: audio duration in 10 ms frames when audio is served (it dominates the
+        padding), else the length of the first cached field."""
         dataset = self.datasets[split]
         first_cached = next(iter(dataset.cached), None)
-        if first_cached is not None:
+        if first_cached is not None and all(field.cached for field in self.fields.values()):
             return [len(v) for v in dataset.cached[first_cached]]
-        return [int(r.duration * 100) for r in dataset.records]  # 10 ms frames
+        return [int(r.duration * 100) for r in dataset.records]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         trainer = self.trainer

@@ -1,0 +1,115 @@
+"""`model=speechlm`: audio encoder -> projector -> causal LM, trained to write the transcript of its audio."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from slmlab.models.speechlm import AUDIO_TOKEN, extract_features, prompt_batch
+from slmlab.tasks.base import SLMTask
+
+
+class SpeechLMTask(SLMTask):
+    """batch["audio"]: [B, S] at `sample_rate`; batch["text_ids"]: bos + BPE + eos. Loss on transcript + eos only.
+
+    net: a partial of `build_speechlm` (sizes from config); feature_extractor: a partial of
+    `build_feature_extractor`; freeze: parts of `SpeechLM.FREEZABLE`; generation: keywords for the
+    decoder's `generate` (num_beams, do_sample, temperature, top_p, max_new_tokens).
+    """
+
+    def __init__(self, net, feature_extractor, tokenizer, optimizer, scheduler=None,
+                 prompt_template: str = f"{AUDIO_TOKEN} transcribe:", freeze: list[str] = (),
+                 sample_rate: int = 16000, generation: dict | None = None, sample_count: int = 4) -> None:
+        super().__init__(optimizer, scheduler)
+        self.tokenizer = tokenizer
+        (audio_token_id,) = tokenizer.add_special_tokens([AUDIO_TOKEN])
+        self.net = net(vocab_size=len(tokenizer), audio_token_id=audio_token_id, pad_token_id=tokenizer.pad_id,
+                       bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+        self.net.freeze(list(freeze))
+        self.feature_extractor = feature_extractor(audio_config=self.net.config.audio_config, sample_rate=sample_rate)
+        self.prompt_template, self.sample_rate, self.sample_count = prompt_template, sample_rate, sample_count
+        self.generation = {"max_new_tokens": 48, **(generation or {})}
+        self.wer = nn.ModuleDict({stage: WordErrorRate() for stage in ("val", "test")})
+        self.cer = nn.ModuleDict({stage: CharErrorRate() for stage in ("val", "test")})
+        self._samples: list[str] = []
+
+    # -- batches ----------------------------------------------------------------------------------------
+    def model_inputs(self, waveforms: list[torch.Tensor], targets: list[list[int]] | None = None,
+                     text_prompt: str = "", padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Waveforms [S_i] (+ target ids) -> the keyword arguments of `SpeechLM.forward` / `generate`."""
+        features, lengths = extract_features(self.feature_extractor, [w.float().cpu() for w in waveforms], self.sample_rate)
+        audio_tokens = self.net.audio_output_lengths(lengths).tolist()
+        prompts = prompt_batch(self.tokenizer, self.prompt_template + text_prompt, audio_tokens, targets, padding_side)
+        if targets is None:
+            prompts.pop("labels")
+        return {**prompts, "features": features, "feature_lengths": lengths}
+
+    def batch_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        waveforms = [audio[:n] for audio, n in zip(batch["audio"], batch["audio_lengths"])]
+        targets = [ids[1:n].tolist() for ids, n in zip(batch["text_ids"], batch["text_ids_lengths"])]  # drop bos
+        return {k: v.to(self.device) for k, v in self.model_inputs(waveforms, targets).items()}
+
+    # -- training and evaluation -----------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        inputs = self.batch_inputs(batch)
+        loss = self.net(**inputs).loss
+        size = len(batch["id"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        audio_tokens = (inputs["input_ids"] == self.net.config.audio_token_id).sum()
+        seconds = batch["audio_lengths"].sum() / self.sample_rate
+        self.log("train/audio_tokens_per_s", audio_tokens / seconds, batch_size=size)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val", keep_samples=batch_idx == 0)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch, stage: str, keep_samples: bool = False) -> None:
+        """Teacher-forced loss and token accuracy over transcript tokens; WER/CER of greedy transcripts."""
+        inputs = self.batch_inputs(batch)
+        out = self.net(**inputs)
+        labels = inputs["labels"][:, 1:]
+        scored = labels != -100
+        tokens = int(scored.sum())
+        accuracy = (out.logits[:, :-1].argmax(-1) == labels)[scored].float().mean()
+        self.log(f"{stage}/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=tokens)
+        self.log(f"{stage}/token_accuracy", accuracy, sync_dist=True, batch_size=tokens)
+        hypotheses = self.transcribe([a[:n] for a, n in zip(batch["audio"], batch["audio_lengths"])], num_beams=1, do_sample=False)
+        for metrics in (self.wer, self.cer):
+            metrics[stage].update(hypotheses, batch["text"])
+        self.log(f"{stage}/wer", self.wer[stage], prog_bar=True, batch_size=len(hypotheses))
+        self.log(f"{stage}/cer", self.cer[stage], batch_size=len(hypotheses))
+        if keep_samples:
+            self._samples = [f"**ref** {r}  \n**hyp** {h}" for r, h in list(zip(batch["text"], hypotheses))[: self.sample_count]]
+
+    def on_validation_epoch_end(self) -> None:
+        if self._samples and not self.trainer.sanity_checking:
+            self.log_text("samples/val", "\n\n".join(self._samples))
+
+    # -- generation and export -------------------------------------------------------------------------
+    @torch.no_grad()
+    def transcribe(self, waveforms: list[torch.Tensor], text_prompt: str = "", **generation) -> list[str]:
+        """Waveforms [S_i] at `sample_rate` -> text, with the optional `text_prompt` after the audio;
+        `generation` overrides the configured decoding (e.g. num_beams=4, or do_sample=True, top_p=0.9)."""
+        inputs = {k: v.to(self.device) for k, v in self.model_inputs(waveforms, text_prompt=text_prompt, padding_side="left").items()}
+        ids = self.net.generate(**inputs, **{**self.generation, **generation}, eos_token_id=self.tokenizer.eos_id,
+                                pad_token_id=self.tokenizer.pad_id)
+        return [self.tokenizer.decode(row) for row in ids]
+
+    def respond(self, text: str | None = None, audio: torch.Tensor | None = None, modality: str = "TEXT",
+                **generation) -> dict:
+        """`slmlab-generate`: audio [S] (+ an optional text prompt after it) -> {"text": transcript}."""
+        if audio is None or modality != "TEXT":
+            raise ValueError(f"model=speechlm takes audio (and optional text) and writes TEXT; got audio="
+                             f"{'given' if audio is not None else 'none'}, modality={modality}")
+        return {"text": self.transcribe([audio], text_prompt=f" {text}" if text else "", **generation)[0]}
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """One folder with the model and its config, the tokenizer and the feature extractor (transformers layout)."""
+        self.net.save_pretrained(path)
+        self.tokenizer.save(path)
+        self.feature_extractor.save_pretrained(path)

@@ -1,0 +1,212 @@
+"""SpeechLM: output lengths and masks follow the real encoders, labels, freezing, LoRA, save/load, training."""
+import pytest
+import torch
+from hydra.utils import instantiate
+from transformers import AutoModelForCausalLM, WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+from slmlab.cli.train import build
+from slmlab.models.speechlm import AUDIO_TOKEN, SpeechLM, build_feature_extractor, build_speechlm, extract_features, prompt_batch
+from slmlab.tokenizers.text import fit_bpe
+
+ENCODERS = {
+    "whisper": {"model_type": "whisper", "num_mel_bins": 80, "d_model": 32, "encoder_layers": 2,
+                "encoder_attention_heads": 2, "encoder_ffn_dim": 64, "max_source_positions": 1500},
+    "wav2vec2": {"model_type": "wav2vec2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "intermediate_size": 64, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
+                 "num_conv_pos_embedding_groups": 4, "feat_extract_norm": "layer", "do_stable_layer_norm": True},
+    "hubert": {"model_type": "hubert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "intermediate_size": 64, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
+               "num_conv_pos_embedding_groups": 4, "feat_extract_norm": "layer", "do_stable_layer_norm": True},
+}
+DECODERS = {
+    "qwen2": {"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "num_key_value_heads": 1, "intermediate_size": 64, "tie_word_embeddings": False},
+    "llama": {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "num_key_value_heads": 2, "intermediate_size": 64},
+    "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 256},
+}
+LENGTHS = [3201, 16000, 23457]  # samples at 16 kHz, odd on purpose
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = fit_bpe(["the dog runs", "a small cat sleeps on the red mat", "three birds sing"] * 20, vocab_size=300)
+    tok.add_special_tokens([AUDIO_TOKEN])
+    return tok
+
+
+def make_model(tokenizer, encoder="whisper", decoder="qwen2", **kwargs) -> SpeechLM:
+    torch.manual_seed(0)
+    model = build_speechlm(len(tokenizer), tokenizer.hf.convert_tokens_to_ids(AUDIO_TOKEN), ENCODERS[encoder],
+                           DECODERS[decoder], stack_factor=3, pad_token_id=tokenizer.pad_id,
+                           bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, **kwargs)
+    return model.eval()
+
+
+def waveforms(lengths=LENGTHS):
+    generator = torch.Generator().manual_seed(0)
+    return [0.1 * torch.randn(n, generator=generator) for n in lengths]
+
+
+def inputs_for(model, tokenizer, wavs, targets=None, padding_side="right"):
+    extractor = build_feature_extractor(model.config.audio_config)
+    features, lengths = extract_features(extractor, wavs, 16000)
+    prompts = prompt_batch(tokenizer, f"{AUDIO_TOKEN} transcribe:", model.audio_output_lengths(lengths).tolist(),
+                           targets, padding_side)
+    return {**prompts, "features": features, "feature_lengths": lengths}
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_output_lengths_and_masks_follow_the_real_encoder(tokenizer, encoder):
+    model = make_model(tokenizer, encoder)
+    extractor = build_feature_extractor(model.config.audio_config)
+    features, lengths = extract_features(extractor, waveforms(), 16000)
+    batched, batched_lengths = model.encode_audio(features, lengths)
+    for i, wav in enumerate(waveforms()):
+        alone = extract_features(extractor, [wav], 16000)[0]
+        states = model.encoder(**{model.input_name: alone}).last_hidden_state
+        assert model.encoder_output_lengths(lengths[i:i + 1]).item() == states.shape[1]
+        assert batched_lengths[i].item() == -(-states.shape[1] // 3)  # stacking by 3 rounds up
+        # the padded batch gives this utterance exactly what it gets alone, and zeros after its end
+        single = model.projector(states)
+        torch.testing.assert_close(batched[i, : single.shape[1]], single[0], atol=1e-4, rtol=1e-4)
+    ten_seconds = extract_features(extractor, [torch.zeros(160000)], 16000)[1]
+    assert abs(model.encoder_output_lengths(ten_seconds).item() - 500) <= 1  # 50 Hz for all three
+
+
+@pytest.mark.parametrize("encoder,decoder", [("whisper", "qwen2"), ("wav2vec2", "llama"), ("hubert", "gpt2")])
+def test_mixed_audio_lengths_give_each_utterance_its_own_loss(tokenizer, encoder, decoder):
+    model = make_model(tokenizer, encoder, decoder)
+    targets = [tokenizer.encode(t)[1:] for t in ("the dog runs", "a small cat sleeps on the red mat", "three birds")]
+    batch = inputs_for(model, tokenizer, waveforms(), targets)
+    batch_logits = model(**batch).logits
+    for i, wav in enumerate(waveforms()):
+        alone = inputs_for(model, tokenizer, [wav], [targets[i]])
+        width = alone["input_ids"].shape[1]
+        assert torch.equal(batch["input_ids"][i, :width], alone["input_ids"][0])
+        torch.testing.assert_close(batch_logits[i, :width], model(**alone).logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_labels_are_the_transcript_only(tokenizer):
+    target = tokenizer.encode("the dog runs")[1:]
+    batch = prompt_batch(tokenizer, f"{AUDIO_TOKEN} transcribe:", [5, 2], [target, target[:2]])
+    audio_id = tokenizer.hf.convert_tokens_to_ids(AUDIO_TOKEN)
+    prompt_len = len(tokenizer.encode(" transcribe:", bos=False, eos=False)) + 1  # + bos
+    for row, n_audio, tgt in ((0, 5, target), (1, 2, target[:2])):
+        ids, labels, mask = batch["input_ids"][row], batch["labels"][row], batch["attention_mask"][row]
+        assert int((ids == audio_id).sum()) == n_audio
+        scored = labels != -100
+        assert labels[scored].tolist() == tgt  # loss on transcript + eos, nothing else
+        assert scored.nonzero().min().item() == prompt_len + n_audio  # bos, audio and prompt are never scored
+        assert not scored[mask == 0].any()  # padding is never scored
+    left = prompt_batch(tokenizer, f"{AUDIO_TOKEN} transcribe:", [5, 2], padding_side="left")
+    assert left["attention_mask"][1, :3].sum() == 0 and left["attention_mask"][:, -1].all()
+    with pytest.raises(ValueError, match="exactly once"):
+        prompt_batch(tokenizer, "transcribe:", [1])
+
+
+def trainable(model) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def names(model, prefix) -> set[str]:
+    return {name for name, _ in model.named_parameters() if name.startswith(prefix)}
+
+
+@pytest.mark.parametrize("decoder", ["qwen2", "gpt2"])
+def test_each_freezing_mode_leaves_exactly_the_intended_parameters_trainable(tokenizer, decoder):
+    fresh = make_model(tokenizer, "whisper", decoder)
+    encoder = names(fresh, "encoder.") - {"encoder.embed_positions.weight"}  # Whisper keeps positions frozen
+    projector, whole_decoder = names(fresh, "projector."), names(fresh, "decoder.")
+    head_weight = fresh.get_output_embeddings().weight
+    head = {n for n, p in fresh.named_parameters() if p is head_weight}  # GPT-2: the tied input embedding
+    assert trainable(fresh) == encoder | projector | whole_decoder
+    expected = {"encoder": projector | whole_decoder, "projector": encoder | whole_decoder,
+                "decoder": encoder | projector, "decoder_except_head": encoder | projector | head}
+    for part, want in expected.items():
+        model = make_model(tokenizer, "whisper", decoder)
+        model.freeze([part])
+        assert trainable(model) == want, part
+    model = make_model(tokenizer, "whisper", decoder)
+    model.freeze(["encoder", "decoder_except_head"])
+    assert trainable(model) == projector | head
+    with pytest.raises(ValueError, match="cannot freeze"):
+        model.freeze(["everything"])
+
+
+def test_lora_trains_only_the_adapters(tokenizer):
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    model = make_model(tokenizer, "whisper", "qwen2", lora=lora)
+    model.freeze(["encoder"])
+    decoder_trainable = {n for n in trainable(model) if n.startswith("decoder.")}
+    assert decoder_trainable and all("lora_" in n for n in decoder_trainable)
+    assert trainable(model) - decoder_trainable == names(model, "projector.")
+    # q_proj: 32 -> 32; v_proj: 32 -> 16 (one of two heads for keys and values); A is r x in, B is out x r
+    expected = 2 * (4 * (32 + 32) + 4 * (32 + 16))
+    assert sum(model.get_parameter(n).numel() for n in decoder_trainable) == expected
+    with pytest.raises(ValueError, match="LoRA"):
+        model.freeze(["decoder"])
+
+
+@pytest.mark.parametrize("decoder,lora", [("qwen2", None), ("gpt2", None),
+                                          ("llama", {"r": 2, "target_modules": ["q_proj"]})])
+def test_save_pretrained_and_from_pretrained_give_identical_logits(tokenizer, decoder, lora, tmp_path):
+    model = make_model(tokenizer, "whisper", decoder, lora=lora)
+    batch = inputs_for(model, tokenizer, waveforms(), [tokenizer.encode("the dog")[1:]] * 3)
+    model.save_pretrained(tmp_path)
+    loaded = SpeechLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.audio_token_id == model.config.audio_token_id
+    assert type(loaded.decoder) is type(model.decoder)
+    torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, atol=0, rtol=0)
+
+
+def test_pretrained_encoder_and_decoder_load_from_local_folders(tokenizer, tmp_path):
+    """No hub: a tiny Whisper and a tiny Qwen2 saved to disk are loaded through the same code as real ones."""
+    whisper = WhisperModel(WhisperConfig(**{k: v for k, v in ENCODERS["whisper"].items() if k != "model_type"},
+                                         decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64))
+    whisper.save_pretrained(tmp_path / "whisper")
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(tmp_path / "whisper")
+    qwen = make_model(tokenizer, "whisper", "qwen2").decoder
+    qwen.config.vocab_size = qwen.get_input_embeddings().num_embeddings - 1
+    AutoModelForCausalLM.from_config(qwen.config).save_pretrained(tmp_path / "qwen2")  # one token short
+
+    model = build_speechlm(len(tokenizer), 5, {"pretrained_path": str(tmp_path / "whisper")},
+                           {"pretrained_path": str(tmp_path / "qwen2")}, stack_factor=2)
+    torch.testing.assert_close(model.encoder.conv1.weight, whisper.encoder.conv1.weight)
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)  # resized for <|audio|>
+    assert isinstance(build_feature_extractor(model.config.audio_config, str(tmp_path / "whisper")), WhisperFeatureExtractor)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        build_speechlm(len(tokenizer), 5, {"pretrained_path": "openai/whisper-tiny"}, DECODERS["qwen2"])
+
+
+@pytest.mark.parametrize("encoder,decoder", [("whisper_tiny", "qwen2_tiny"), ("hubert_tiny", "gpt2_tiny")])
+def test_training_on_the_tiny_corpus_lowers_the_loss(tiny_corpus, make_cfg, encoder, decoder):
+    cfg = make_cfg("experiment=tiny_speechlm", f"model/speechlm/encoder={encoder}", f"model/speechlm/decoder={decoder}",
+                   "trainer.max_steps=40", "model.task.generation.max_new_tokens=4")
+    datamodule, task = build(cfg)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+                          enable_progress_bar=False, limit_val_batches=1)
+    before = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
+    trainer.fit(task, datamodule=datamodule)
+    after = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert after["val/loss"] < 0.8 * before["val/loss"], (before, after)
+    assert after["val/token_accuracy"] > before["val/token_accuracy"]
+    assert 0 <= after["val/wer"] and 0 <= after["val/cer"]
+    assert after["train/audio_tokens_per_s"] == pytest.approx(50 / 4, rel=0.1)
+
+
+def test_generation_modes_and_modality_check(tokenizer):
+    model = make_model(tokenizer)
+    batch = inputs_for(model, tokenizer, waveforms(), padding_side="left")
+    batch.pop("labels")
+    common = {"max_new_tokens": 5, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    greedy = model.generate(**batch, do_sample=False, **common)
+    assert torch.equal(greedy, model.generate(**batch, do_sample=False, **common))  # deterministic
+    beams = model.generate(**batch, num_beams=3, do_sample=False, **common)
+    torch.manual_seed(0)
+    sampled = model.generate(**batch, do_sample=True, top_p=0.9, temperature=0.8, **common)
+    assert greedy.shape[0] == beams.shape[0] == sampled.shape[0] == 3
+    # the first greedy token is the argmax of the forward pass at the last prompt position (unpadded row)
+    full = batch["attention_mask"].all(-1)
+    assert full.sum() == 1
+    assert torch.equal(greedy[full, 0], model(**batch).logits[full, -1].argmax(-1))
