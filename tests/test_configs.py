@@ -24,7 +24,9 @@ def test_groups_exist_with_the_documented_options():
     assert set(options("strategy")) == {"auto", "ddp", "ddp_cpu", "fsdp"}
     assert set(options("data")) == {"synthetic", "librispeech", "manifest"}
     assert {"bpe", "hf_pretrained"} <= set(options("tokenizer/text"))
-    assert "text_lm" in options("model")
+    assert {"text_lm", "speechlm"} <= set(options("model"))
+    assert set(options("model/speechlm/encoder")) == {"whisper_tiny", "wav2vec2_tiny", "hubert_tiny", "pretrained"}
+    assert set(options("model/speechlm/decoder")) == {"qwen2_tiny", "llama_tiny", "gpt2_tiny", "pretrained"}
 
 
 @pytest.mark.parametrize("group,option", ALL, ids=[f"{g}={o}" for g, o in ALL])
@@ -37,6 +39,18 @@ def test_every_option_composes(group, option, tmp_path):
         OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=False)
     if group == "precision":
         assert cfg.trainer.precision == {"fp32": "32-true"}.get(option, option)
+
+
+SPEECHLM = [(g, o) for g in ("model/speechlm/encoder", "model/speechlm/decoder") for o in options(g)]
+
+
+@pytest.mark.parametrize("group,option", SPEECHLM, ids=[f"{g}={o}" for g, o in SPEECHLM])
+def test_every_speechlm_preset_composes(group, option):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["model=speechlm", f"{group}={option}"])
+    part = cfg.model.task.net[group.rsplit("/", 1)[1]]
+    assert ("model_type" in part) != (option == "pretrained")  # a preset has sizes, `pretrained` a path
+    assert OmegaConf.is_missing(part, "pretrained_path") == (option == "pretrained")
 
 
 def test_slurm_launcher_follows_the_trainer():

@@ -1,4 +1,6 @@
 """SpeechLM: output lengths and masks follow the real encoders, labels, freezing, LoRA, save/load, training."""
+import json
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -105,6 +107,21 @@ def test_labels_are_the_transcript_only(tokenizer):
         prompt_batch(tokenizer, "transcribe:", [1])
 
 
+def test_hybrid_ctc_loss_adds_to_the_lm_loss(tokenizer):
+    texts = ("the dog runs", "a small cat sleeps on the red mat", "three birds")
+    targets = [tokenizer.encode(t)[1:] for t in texts]
+    ctc = [torch.tensor(tokenizer.encode(t, bos=False, eos=False)) for t in texts]
+    ctc_targets = torch.nn.utils.rnn.pad_sequence(ctc, batch_first=True, padding_value=tokenizer.pad_id)
+    ctc_lengths = torch.tensor([len(t) for t in ctc])
+    plain, hybrid = make_model(tokenizer), make_model(tokenizer, ctc_weight=0.5)
+    batch = inputs_for(plain, tokenizer, waveforms(), targets)
+    out = hybrid(**batch, ctc_targets=ctc_targets, ctc_target_lengths=ctc_lengths)
+    assert out.ctc_loss > 0
+    torch.testing.assert_close(out.loss, out.lm_loss + 0.5 * out.ctc_loss)
+    assert plain.ctc_head is None
+    assert plain(**batch, ctc_targets=ctc_targets, ctc_target_lengths=ctc_lengths).ctc_loss is None
+
+
 def trainable(model) -> set[str]:
     return {name for name, p in model.named_parameters() if p.requires_grad}
 
@@ -151,13 +168,14 @@ def test_lora_trains_only_the_adapters(tokenizer):
 @pytest.mark.parametrize("decoder,lora", [("qwen2", None), ("gpt2", None),
                                           ("llama", {"r": 2, "target_modules": ["q_proj"]})])
 def test_save_pretrained_and_from_pretrained_give_identical_logits(tokenizer, decoder, lora, tmp_path):
-    model = make_model(tokenizer, "whisper", decoder, lora=lora)
+    model = make_model(tokenizer, "whisper", decoder, lora=lora, ctc_weight=0.3)
     batch = inputs_for(model, tokenizer, waveforms(), [tokenizer.encode("the dog")[1:]] * 3)
     model.save_pretrained(tmp_path)
     loaded = SpeechLM.from_pretrained(tmp_path).eval()
     assert loaded.config.audio_token_id == model.config.audio_token_id
     assert type(loaded.decoder) is type(model.decoder)
     torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, atol=0, rtol=0)
+    torch.testing.assert_close(loaded.ctc_head.weight, model.ctc_head.weight, atol=0, rtol=0)
 
 
 def test_pretrained_encoder_and_decoder_load_from_local_folders(tokenizer, tmp_path):
@@ -210,3 +228,22 @@ def test_generation_modes_and_modality_check(tokenizer):
     full = batch["attention_mask"].all(-1)
     assert full.sum() == 1
     assert torch.equal(greedy[full, 0], model(**batch).logits[full, -1].argmax(-1))
+
+
+def test_cli_trains_exports_and_generates_from_a_wav(tiny_corpus, data_dir, tmp_path):
+    """slmlab-train writes a checkpoint and a save_pretrained folder; slmlab-generate transcribes a WAV with it."""
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    run_cli("slmlab-train", "experiment=tiny_speechlm", f"paths.data_dir={data_dir}", "trainer.max_steps=10",
+            "trainer.val_check_interval=10", "model.task.generation.max_new_tokens=4", f"hydra.run.dir={run}", cwd=tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert {"val/wer", "val/cer", "val/token_accuracy", "test/wer", "train/audio_tokens_per_s"} <= set(metrics)
+    assert SpeechLM.from_pretrained(run / "pretrained").config.stack_factor == 4
+    assert (run / "pretrained" / "preprocessor_config.json").is_file() and (run / "pretrained" / "tokenizer.json").is_file()
+
+    wav = tiny_corpus.root / "wav16k" / sorted(p.name for p in (tiny_corpus.root / "wav16k").glob("*.wav"))[0]
+    out = tmp_path / "generated"
+    proc = run_cli("slmlab-generate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"audio={wav}",
+                   "generation.num_beams=2", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert (out / "output.txt").read_text().strip() in proc.stdout

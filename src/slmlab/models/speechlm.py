@@ -9,6 +9,7 @@ Qwen2-Audio has), so the whole model saves and loads with `save_pretrained` / `f
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -87,20 +88,29 @@ class SwiGLU(nn.Module):
         return value * nn.functional.silu(gate)
 
 
+@dataclass
+class SpeechLMOutput(CausalLMOutputWithPast):
+    """`loss` (what training minimises) = `lm_loss` on the transcript tokens + ctc_weight x `ctc_loss`."""
+
+    lm_loss: torch.Tensor | None = None
+    ctc_loss: torch.Tensor | None = None
+
+
 class SpeechLMConfig(PretrainedConfig):
     """audio_config: any transformers audio encoder config (whisper, wav2vec2, hubert, ...);
-    text_config: any causal LM config; lora: peft `LoraConfig` keywords, or None."""
+    text_config: any causal LM config; lora: peft `LoraConfig` keywords, or None; ctc_weight > 0 adds a CTC
+    head on the encoder and `ctc_weight` x its loss (hybrid CTC/attention training, as ESPnet does)."""
 
     model_type = "slmlab_speechlm"
     sub_configs = {"audio_config": AutoConfig, "text_config": AutoConfig}
 
     def __init__(self, audio_config=None, text_config=None, stack_factor: int = 4, projector: str = "swiglu",
                  projector_hidden: int | None = None, audio_token_id: int | None = None, lora: dict | None = None,
-                 **kwargs) -> None:
+                 ctc_weight: float = 0.0, **kwargs) -> None:
         self.audio_config = _as_config(audio_config or {"model_type": "whisper"})
         self.text_config = _as_config(text_config or {"model_type": "qwen2"})
         self.stack_factor, self.projector, self.projector_hidden = stack_factor, projector, projector_hidden
-        self.audio_token_id, self.lora = audio_token_id, lora
+        self.audio_token_id, self.lora, self.ctc_weight = audio_token_id, lora, ctc_weight
         super().__init__(**kwargs)
 
 
@@ -132,6 +142,8 @@ class SpeechLM(PreTrainedModel):
         audio_dim = getattr(config.audio_config, "d_model", None) or config.audio_config.hidden_size
         self.projector = StackingProjector(audio_dim, config.text_config.hidden_size, config.stack_factor,
                                            config.projector, config.projector_hidden)
+        # CTC over the text vocabulary on the 50 Hz encoder states (blank = <|audio|>, never a transcript token)
+        self.ctc_head = nn.Linear(audio_dim, config.text_config.vocab_size) if config.ctc_weight > 0 else None
         if config.lora:
             from peft import LoraConfig, get_peft_model
 
@@ -163,13 +175,17 @@ class SpeechLM(PreTrainedModel):
 
     def encode_audio(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features [B, S] or [B, n_mels, F], zero-padded; feature_lengths [B] -> (embeds [B, T_a, D_llm], lengths [B])."""
+        states, lengths = self.encoder_states(features, feature_lengths)
+        return self.projector(states), self.projector.output_lengths(lengths)
+
+    def encoder_states(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (states [B, T_enc, D_enc] at 50 Hz, zero after each utterance's end; lengths [B])."""
         mask = frame_mask(feature_lengths, features.shape[-1]).long()
         # group-normed wav2vec2 variants (wav2vec2-base) must not get a mask: they were trained on zero padding
         use_mask = self.input_name == "input_features" or getattr(self.config.audio_config, "feat_extract_norm", "") == "layer"
         states = self.encoder(**{self.input_name: features}, attention_mask=mask if use_mask else None).last_hidden_state
         lengths = self.encoder_output_lengths(feature_lengths)
-        states = states * frame_mask(lengths, states.shape[1])[..., None]  # zeros, as an utterance alone is padded
-        return self.projector(states), self.projector.output_lengths(lengths)
+        return states * frame_mask(lengths, states.shape[1])[..., None], lengths  # zeros, as an utterance alone is padded
 
     def embed_inputs(self, input_ids: torch.Tensor, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor) -> torch.Tensor:
         """Text embeddings with the i-th utterance's audio frames written, in order, over its `<|audio|>` tokens."""
@@ -183,11 +199,22 @@ class SpeechLM(PreTrainedModel):
 
     # -- LM ---------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor,
-                feature_lengths: torch.Tensor, labels: torch.Tensor | None = None) -> CausalLMOutputWithPast:
-        """input_ids [B, L] with ceil(T_enc/k) `<|audio|>` tokens per row; labels [B, L] (-100 where no loss)."""
-        audio_embeds, audio_lengths = self.encode_audio(features, feature_lengths)
+                feature_lengths: torch.Tensor, labels: torch.Tensor | None = None,
+                ctc_targets: torch.Tensor | None = None, ctc_target_lengths: torch.Tensor | None = None) -> "SpeechLMOutput":
+        """input_ids [B, L] with ceil(T_enc/k) `<|audio|>` tokens per row; labels [B, L] (-100 where no loss);
+        ctc_targets [B, N] transcript ids (padded) with their lengths [B], when the model has a CTC head.
+        loss = lm_loss (+ ctc_weight x ctc_loss)."""
+        states, lengths = self.encoder_states(features, feature_lengths)
+        audio_embeds, audio_lengths = self.projector(states), self.projector.output_lengths(lengths)
         inputs_embeds = self.embed_inputs(input_ids, audio_embeds, audio_lengths)
-        return self.decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels)
+        out = self.decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels)
+        result = SpeechLMOutput(loss=out.loss, logits=out.logits, lm_loss=out.loss)
+        if self.ctc_head is not None and ctc_targets is not None:
+            log_probs = self.ctc_head(states).log_softmax(-1).float().transpose(0, 1)  # [T_enc, B, V]
+            result.ctc_loss = nn.functional.ctc_loss(log_probs, ctc_targets, lengths, ctc_target_lengths,
+                                                     blank=self.config.audio_token_id, zero_infinity=True)
+            result.loss = out.loss + self.config.ctc_weight * result.ctc_loss
+        return result
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor,
@@ -219,7 +246,7 @@ class SpeechLM(PreTrainedModel):
 
 def build_speechlm(vocab_size: int, audio_token_id: int, encoder: dict, decoder: dict, stack_factor: int = 4,
                    projector: str = "swiglu", projector_hidden: int | None = None, lora: dict | None = None,
-                   pad_token_id: int | None = None, bos_token_id: int | None = None,
+                   ctc_weight: float = 0.0, pad_token_id: int | None = None, bos_token_id: int | None = None,
                    eos_token_id: int | None = None) -> SpeechLM:
     """encoder / decoder: `{model_type, sizes...}` for a fresh tiny model, or `{pretrained_path: <local folder>}`.
 
@@ -236,7 +263,8 @@ def build_speechlm(vocab_size: int, audio_token_id: int, encoder: dict, decoder:
          "eos_token_id": eos_token_id})
     config = SpeechLMConfig(audio_config=audio_model.config if audio_model is not None else encoder,
                             text_config=text_config, stack_factor=stack_factor, projector=projector,
-                            projector_hidden=projector_hidden, audio_token_id=audio_token_id, lora=lora)
+                            projector_hidden=projector_hidden, audio_token_id=audio_token_id, lora=lora,
+                            ctc_weight=ctc_weight)
     return SpeechLM(config, encoder=audio_model, decoder=text_model)
 
 

@@ -47,20 +47,26 @@ class SpeechLMTask(SLMTask):
         return {**prompts, "features": features, "feature_lengths": lengths}
 
     def batch_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """+ CTC targets: the transcript ids without bos and eos."""
         waveforms = [audio[:n] for audio, n in zip(batch["audio"], batch["audio_lengths"])]
         targets = [ids[1:n].tolist() for ids, n in zip(batch["text_ids"], batch["text_ids_lengths"])]  # drop bos
-        return {k: v.to(self.device) for k, v in self.model_inputs(waveforms, targets).items()}
+        inputs = {**self.model_inputs(waveforms, targets), "ctc_targets": batch["text_ids"][:, 1:],
+                  "ctc_target_lengths": batch["text_ids_lengths"] - 2}
+        return {k: v.to(self.device) for k, v in inputs.items()}
 
     # -- training and evaluation -----------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         inputs = self.batch_inputs(batch)
-        loss = self.net(**inputs).loss
+        out = self.net(**inputs)
         size = len(batch["id"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
+        self.log("train/lm_loss", out.lm_loss, batch_size=size)
+        if out.ctc_loss is not None:
+            self.log("train/ctc_loss", out.ctc_loss, batch_size=size)
         audio_tokens = (inputs["input_ids"] == self.net.config.audio_token_id).sum()
         seconds = batch["audio_lengths"].sum() / self.sample_rate
         self.log("train/audio_tokens_per_s", audio_tokens / seconds, batch_size=size)
-        return loss
+        return out.loss
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, "val", keep_samples=batch_idx == 0)
@@ -69,14 +75,16 @@ class SpeechLMTask(SLMTask):
         self._evaluate(batch, "test")
 
     def _evaluate(self, batch, stage: str, keep_samples: bool = False) -> None:
-        """Teacher-forced loss and token accuracy over transcript tokens; WER/CER of greedy transcripts."""
+        """Teacher-forced LM loss and token accuracy over transcript tokens; WER/CER of greedy transcripts."""
         inputs = self.batch_inputs(batch)
         out = self.net(**inputs)
         labels = inputs["labels"][:, 1:]
         scored = labels != -100
         tokens = int(scored.sum())
         accuracy = (out.logits[:, :-1].argmax(-1) == labels)[scored].float().mean()
-        self.log(f"{stage}/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=tokens)
+        self.log(f"{stage}/loss", out.lm_loss, prog_bar=True, sync_dist=True, batch_size=tokens)
+        if out.ctc_loss is not None:
+            self.log(f"{stage}/ctc_loss", out.ctc_loss, sync_dist=True, batch_size=len(batch["id"]))
         self.log(f"{stage}/token_accuracy", accuracy, sync_dist=True, batch_size=tokens)
         hypotheses = self.transcribe([a[:n] for a, n in zip(batch["audio"], batch["audio_lengths"])], num_beams=1, do_sample=False)
         for metrics in (self.wer, self.cer):

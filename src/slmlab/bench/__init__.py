@@ -1,0 +1,28 @@
+"""Benchmarks for `slmlab-bench`: each compares our code with a baseline measured in the same run.
+
+A benchmark is a function `(steps: int) -> list[dict]` returning rows
+`{"benchmark", "setting", "ours", "baseline", "unit", "ratio", ...}`; `ratio` > 1 means ours is better.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+BENCHMARKS = {
+    "speechlm_train_step": "slmlab.bench.speechlm:train_step_vs_qwen2_audio",
+}
+
+
+def median_seconds(candidates: dict[str, Callable[[], None]], steps: int, warmup: int = 2) -> dict[str, float]:
+    """Median wall time of each callable, run in alternation (A B A B ...) so drift hits all alike."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(steps):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
