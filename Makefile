@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/slmlab-prepare data=synthetic data.preset=$(PRESET)
 	$(BIN)/slmlab-train experiment=demo_text_lm data.preset=$(PRESET)
+	$(BIN)/slmlab-train experiment=demo_speechlm data.preset=$(PRESET)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
 from slmlab.cli.train import build
-from slmlab.models.speechlm import AUDIO_TOKEN, SpeechLM, build_feature_extractor, build_speechlm, extract_features, prompt_batch
+from slmlab.models.speechlm import AUDIO_TOKEN, CTC_ALPHABET, SpeechLM, ctc_character_ids, build_feature_extractor, build_speechlm, extract_features, prompt_batch
 from slmlab.tokenizers.text import fit_bpe
 
 ENCODERS = {
@@ -108,11 +108,11 @@ def test_labels_are_the_transcript_only(tokenizer):
 
 
 def test_hybrid_ctc_loss_adds_to_the_lm_loss(tokenizer):
-    texts = ("the dog runs", "a small cat sleeps on the red mat", "three birds")
+    texts = ("the dog runs", "A small cat sleeps on the red mat!", "three birds")
     targets = [tokenizer.encode(t)[1:] for t in texts]
-    ctc = [torch.tensor(tokenizer.encode(t, bos=False, eos=False)) for t in texts]
-    ctc_targets = torch.nn.utils.rnn.pad_sequence(ctc, batch_first=True, padding_value=tokenizer.pad_id)
-    ctc_lengths = torch.tensor([len(t) for t in ctc])
+    ctc_targets, ctc_lengths = ctc_character_ids(texts)
+    assert ctc_lengths.tolist() == [12, 33, 11]  # "!" is not in the alphabet
+    assert ctc_targets[1, :2].tolist() == [CTC_ALPHABET.index("a") + 1, CTC_ALPHABET.index(" ") + 1]
     plain, hybrid = make_model(tokenizer), make_model(tokenizer, ctc_weight=0.5)
     batch = inputs_for(plain, tokenizer, waveforms(), targets)
     out = hybrid(**batch, ctc_targets=ctc_targets, ctc_target_lengths=ctc_lengths)

@@ -1,22 +1,21 @@
 """SpeechLM training step against transformers' `Qwen2AudioForConditionalGeneration` at matched sizes.
 
 Both get the same batch of log-mel features (16 utterances of 1.5-3.5 s, the embedded corpus's range),
-the same Whisper-style encoder sizes, the same Qwen2 decoder sizes, audio at 25 tokens per second
+the demo's Whisper-style encoder sizes and Qwen2 decoder sizes (read from `conf/`), audio at 25 tokens per second
 (Qwen2-Audio: stride-2 convolution + average pooling by 2; ours: stride-2 convolution + stacking by 2)
 and the same transcript targets. A step is forward, backward and an AdamW update.
 """
 from __future__ import annotations
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
 from slmlab.bench import median_seconds
+from slmlab.cli import CONF_DIR
 from slmlab.models.speechlm import build_speechlm, frame_mask
 
-ENCODER = {"model_type": "whisper", "num_mel_bins": 80, "d_model": 192, "encoder_layers": 4,
-           "encoder_attention_heads": 4, "encoder_ffn_dim": 768, "max_source_positions": 1500}
-DECODER = {"model_type": "qwen2", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
-           "num_key_value_heads": 2, "intermediate_size": 704, "tie_word_embeddings": False}
 VOCAB, AUDIO_ID, PAD_ID, BATCH, TARGET_TOKENS = 1030, 1029, 0, 16, 12
 
 
@@ -39,6 +38,18 @@ def _rows(audio_tokens: torch.Tensor, targets: torch.Tensor) -> dict:
         ids[i, : len(row)], mask[i, : len(row)] = row, 1
         labels[i, n + 1 : len(row)] = targets[i]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _demo_sizes() -> tuple[dict, dict]:
+    """The encoder and decoder presets of `model=speechlm` (whisper_tiny, qwen2_tiny), as `make demo` trains them."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        net = compose("train", overrides=["model=speechlm"]).model.task.net
+    encoder, decoder = (OmegaConf.to_container(net[part]) for part in ("encoder", "decoder"))
+    return ({k: v for k, v in encoder.items() if k != "pretrained_path"},
+            {k: v for k, v in decoder.items() if k != "pretrained_path"})
+
+
+ENCODER, DECODER = _demo_sizes()
 
 
 def _ours(batch: dict):

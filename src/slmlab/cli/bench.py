@@ -15,7 +15,7 @@ from slmlab.bench import BENCHMARKS
 from slmlab.cli import REPO_ROOT
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="slmlab-bench", description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--steps", type=int, default=10, help="timed repetitions per candidate (median reported)")
@@ -36,7 +36,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     path = args.out / time.strftime("%Y-%m-%d_%H-%M-%S.json")
     path.write_text(json.dumps(rows, indent=2))
     print(f"ratio = baseline / ours (> 1: ours faster); written to {path}")
-    return rows
 
 
 if __name__ == "__main__":

@@ -21,6 +21,16 @@ from transformers.models.auto import CONFIG_MAPPING
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 AUDIO_TOKEN = "<|audio|>"
+CTC_ALPHABET = " 'abcdefghijklmnopqrstuvwxyz"
+
+
+def ctc_character_ids(texts: list[str], alphabet: str = CTC_ALPHABET) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower-cased characters -> ids 1..len(alphabet) (0 is CTC's blank), others dropped: ([B, N] padded, lengths [B])."""
+    rows = [[alphabet.index(c) + 1 for c in text.lower() if c in alphabet] for text in texts]
+    ids = torch.zeros(len(rows), max(map(len, rows), default=0), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return ids, torch.tensor([len(row) for row in rows])
 
 
 def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -98,19 +108,20 @@ class SpeechLMOutput(CausalLMOutputWithPast):
 
 class SpeechLMConfig(PretrainedConfig):
     """audio_config: any transformers audio encoder config (whisper, wav2vec2, hubert, ...);
-    text_config: any causal LM config; lora: peft `LoraConfig` keywords, or None; ctc_weight > 0 adds a CTC
-    head on the encoder and `ctc_weight` x its loss (hybrid CTC/attention training, as ESPnet does)."""
+    text_config: any causal LM config; lora: peft `LoraConfig` keywords, or None; ctc_weight > 0 adds a
+    character CTC head on the encoder and `ctc_weight` x its loss (hybrid CTC/attention training, as ESPnet
+    does), over `ctc_alphabet` (id 0 is the blank)."""
 
     model_type = "slmlab_speechlm"
     sub_configs = {"audio_config": AutoConfig, "text_config": AutoConfig}
 
     def __init__(self, audio_config=None, text_config=None, stack_factor: int = 4, projector: str = "swiglu",
                  projector_hidden: int | None = None, audio_token_id: int | None = None, lora: dict | None = None,
-                 ctc_weight: float = 0.0, **kwargs) -> None:
+                 ctc_weight: float = 0.0, ctc_alphabet: str = CTC_ALPHABET, **kwargs) -> None:
         self.audio_config = _as_config(audio_config or {"model_type": "whisper"})
         self.text_config = _as_config(text_config or {"model_type": "qwen2"})
         self.stack_factor, self.projector, self.projector_hidden = stack_factor, projector, projector_hidden
-        self.audio_token_id, self.lora, self.ctc_weight = audio_token_id, lora, ctc_weight
+        self.audio_token_id, self.lora, self.ctc_weight, self.ctc_alphabet = audio_token_id, lora, ctc_weight, ctc_alphabet
         super().__init__(**kwargs)
 
 
@@ -142,8 +153,8 @@ class SpeechLM(PreTrainedModel):
         audio_dim = getattr(config.audio_config, "d_model", None) or config.audio_config.hidden_size
         self.projector = StackingProjector(audio_dim, config.text_config.hidden_size, config.stack_factor,
                                            config.projector, config.projector_hidden)
-        # CTC over the text vocabulary on the 50 Hz encoder states (blank = <|audio|>, never a transcript token)
-        self.ctc_head = nn.Linear(audio_dim, config.text_config.vocab_size) if config.ctc_weight > 0 else None
+        # character CTC on the 50 Hz encoder states: direct acoustic supervision for an encoder trained from scratch
+        self.ctc_head = nn.Linear(audio_dim, len(config.ctc_alphabet) + 1) if config.ctc_weight > 0 else None
         if config.lora:
             from peft import LoraConfig, get_peft_model
 
@@ -202,7 +213,7 @@ class SpeechLM(PreTrainedModel):
                 feature_lengths: torch.Tensor, labels: torch.Tensor | None = None,
                 ctc_targets: torch.Tensor | None = None, ctc_target_lengths: torch.Tensor | None = None) -> "SpeechLMOutput":
         """input_ids [B, L] with ceil(T_enc/k) `<|audio|>` tokens per row; labels [B, L] (-100 where no loss);
-        ctc_targets [B, N] transcript ids (padded) with their lengths [B], when the model has a CTC head.
+        ctc_targets [B, N] transcript characters (`ctc_character_ids`, padded) and their lengths [B], for the CTC head.
         loss = lm_loss (+ ctc_weight x ctc_loss)."""
         states, lengths = self.encoder_states(features, feature_lengths)
         audio_embeds, audio_lengths = self.projector(states), self.projector.output_lengths(lengths)
@@ -212,7 +223,7 @@ class SpeechLM(PreTrainedModel):
         if self.ctc_head is not None and ctc_targets is not None:
             log_probs = self.ctc_head(states).log_softmax(-1).float().transpose(0, 1)  # [T_enc, B, V]
             result.ctc_loss = nn.functional.ctc_loss(log_probs, ctc_targets, lengths, ctc_target_lengths,
-                                                     blank=self.config.audio_token_id, zero_infinity=True)
+                                                     zero_infinity=True)
             result.loss = out.loss + self.config.ctc_weight * result.ctc_loss
         return result
 
@@ -246,7 +257,7 @@ class SpeechLM(PreTrainedModel):
 
 def build_speechlm(vocab_size: int, audio_token_id: int, encoder: dict, decoder: dict, stack_factor: int = 4,
                    projector: str = "swiglu", projector_hidden: int | None = None, lora: dict | None = None,
-                   ctc_weight: float = 0.0, pad_token_id: int | None = None, bos_token_id: int | None = None,
+                   ctc_weight: float = 0.0, ctc_alphabet: str = CTC_ALPHABET, pad_token_id: int | None = None, bos_token_id: int | None = None,
                    eos_token_id: int | None = None) -> SpeechLM:
     """encoder / decoder: `{model_type, sizes...}` for a fresh tiny model, or `{pretrained_path: <local folder>}`.
 
@@ -264,7 +275,7 @@ def build_speechlm(vocab_size: int, audio_token_id: int, encoder: dict, decoder:
     config = SpeechLMConfig(audio_config=audio_model.config if audio_model is not None else encoder,
                             text_config=text_config, stack_factor=stack_factor, projector=projector,
                             projector_hidden=projector_hidden, audio_token_id=audio_token_id, lora=lora,
-                            ctc_weight=ctc_weight)
+                            ctc_weight=ctc_weight, ctc_alphabet=ctc_alphabet)
     return SpeechLM(config, encoder=audio_model, decoder=text_model)
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from slmlab.models.speechlm import AUDIO_TOKEN, extract_features, prompt_batch
+from slmlab.models.speechlm import AUDIO_TOKEN, ctc_character_ids, extract_features, prompt_batch
 from slmlab.tasks.base import SLMTask
 
 
@@ -47,11 +47,11 @@ class SpeechLMTask(SLMTask):
         return {**prompts, "features": features, "feature_lengths": lengths}
 
     def batch_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
-        """+ CTC targets: the transcript ids without bos and eos."""
+        """+ the transcript's characters for the CTC head."""
         waveforms = [audio[:n] for audio, n in zip(batch["audio"], batch["audio_lengths"])]
         targets = [ids[1:n].tolist() for ids, n in zip(batch["text_ids"], batch["text_ids_lengths"])]  # drop bos
-        inputs = {**self.model_inputs(waveforms, targets), "ctc_targets": batch["text_ids"][:, 1:],
-                  "ctc_target_lengths": batch["text_ids_lengths"] - 2}
+        ctc_targets, ctc_lengths = ctc_character_ids(batch["text"], self.net.config.ctc_alphabet)
+        inputs = {**self.model_inputs(waveforms, targets), "ctc_targets": ctc_targets, "ctc_target_lengths": ctc_lengths}
         return {k: v.to(self.device) for k, v in inputs.items()}
 
     # -- training and evaluation -----------------------------------------------------------------------
