@@ -7,7 +7,8 @@ from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
 from slmlab.cli.train import build
-from slmlab.models.speechlm import AUDIO_TOKEN, CTC_ALPHABET, SpeechLM, ctc_character_ids, build_feature_extractor, build_speechlm, extract_features, prompt_batch
+from slmlab.models.speechlm import (AUDIO_TOKEN, CTC_ALPHABET, SpeechLM, build_feature_extractor, build_speechlm,
+                                    ctc_character_ids, extract_features, prompt_batch)
 from slmlab.tokenizers.text import fit_bpe
 
 ENCODERS = {

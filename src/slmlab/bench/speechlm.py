@@ -23,7 +23,8 @@ def _batch(seed: int = 0) -> dict:
     generator = torch.Generator().manual_seed(seed)
     seconds = 1.5 + 2.0 * torch.rand(BATCH, generator=generator)
     mel_frames = (seconds * 100).long()
-    features = torch.randn(BATCH, 80, int(mel_frames.max()), generator=generator) * frame_mask(mel_frames, int(mel_frames.max()))[:, None]
+    width = int(mel_frames.max())
+    features = torch.randn(BATCH, 80, width, generator=generator) * frame_mask(mel_frames, width)[:, None]
     targets = torch.randint(3, AUDIO_ID, (BATCH, TARGET_TOKENS), generator=generator)
     return {"mel_frames": mel_frames, "features": features, "targets": targets}
 

@@ -257,7 +257,8 @@ class SpeechLM(PreTrainedModel):
 
 def build_speechlm(vocab_size: int, audio_token_id: int, encoder: dict, decoder: dict, stack_factor: int = 4,
                    projector: str = "swiglu", projector_hidden: int | None = None, lora: dict | None = None,
-                   ctc_weight: float = 0.0, ctc_alphabet: str = CTC_ALPHABET, pad_token_id: int | None = None, bos_token_id: int | None = None,
+                   ctc_weight: float = 0.0, ctc_alphabet: str = CTC_ALPHABET, pad_token_id: int | None = None,
+                   bos_token_id: int | None = None,
                    eos_token_id: int | None = None) -> SpeechLM:
     """encoder / decoder: `{model_type, sizes...}` for a fresh tiny model, or `{pretrained_path: <local folder>}`.
 
@@ -338,7 +339,8 @@ def prompt_batch(tokenizer, template: str, audio_tokens: list[int], targets: lis
         rows.append(prompt + target)
         label_rows.append([-100] * len(prompt) + target)
     width = max(map(len, rows))
-    batch = {"input_ids": torch.full((len(rows), width), tokenizer.pad_id), "attention_mask": torch.zeros(len(rows), width, dtype=torch.long),
+    batch = {"input_ids": torch.full((len(rows), width), tokenizer.pad_id),
+             "attention_mask": torch.zeros(len(rows), width, dtype=torch.long),
              "labels": torch.full((len(rows), width), -100)}
     for i, (row, labels) in enumerate(zip(rows, label_rows)):
         span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))

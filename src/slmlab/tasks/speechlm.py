@@ -86,13 +86,15 @@ class SpeechLMTask(SLMTask):
         if out.ctc_loss is not None:
             self.log(f"{stage}/ctc_loss", out.ctc_loss, sync_dist=True, batch_size=len(batch["id"]))
         self.log(f"{stage}/token_accuracy", accuracy, sync_dist=True, batch_size=tokens)
-        hypotheses = self.transcribe([a[:n] for a, n in zip(batch["audio"], batch["audio_lengths"])], num_beams=1, do_sample=False)
+        waveforms = [audio[:n] for audio, n in zip(batch["audio"], batch["audio_lengths"])]
+        hypotheses = self.transcribe(waveforms, num_beams=1, do_sample=False)
         for metrics in (self.wer, self.cer):
             metrics[stage].update(hypotheses, batch["text"])
         self.log(f"{stage}/wer", self.wer[stage], prog_bar=True, batch_size=len(hypotheses))
         self.log(f"{stage}/cer", self.cer[stage], batch_size=len(hypotheses))
         if keep_samples:
-            self._samples = [f"**ref** {r}  \n**hyp** {h}" for r, h in list(zip(batch["text"], hypotheses))[: self.sample_count]]
+            pairs = list(zip(batch["text"], hypotheses))[: self.sample_count]
+            self._samples = [f"**ref** {ref}  \n**hyp** {hyp}" for ref, hyp in pairs]
 
     def on_validation_epoch_end(self) -> None:
         if self._samples and not self.trainer.sanity_checking:
@@ -103,7 +105,8 @@ class SpeechLMTask(SLMTask):
     def transcribe(self, waveforms: list[torch.Tensor], text_prompt: str = "", **generation) -> list[str]:
         """Waveforms [S_i] at `sample_rate` -> text, with the optional `text_prompt` after the audio;
         `generation` overrides the configured decoding (e.g. num_beams=4, or do_sample=True, top_p=0.9)."""
-        inputs = {k: v.to(self.device) for k, v in self.model_inputs(waveforms, text_prompt=text_prompt, padding_side="left").items()}
+        inputs = self.model_inputs(waveforms, text_prompt=text_prompt, padding_side="left")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
         ids = self.net.generate(**inputs, **{**self.generation, **generation}, eos_token_id=self.tokenizer.eos_id,
                                 pad_token_id=self.tokenizer.pad_id)
         return [self.tokenizer.decode(row) for row in ids]
