@@ -150,7 +150,8 @@ class SpeechLM(PreTrainedModel):
         super().__init__(config)
         self.encoder = encoder if encoder is not None else _encoder_from_config(config.audio_config)
         self.decoder = decoder if decoder is not None else AutoModelForCausalLM.from_config(config.text_config)
-        audio_dim = getattr(config.audio_config, "d_model", None) or config.audio_config.hidden_size
+        audio = config.audio_config
+        audio_dim = audio.d_model if audio.model_type == "whisper" else audio.hidden_size
         self.projector = StackingProjector(audio_dim, config.text_config.hidden_size, config.stack_factor,
                                            config.projector, config.projector_hidden)
         # character CTC on the 50 Hz encoder states: direct acoustic supervision for an encoder trained from scratch

@@ -96,6 +96,17 @@ class SpeechLMTask(SLMTask):
             pairs = list(zip(batch["text"], hypotheses))[: self.sample_count]
             self._samples = [f"**ref** {ref}  \n**hyp** {hyp}" for ref, hyp in pairs]
 
+    def on_validation_epoch_start(self) -> None:
+        self._reset_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_metrics("test")
+
+    def _reset_metrics(self, stage: str) -> None:
+        """Fresh WER/CER states for each pass: states left by a pass under inference mode cannot be updated later."""
+        self.wer[stage].reset()
+        self.cer[stage].reset()
+
     def on_validation_epoch_end(self) -> None:
         if self._samples and not self.trainer.sanity_checking:
             self.log_text("samples/val", "\n\n".join(self._samples))
