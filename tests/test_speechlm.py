@@ -212,9 +212,13 @@ def test_training_on_the_tiny_corpus_lowers_the_loss(tiny_corpus, make_cfg, enco
     assert after["val/token_accuracy"] > before["val/token_accuracy"]
     assert 0 <= after["val/wer"] and 0 <= after["val/cer"]
     assert after["train/audio_tokens_per_s"] == pytest.approx(50 / 4, rel=0.1)
+    with pytest.raises(ValueError, match="writes TEXT"):  # the arm cannot be asked for speech
+        task.respond(audio=torch.zeros(16000), modality="SPEECH")
+    with pytest.raises(ValueError, match="takes audio"):
+        task.respond(text="the dog runs")
 
 
-def test_generation_modes_and_modality_check(tokenizer):
+def test_greedy_beam_and_sampling_generation(tokenizer):
     model = make_model(tokenizer)
     batch = inputs_for(model, tokenizer, waveforms(), padding_side="left")
     batch.pop("labels")

@@ -50,21 +50,18 @@ def _demo_sizes() -> tuple[dict, dict]:
             {k: v for k, v in decoder.items() if k != "pretrained_path"})
 
 
-ENCODER, DECODER = _demo_sizes()
-
-
-def _ours(batch: dict):
-    model = build_speechlm(VOCAB, AUDIO_ID, ENCODER, DECODER, stack_factor=2, projector="mlp", pad_token_id=PAD_ID)
+def _ours(batch: dict, encoder: dict, decoder: dict):
+    model = build_speechlm(VOCAB, AUDIO_ID, encoder, decoder, stack_factor=2, projector="mlp", pad_token_id=PAD_ID)
     inputs = {**_rows(model.audio_output_lengths(batch["mel_frames"]), batch["targets"]),
               "features": batch["features"], "feature_lengths": batch["mel_frames"]}
     return model, inputs
 
 
-def _qwen2_audio(batch: dict, pad_to_frames: int):
+def _qwen2_audio(batch: dict, encoder: dict, decoder: dict, pad_to_frames: int):
     """Qwen2-Audio's encoder needs exactly 2 x max_source_positions mel frames: the batch is padded to them."""
-    audio = {k: v for k, v in ENCODER.items() if k != "model_type"} | {"max_source_positions": pad_to_frames // 2}
+    audio = {k: v for k, v in encoder.items() if k != "model_type"} | {"max_source_positions": pad_to_frames // 2}
     config = Qwen2AudioConfig(audio_config={"model_type": "qwen2_audio_encoder", **audio},
-                              text_config={**DECODER, "vocab_size": VOCAB, "pad_token_id": PAD_ID},
+                              text_config={**decoder, "vocab_size": VOCAB, "pad_token_id": PAD_ID},
                               audio_token_index=AUDIO_ID)
     model = Qwen2AudioForConditionalGeneration(config)
     features = torch.nn.functional.pad(batch["features"], (0, pad_to_frames - batch["features"].shape[-1]))
@@ -87,12 +84,13 @@ def _step(model, inputs):
 def train_step_vs_qwen2_audio(steps: int = 10) -> list[dict]:
     torch.manual_seed(0)
     batch = _batch()
-    ours, our_inputs = _ours(batch)
+    encoder, decoder = _demo_sizes()
+    ours, our_inputs = _ours(batch, encoder, decoder)
     rows = []
     settings = {"same padded batch": int(batch["features"].shape[-1]) + int(batch["features"].shape[-1]) % 2,
                 "Qwen2-Audio as shipped (30 s padding)": 3000}
     for setting, frames in settings.items():
-        theirs, their_inputs = _qwen2_audio(batch, frames)
+        theirs, their_inputs = _qwen2_audio(batch, encoder, decoder, frames)
         seconds = median_seconds({"ours": _step(ours, our_inputs), "theirs": _step(theirs, their_inputs)}, steps)
         rows.append({"benchmark": "speechlm_train_step", "setting": setting, "unit": "ms/step",
                      "ours": 1000 * seconds["ours"], "baseline": 1000 * seconds["theirs"],
