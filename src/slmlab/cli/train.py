@@ -6,6 +6,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -14,13 +15,28 @@ from slmlab.cli import CONF_DIR
 log = logging.getLogger(__name__)
 
 
+def check_speech_tokenizer(cfg: DictConfig, choice: str | None) -> None:
+    """Fail before any fitting when `tokenizer/speech=choice` is not one the model accepts."""
+    accepted = list(cfg.model.get("speech_tokenizers") or [])
+    if accepted and choice not in accepted:
+        raise ValueError(f"tokenizer/speech={choice} does not fit this model; it accepts tokenizer/speech="
+                         f"{' | '.join(accepted)}")
+    if not accepted and cfg.tokenizer.get("speech") is not None:
+        log.warning("tokenizer/speech=%s is set but this model uses no speech tokenizer", choice)
+
+
 def build(cfg: DictConfig):
     """corpus -> tokenizers -> datamodule and task, as the config says."""
+    if HydraConfig.initialized():
+        check_speech_tokenizer(cfg, HydraConfig.get().runtime.choices.get("tokenizer/speech"))
     corpus = instantiate(cfg.data.corpus)
     corpus.prepare()
     tokenizers = {"text": instantiate(cfg.tokenizer.text, corpus=corpus)}
+    extra = {}
+    if cfg.model.get("speech_tokenizers"):
+        tokenizers["speech"] = extra["speech_tokenizer"] = instantiate(cfg.tokenizer.speech, corpus=corpus)
     datamodule = instantiate(cfg.datamodule, corpus=corpus, tokenizers=tokenizers, fields=list(cfg.model.fields))
-    task = instantiate(cfg.model.task, tokenizer=tokenizers["text"])
+    task = instantiate(cfg.model.task, tokenizer=tokenizers["text"], **extra)
     return datamodule, task
 
 

@@ -52,9 +52,31 @@ class WaveformField:
         return load_audio(record.audio_filepath, self.sample_rate)
 
 
+class SpeechStreamField:
+    """units / pitch / style: LongTensor [T] of frame-level speech tokens (25, 12.5, 1 Hz; not deduplicated)
+    from the speech tokenizer (`tokenizers/units.py`), read from 16 kHz audio."""
+
+    cached = True
+    pad_value = 0
+
+    def __init__(self, tokenizer, stream: str) -> None:
+        if tokenizer is None or not hasattr(tokenizer, "encode_streams"):
+            raise ValueError(f"data field {stream!r} needs a units speech tokenizer (tokenizer/speech=units_mfcc "
+                             f"or units_hubert); got {type(tokenizer).__name__}")
+        self.tokenizer, self.stream = tokenizer, stream
+
+    def fingerprint(self) -> str:
+        return f"{self.stream}-{self.tokenizer.fingerprint()}"
+
+    def __call__(self, record: Utterance) -> torch.Tensor:
+        return self.tokenizer.encode_streams(load_audio(record.audio_filepath, 16000), (self.stream,))[self.stream]
+
+
 def build_fields(names: list[str], tokenizers: dict, sample_rate: int) -> dict:
     """Field name -> field object; an arm that needs a new kind of field adds it here."""
-    builders = {"text_ids": lambda: TextIdsField(tokenizers["text"]), "audio": lambda: WaveformField(sample_rate)}
+    builders = {"text_ids": lambda: TextIdsField(tokenizers["text"]), "audio": lambda: WaveformField(sample_rate),
+                **{stream: (lambda s=stream: SpeechStreamField(tokenizers.get("speech"), s))
+                   for stream in ("units", "pitch", "style")}}
     unknown = [n for n in names if n not in builders]
     if unknown:
         raise ValueError(f"unknown data fields {unknown}; known fields: {sorted(builders)}")
@@ -69,9 +91,10 @@ class UtteranceDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"id": self.records[i].id, "text": self.records[i].text}
+        record = self.records[i]
+        item = {"id": record.id, "text": record.text, "words": record.words, "style": record.style}
         for name, field in self.fields.items():
-            item[name] = self.cached[name][i] if name in self.cached else field(self.records[i])
+            item[name] = self.cached[name][i] if name in self.cached else field(record)
         return item
 
 
@@ -176,7 +199,7 @@ class SpeechDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def collate(self, items: list[dict]) -> dict:
-        batch = {"id": [it["id"] for it in items], "text": [it["text"] for it in items]}
+        batch = {key: [it[key] for it in items] for key in ("id", "text", "words", "style")}
         for name, field in self.fields.items():
             batch[name], batch[f"{name}_lengths"] = pad_stack([it[name] for it in items], field.pad_value)
         return batch

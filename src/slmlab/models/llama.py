@@ -3,15 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def build_llama_lm(vocab_size: int, hidden_size: int = 256, num_layers: int = 4, num_heads: int = 4,
                    num_kv_heads: int | None = None, intermediate_size: int | None = None,
                    max_positions: int = 1024, rope_theta: float = 10000.0, dropout: float = 0.0,
-                   pretrained_path: str | None = None, pad_token_id: int | None = None) -> LlamaForCausalLM:
+                   pretrained_path: str | None = None, pad_token_id: int | None = None,
+                   init_device: str | None = None) -> LlamaForCausalLM:
     """From scratch: sizes as given (intermediate_size defaults to the SwiGLU 8/3 x hidden, rounded up
-    to 64). From `pretrained_path` (a local `save_pretrained` folder): its sizes, with the input and
+    to 64), on `init_device` ("meta": shapes only, to inspect a published-scale architecture without
+    allocating it). From `pretrained_path` (a local `save_pretrained` folder): its sizes, with the input and
     output embeddings resized to `vocab_size` when the tokenizer has grown."""
     if pretrained_path is not None:
         if not Path(pretrained_path).is_dir():
@@ -26,4 +29,5 @@ def build_llama_lm(vocab_size: int, hidden_size: int = 256, num_layers: int = 4,
                          intermediate_size=intermediate_size, max_position_embeddings=max_positions,
                          rope_theta=rope_theta, attention_dropout=dropout, pad_token_id=pad_token_id,
                          tie_word_embeddings=False)
-    return LlamaForCausalLM(config)
+    with torch.device(init_device or "cpu"):
+        return LlamaForCausalLM(config)

@@ -1,0 +1,237 @@
+"""Speech output for Spirit LM: speech tokens -> log-mel (with a duration model) -> waveform.
+
+`UnitToMel` is a small convolutional acoustic model fitted on the corpus: each deduplicated unit, with
+the pitch and style tokens current at that point of the stream, gets an embedding, a predicted duration
+(in 25 Hz frames) and, after repetition to those durations, a log-mel spectrogram at the vocoder's hop.
+Pitch and style are dropped at random while fitting, so the one model voices Base streams (units only)
+and Expressive ones. The waveform comes from torchaudio's Griffin-Lim (embedded default) or, at scale,
+a HiFi-GAN from a local folder (`vocoder_path`, transformers' `SpeechT5HifiGan`, whose mel settings
+must then be given here). The reference's unit HiFi-GAN (speechbrain/fairseq) fills the same role.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torch import nn
+
+from slmlab.data.manifest import load_audio, read_manifest
+from slmlab.tokenizers.units import SAMPLE_RATE, dedup
+
+log = logging.getLogger(__name__)
+
+
+class ConvBlock(nn.Module):
+    """x [B, C, T] -> x + conv(relu(norm(x))), masked to the valid frames."""
+
+    def __init__(self, dim: int, kernel: int = 5, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.norm, self.conv, self.dropout = nn.GroupNorm(1, dim), nn.Conv1d(dim, dim, kernel, padding=kernel // 2), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (x + self.dropout(self.conv(F.gelu(self.norm(x))))) * mask
+
+
+class UnitToMel(nn.Module):
+    """units, pitch, style [B, N] (pitch/style: 0 = none, else token + 1) -> (log-durations [B, N],
+    log-mel [B, n_mels, M]) where M = mel frames of the repeated units at `mel_per_unit` frames each."""
+
+    def __init__(self, n_units: int, n_pitch: int, n_styles: int, n_mels: int = 80, dim: int = 192,
+                 layers: int = 3, mel_per_unit: float = 4.0) -> None:
+        super().__init__()
+        self.unit = nn.Embedding(n_units, dim)
+        self.pitch, self.style = nn.Embedding(n_pitch + 1, dim), nn.Embedding(n_styles + 1, dim)
+        self.encoder = nn.ModuleList(ConvBlock(dim) for _ in range(layers))
+        self.duration = nn.Linear(dim, 1)
+        self.decoder = nn.ModuleList(ConvBlock(dim) for _ in range(layers))
+        self.to_mel = nn.Conv1d(dim, n_mels, 1)
+        self.mel_per_unit = mel_per_unit
+
+    def forward(self, units, pitch, style, lengths, durations=None):
+        """durations [B, N] in 25 Hz frames (teacher forcing); predicted (rounded, >= 1) when None."""
+        mask = (torch.arange(units.shape[1], device=units.device)[None] < lengths[:, None]).unsqueeze(1).float()
+        x = (self.unit(units) + self.pitch(pitch) + self.style(style)).transpose(1, 2) * mask
+        for block in self.encoder:
+            x = block(x, mask)
+        log_durations = self.duration(x.transpose(1, 2)).squeeze(-1)
+        if durations is None:
+            durations = log_durations.exp().sub(1).round().clamp_min(1).long() * mask.squeeze(1).long()
+        frames = [row[:, : int(n)].repeat_interleave(d[: int(n)], dim=1) for row, d, n in zip(x, durations, lengths)]
+        mel_lengths = torch.tensor([round(f.shape[1] * self.mel_per_unit) for f in frames], device=units.device)
+        y = torch.zeros(len(frames), x.shape[1], int(mel_lengths.max()), device=units.device)
+        for i, f in enumerate(frames):  # nearest-neighbour upsampling from 25 Hz to the mel hop
+            y[i, :, : mel_lengths[i]] = F.interpolate(f[None], size=int(mel_lengths[i]), mode="nearest")[0]
+        mel_mask = (torch.arange(y.shape[2], device=units.device)[None] < mel_lengths[:, None]).unsqueeze(1).float()
+        for block in self.decoder:
+            y = block(y, mel_mask)
+        return log_durations, self.to_mel(y) * mel_mask, mel_lengths
+
+
+def unit_conditioning(tokens: list[tuple[str, int]]) -> tuple[list[int], list[int], list[int]]:
+    """A merged stream [("St", 3), ("Hu", 7), ("Pi", 12), ("Hu", 9)] -> per unit: (unit, pitch + 1, style + 1),
+    pitch and style being the last ones seen before it in the stream (0 before any)."""
+    units, pitch, style, current = [], [], [], {"Pi": 0, "St": 0}
+    for kind, value in tokens:
+        if kind == "Hu":
+            units.append(value)
+            pitch.append(current["Pi"])
+            style.append(current["St"])
+        else:
+            current[kind] = value + 1
+    return units, pitch, style
+
+
+class UnitVocoder:
+    """Speech tokens -> waveform [S] at 16 kHz: `UnitToMel`, then Griffin-Lim or a local HiFi-GAN."""
+
+    def __init__(self, model: UnitToMel, mel: dict, griffin_lim_iters: int = 32, vocoder_path: str | None = None) -> None:
+        self.model, self.mel = model.eval(), mel
+        self.mel_spectrogram = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, power=1.0, **mel)
+        self.inverse_mel = torchaudio.transforms.InverseMelScale(mel["n_fft"] // 2 + 1, mel["n_mels"], SAMPLE_RATE,
+                                                                 mel.get("f_min", 0.0), mel.get("f_max"))
+        self.griffin_lim = torchaudio.transforms.GriffinLim(mel["n_fft"], griffin_lim_iters, mel["win_length"],
+                                                            mel["hop_length"], power=1.0)
+        self.hifigan = None
+        if vocoder_path is not None:
+            from transformers import SpeechT5HifiGan
+
+            if not Path(vocoder_path).is_dir():
+                raise FileNotFoundError(f"vocoder folder not found: {vocoder_path} (slmlab never downloads)")
+            self.hifigan = SpeechT5HifiGan.from_pretrained(vocoder_path, local_files_only=True).eval()
+
+    def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav [S] -> natural-log mel [n_mels, S // hop]."""
+        return self.mel_spectrogram(wav).clamp_min(1e-5).log()[:, : len(wav) // self.mel["hop_length"]]
+
+    @torch.no_grad()
+    def mel_to_wave(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """log-mel [n_mels, M] -> waveform [S]."""
+        if self.hifigan is not None:  # SpeechT5's HiFi-GAN reads log10 mels, [M, n_mels]
+            return self.hifigan(log_mel.T / math.log(10))
+        return self.griffin_lim(self.inverse_mel(log_mel.exp()))
+
+    @torch.no_grad()
+    def synthesise(self, tokens: list[tuple[str, int]], durations: list[int] | None = None) -> torch.Tensor:
+        """Merged speech tokens -> waveform [S] at 16 kHz (empty when there is no unit)."""
+        units, pitch, style = unit_conditioning(tokens)
+        if not units:
+            return torch.zeros(0)
+        as_batch = [torch.tensor([values]) for values in (units, pitch, style)]
+        given = torch.tensor([durations]) if durations is not None else None
+        _, log_mel, _ = self.model(*as_batch, torch.tensor([len(units)]), given)
+        return self.mel_to_wave(log_mel[0])
+
+
+def _training_examples(tokenizer, records, vocoder: UnitVocoder) -> list[dict]:
+    examples = []
+    for record in records:
+        wav = load_audio(record.audio_filepath, SAMPLE_RATE)
+        streams = tokenizer.encode_streams(wav)
+        units, durations = dedup(streams["units"]) if tokenizer.dedup else (streams["units"], torch.ones_like(streams["units"]))
+        starts = torch.cumsum(durations, 0) - durations
+        pitch = streams["pitch"][(starts // 2).clamp_max(len(streams["pitch"]) - 1)] + 1 if len(streams["pitch"]) else torch.zeros_like(units)
+        style = streams["style"][(starts // 25).clamp_max(len(streams["style"]) - 1)] + 1
+        examples.append({"units": units, "pitch": pitch, "style": style, "durations": durations,
+                         "mel": vocoder.log_mel(wav)})
+    return examples
+
+
+def _batch(examples: list[dict], drop_prosody: torch.Tensor | None = None) -> dict:
+    from slmlab.data.batching import pad_stack
+
+    batch = {name: pad_stack([e[name] for e in examples], 0)[0] for name in ("units", "pitch", "style", "durations")}
+    batch["lengths"] = torch.tensor([len(e["units"]) for e in examples])
+    if drop_prosody is not None:  # conditioning dropout: the same model voices units without pitch/style
+        batch["pitch"] = batch["pitch"] * ~drop_prosody[:, None]
+        batch["style"] = batch["style"] * ~drop_prosody[:, None]
+    mels, mel_lengths = pad_stack([e["mel"].T for e in examples], 0.0)
+    batch["mel"], batch["mel_lengths"] = mels.transpose(1, 2), mel_lengths
+    return batch
+
+
+def vocoder_loss(model: UnitToMel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1 of log-mel over valid frames, MSE of log(1 + duration)) with teacher-forced durations."""
+    log_durations, mel, mel_lengths = model(batch["units"], batch["pitch"], batch["style"], batch["lengths"],
+                                            batch["durations"])
+    frames = min(mel.shape[2], batch["mel"].shape[2])
+    valid = (torch.arange(frames)[None] < torch.minimum(mel_lengths, batch["mel_lengths"])[:, None]).unsqueeze(1)
+    mel_loss = ((mel[..., :frames] - batch["mel"][..., :frames]).abs() * valid).sum() / (valid.sum() * mel.shape[1])
+    unit_mask = torch.arange(batch["units"].shape[1])[None] < batch["lengths"][:, None]
+    duration_loss = F.mse_loss(log_durations[unit_mask], batch["durations"][unit_mask].float().log1p())
+    return mel_loss, duration_loss
+
+
+def resynthesis_report(tokenizer, vocoder: UnitVocoder, records, limit: int = 32) -> dict:
+    """How close resynthesis of real units is to the source, on up to `limit` held-out utterances:
+    log-mel L1 (predicted mel vs source, teacher-forced durations), duration error (frames), and the unit
+    error rate of the resynthesised audio re-tokenised, against the same for Griffin-Lim of the source
+    mel (the vocoder's own ceiling) and for a silent output."""
+    from torchmetrics.functional.text import word_error_rate
+
+    mel_l1, duration_error, refs, hyps, ceiling = [], [], [], [], []
+    for example, record in zip(_training_examples(tokenizer, records[:limit], vocoder), records[:limit]):
+        batch = _batch([example])
+        with torch.no_grad():
+            mel_l1.append(float(vocoder_loss(vocoder.model, batch)[0]))
+            log_durations, _, _ = vocoder.model(batch["units"], batch["pitch"], batch["style"], batch["lengths"])
+        duration_error.append(float((log_durations.exp().sub(1).round().clamp_min(1) - batch["durations"]).abs().mean()))
+        tokens = [("Hu", int(u)) for u in example["units"]]
+        resynthesised = vocoder.synthesise(tokens)
+        units = lambda wav: " ".join(str(int(u)) for u in tokenizer.encode(wav))  # noqa: E731
+        refs.append(units(load_audio(record.audio_filepath, SAMPLE_RATE)))
+        hyps.append(units(resynthesised))
+        ceiling.append(units(vocoder.mel_to_wave(example["mel"])))
+    return {"utterances": len(refs), "mel_l1": sum(mel_l1) / len(mel_l1),
+            "duration_abs_error_frames": sum(duration_error) / len(duration_error),
+            "unit_error_rate": float(word_error_rate(hyps, refs)),
+            "unit_error_rate_griffin_lim_of_source": float(word_error_rate(ceiling, refs)),
+            "unit_error_rate_silence": 1.0}
+
+
+def load_or_fit_unit_vocoder(corpus, tokenizer, tokenizer_folder: Path, steps: int = 1500, batch_size: int = 16,
+                             lr: float = 2e-3, dim: int = 192, layers: int = 3, griffin_lim_iters: int = 32,
+                             vocoder_path: str | None = None, mel: dict | None = None, seed: int = 0) -> UnitVocoder:
+    """Fit `UnitToMel` on the corpus's train split once (saved in the tokenizer's folder with a resynthesis
+    report on the test split); later calls load it."""
+    mel = {"n_fft": 1024, "win_length": 640, "hop_length": 160, "n_mels": 80, **(mel or {})}
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "dim": dim, "layers": layers, "mel": mel, "seed": seed}
+    folder = tokenizer_folder / f"vocoder_{hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]}"
+    sizes = tokenizer.sizes
+    model = UnitToMel(sizes["Hu"], sizes["Pi"], sizes["St"], mel["n_mels"], dim, layers, 640 / mel["hop_length"])
+    if (folder / "unit_to_mel.pt").is_file():
+        model.load_state_dict(torch.load(folder / "unit_to_mel.pt"))
+        return UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
+    vocoder = UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
+    records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+    log.info("fitting the unit vocoder on %d utterances for %d steps", len(records), steps)
+    examples = _training_examples(tokenizer, records, vocoder)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.05)
+    model.train()
+    for step in range(steps):
+        picks = torch.randint(len(examples), (batch_size,), generator=generator)
+        batch = _batch([examples[i] for i in picks], drop_prosody=torch.rand(batch_size, generator=generator) < 0.5)
+        mel_loss, duration_loss = vocoder_loss(model, batch)
+        optimizer.zero_grad()
+        (mel_loss + duration_loss).backward()
+        optimizer.step()
+        schedule.step()
+        if step % 250 == 0 or step == steps - 1:
+            log.info("unit vocoder step %d: mel L1 %.3f, duration MSE %.3f", step, mel_loss.item(), duration_loss.item())
+    model.eval()
+    test_records, _ = read_manifest(corpus.manifest("test"), check_audio=False)
+    report = resynthesis_report(tokenizer, vocoder, test_records)
+    log.info("unit vocoder resynthesis on test: %s", json.dumps(report))
+    tmp = folder.with_name(folder.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), tmp / "unit_to_mel.pt")
+    (tmp / "resynthesis.json").write_text(json.dumps({"settings": settings, "test": report}, indent=2))
+    tmp.rename(folder)
+    return vocoder

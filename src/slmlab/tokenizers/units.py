@@ -1,0 +1,343 @@
+"""Speech tokens for Spirit LM: phonetic units (25 Hz), pitch (12.5 Hz) and style (1 Hz), fitted on a corpus.
+
+    tok = load_or_fit_speech_tokenizer(corpus, features="mfcc", n_units=500)
+    units = tok.encode(wav)                      # LongTensor [N] at 25 Hz (repeats merged when dedup=True)
+    tok.units_to_string(units)                   # "[Hu12][Hu7]..."; tok.parse("[Hu12][Pi3]") reverses it
+    streams = tok.encode_streams(wav)            # frame-level {"units": [T/0.04 s], "pitch": [..], "style": [..]}
+    tok.merge(streams, start=0.5, end=1.2)       # [("St", 81), ("Hu", 78), ("Pi", 13), ...] in time order
+
+Units: frame features -> nearest of `n_units` k-means centroids. Features are MFCC (+deltas, HuBERT's
+first-iteration targets) or log-mel, per-utterance normalised (the embedded default), or one layer of
+a HuBERT model from a local folder (transformers). Pitch: F0 from normalised autocorrelation,
+log-F0 quantised into `n_pitch - 1` corpus quantile bins plus one "unvoiced" token. Style: per-second
+prosody statistics (log-F0 mean/spread, voicing, energy, unit rate), k-means into `n_styles`.
+The reference uses mHuBERT + k-means 501, a pitch VQ-VAE and a speech-property encoder; the sizes
+and rates match it, the feature extractors are the small, corpus-fitted stand-ins named above.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+from slmlab.data.manifest import load_audio, read_manifest
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+RATES = {"St": 1.0, "Hu": 25.0, "Pi": 12.5}  # tokens per second of each stream
+STREAM_OF = {"St": "style", "Hu": "units", "Pi": "pitch"}
+KIND_OF = {stream: kind for kind, stream in STREAM_OF.items()}
+MERGE_ORDER = {"St": 0, "Hu": 1, "Pi": 2}  # at equal times, as the reference writes [St81][Hu78][Pi13]
+TOKEN_PATTERN = re.compile(r"\[(Hu|Pi|St)(\d+)\]")
+HOP_100HZ = SAMPLE_RATE // 100
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Tensor:
+    """x [N, D] -> centroids [k, D]: k-means++ seeding then Lloyd iterations (replaces sklearn's KMeans,
+    which fairseq's `learn_kmeans.py` uses for HuBERT units)."""
+    generator = torch.Generator().manual_seed(seed)
+    k = min(k, len(x))
+    centroids = x[torch.randint(len(x), (1,), generator=generator)]
+    nearest = torch.cdist(x, centroids).squeeze(1) ** 2
+    for _ in range(k - 1):
+        pick = torch.multinomial(nearest.clamp_min(1e-12), 1, generator=generator)
+        centroids = torch.cat([centroids, x[pick]])
+        nearest = torch.minimum(nearest, (torch.cdist(x, x[pick]).squeeze(1)) ** 2)
+    for _ in range(iters):
+        assign = assign_nearest(x, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).unsqueeze(1)
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+    return centroids
+
+
+def assign_nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """x [N, D], centroids [k, D] -> index of the nearest centroid [N]."""
+    return torch.cat([torch.cdist(part, centroids).argmin(1) for part in x.split(chunk)]) if len(x) else \
+        torch.zeros(0, dtype=torch.long)
+
+
+def dedup(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """values [T] -> (values with runs merged [N], run lengths [N])."""
+    return torch.unique_consecutive(values, return_counts=True)
+
+
+# -- frame features ---------------------------------------------------------------------------------
+class SpectralFeatures:
+    """`features=mfcc` (13 MFCC + deltas + delta-deltas) or `logmel` (40 bins), 10 ms frames averaged in
+    fours to 25 Hz, each utterance normalised to zero mean and unit variance per dimension."""
+
+    def __init__(self, kind: str = "mfcc") -> None:
+        melkwargs = {"n_fft": 512, "win_length": 400, "hop_length": HOP_100HZ, "n_mels": 40}
+        if kind == "mfcc":
+            self.transform = torchaudio.transforms.MFCC(SAMPLE_RATE, n_mfcc=13, melkwargs=melkwargs)
+        elif kind == "logmel":
+            self.transform = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, **melkwargs)
+        else:
+            raise ValueError(f"unknown spectral features {kind!r}; valid: mfcc, logmel")
+        self.kind = kind
+
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav [S] at 16 kHz -> [T, D] at 25 Hz, T = S // 640."""
+        frames = self.transform(wav)
+        if self.kind == "mfcc":
+            delta = torchaudio.functional.compute_deltas(frames)
+            frames = torch.cat([frames, delta, torchaudio.functional.compute_deltas(delta)])
+        else:
+            frames = frames.clamp_min(1e-6).log()
+        frames = _pool_to_25hz(frames.T, len(wav) // 640, HOP_100HZ)
+        return (frames - frames.mean(0)) / frames.std(0).clamp_min(1e-5) if len(frames) > 1 else frames
+
+
+class HubertFeatures:
+    """`features=hubert`: hidden states of `layer` of a transformers HuBERT (or wav2vec2) model saved in a
+    local folder; its 50 Hz frames are averaged in pairs to 25 Hz."""
+
+    def __init__(self, path: str, layer: int = 6) -> None:
+        from transformers import AutoModel, Wav2Vec2FeatureExtractor
+
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"HuBERT folder not found: {path} (slmlab never downloads; pass a local path)")
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        if not 0 <= layer <= self.model.config.num_hidden_layers:
+            raise ValueError(f"{path}: layer {layer} out of range 0..{self.model.config.num_hidden_layers}")
+        extractor_file = Path(path) / "preprocessor_config.json"
+        self.extractor = (Wav2Vec2FeatureExtractor.from_pretrained(path) if extractor_file.is_file()
+                          else Wav2Vec2FeatureExtractor(do_normalize=True))
+        self.layer = layer
+
+    @torch.no_grad()
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        inputs = self.extractor(wav.numpy(), sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        hidden = self.model(inputs.input_values, output_hidden_states=True).hidden_states[self.layer][0]
+        return _pool_to_25hz(hidden, len(wav) // 640, 2 * HOP_100HZ)
+
+
+def _pool_to_25hz(frames: torch.Tensor, count: int, hop: int) -> torch.Tensor:
+    """frames [T, D] every `hop` samples -> [count, D], each the mean of the frames inside its 640 samples."""
+    group = 640 // hop
+    frames = frames[: count * group]
+    if len(frames) < count * group:
+        frames = torch.cat([frames, frames[-1:].expand(count * group - len(frames), -1)])
+    return frames.reshape(count, group, -1).mean(1)
+
+
+def f0_contour(wav: torch.Tensor, fmin: float = 60.0, fmax: float = 400.0, threshold: float = 0.45) -> torch.Tensor:
+    """wav [S] at 16 kHz -> F0 in Hz per 10 ms frame [S // 160], 0 where unvoiced. The lag maximising the
+    normalised autocorrelation of 40 ms windows (replaces the YAAPT/pyworld trackers of the reference)."""
+    window = 640
+    padded = F.pad(wav, (window // 2, window // 2))
+    frames = padded.unfold(0, window, HOP_100HZ)[: len(wav) // HOP_100HZ]
+    frames = frames - frames.mean(1, keepdim=True)
+    spectrum = torch.fft.rfft(frames, n=2 * window)
+    autocorr = torch.fft.irfft(spectrum.abs() ** 2)[:, :window]
+    lags = torch.arange(int(SAMPLE_RATE / fmax), int(SAMPLE_RATE / fmin) + 1)
+    energy = autocorr[:, :1].clamp_min(1e-8)
+    normalised = autocorr[:, lags] / energy * window / (window - lags)  # unbiased: longer lags overlap less
+    peak, index = normalised.max(1)
+    loud = energy.squeeze(1) > 1e-3 * energy.max()
+    return torch.where((peak > threshold) & loud, SAMPLE_RATE / lags[index].float(), torch.zeros(()))
+
+
+class SpeechTokenizer:
+    """Fitted state: unit centroids, pitch bin edges (log-F0), style centroids and feature statistics."""
+
+    def __init__(self, config: dict, unit_centroids: torch.Tensor, pitch_edges: torch.Tensor,
+                 style_centroids: torch.Tensor, style_stats: torch.Tensor, features=None) -> None:
+        self.config = config
+        self.unit_centroids, self.pitch_edges = unit_centroids, pitch_edges
+        self.style_centroids, self.style_stats = style_centroids, style_stats
+        self.features = features or make_features(config)
+        self.decoder = None  # a fitted `UnitVocoder` (tokenizers/unit_vocoder.py), attached by the loader
+
+    # sizes
+    @property
+    def n_units(self) -> int:
+        return len(self.unit_centroids)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Token kind -> number of values: {"Hu": n_units, "Pi": n_pitch, "St": n_styles}."""
+        return {"Hu": self.n_units, "Pi": len(self.pitch_edges) + 2, "St": len(self.style_centroids)}
+
+    @property
+    def dedup(self) -> bool:
+        return self.config["dedup"]
+
+    def fingerprint(self) -> str:
+        state = json.dumps(self.config, sort_keys=True).encode() + self.unit_centroids.numpy().tobytes() + \
+            self.pitch_edges.numpy().tobytes() + self.style_centroids.numpy().tobytes()
+        return hashlib.sha1(state).hexdigest()[:16]
+
+    # encoding
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav [S] at 16 kHz -> units [N] at 25 Hz (repeats merged when the tokenizer deduplicates)."""
+        units = self.encode_streams(wav, ("units",))["units"]
+        return dedup(units)[0] if self.dedup else units
+
+    def encode_streams(self, wav: torch.Tensor, streams=("units", "pitch", "style")) -> dict[str, torch.Tensor]:
+        """wav [S] at 16 kHz -> frame-level LongTensors: units [S/640] (25 Hz), pitch [S/1280] (12.5 Hz),
+        style [ceil(S/16000)] (1 Hz); nothing deduplicated (cutting at word times needs the frames)."""
+        out = {}
+        if "units" in streams or "style" in streams:
+            units = assign_nearest(self.features(wav), self.unit_centroids)
+            out["units"] = units
+        if "pitch" in streams or "style" in streams:
+            f0 = f0_contour(wav)
+        if "pitch" in streams:
+            out["pitch"] = self._pitch_tokens(f0)
+        if "style" in streams:
+            out["style"] = assign_nearest((style_features(wav, f0, units) - self.style_stats[0]) / self.style_stats[1],
+                                          self.style_centroids)
+        return {name: out[name] for name in streams}
+
+    def _pitch_tokens(self, f0: torch.Tensor) -> torch.Tensor:
+        """F0 per 10 ms -> 12.5 Hz tokens: 0 = unvoiced (under half the frames voiced), else 1 + bin of the
+        median voiced log-F0."""
+        count = len(f0) // 8
+        blocks = f0[: count * 8].reshape(count, 8)
+        voiced = blocks > 0
+        log_f0 = torch.where(voiced, blocks.clamp_min(1.0).log(), torch.full_like(blocks, float("nan")))
+        median = log_f0.nanmedian(1).values
+        tokens = 1 + torch.bucketize(median.nan_to_num(0.0), self.pitch_edges)
+        return torch.where(voiced.sum(1) >= 4, tokens, torch.zeros_like(tokens))
+
+    def merge(self, streams: dict[str, torch.Tensor], start: float = 0.0, end: float | None = None) -> list[tuple[str, int]]:
+        """Tokens of the given streams whose time lies in [start, end) s, each stream deduplicated when
+        configured (style never repeats within a second anyway), merged in time order."""
+        events = []
+        for name, values in streams.items():
+            kind = KIND_OF[name]
+            times = torch.arange(len(values)) / RATES[kind]
+            inside = (times >= start) & (times < (end if end is not None else float("inf")))
+            values, times = values[inside], times[inside]
+            if self.dedup and len(values):
+                keep = torch.ones(len(values), dtype=torch.bool)
+                keep[1:] = values[1:] != values[:-1]
+                values, times = values[keep], times[keep]
+            events += [(float(t), MERGE_ORDER[kind], kind, int(v)) for t, v in zip(times, values)]
+        return [(kind, value) for _, _, kind, value in sorted(events)]
+
+    # strings
+    @staticmethod
+    def to_string(tokens: list[tuple[str, int]]) -> str:
+        return "".join(f"[{kind}{value}]" for kind, value in tokens)
+
+    def units_to_string(self, units: torch.Tensor) -> str:
+        return self.to_string([("Hu", int(u)) for u in units])
+
+    def parse(self, text: str) -> list[tuple[str, int]]:
+        """"[St81][Hu78][Pi13]" -> [("St", 81), ("Hu", 78), ("Pi", 13)]; anything else is an error."""
+        tokens, position = [], 0
+        for match in TOKEN_PATTERN.finditer(text):
+            if match.start() != position:
+                raise ValueError(f"not a speech token at character {position}: {text[position:match.start()]!r}")
+            kind, value = match.group(1), int(match.group(2))
+            if value >= self.sizes[kind]:
+                raise ValueError(f"[{kind}{value}] out of range: this tokenizer has {self.sizes[kind]} {kind} values")
+            tokens.append((kind, value))
+            position = match.end()
+        if position != len(text):
+            raise ValueError(f"not a speech token at character {position}: {text[position:]!r}")
+        return tokens
+
+    # decoding
+    def decode(self, tokens: list[tuple[str, int]] | str) -> torch.Tensor:
+        """Speech tokens (or their string) -> waveform [S] at 16 kHz through the fitted unit vocoder."""
+        if self.decoder is None:
+            raise RuntimeError("this speech tokenizer has no fitted decoder (set `decoder` in tokenizer/speech)")
+        return self.decoder.synthesise(self.parse(tokens) if isinstance(tokens, str) else tokens)
+
+    # persistence
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "speech_tokenizer.json").write_text(json.dumps(self.config, indent=2))
+        torch.save({"unit_centroids": self.unit_centroids, "pitch_edges": self.pitch_edges,
+                    "style_centroids": self.style_centroids, "style_stats": self.style_stats},
+                   folder / "speech_tokenizer.pt")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "SpeechTokenizer":
+        folder = Path(folder)
+        config = json.loads((folder / "speech_tokenizer.json").read_text())
+        return cls(config, **torch.load(folder / "speech_tokenizer.pt"))
+
+
+def make_features(config: dict):
+    if config["features"] == "hubert":
+        if not config.get("hubert_path"):
+            raise ValueError("tokenizer/speech features=hubert needs hubert_path (a local transformers folder)")
+        return HubertFeatures(config["hubert_path"], config["hubert_layer"])
+    return SpectralFeatures(config["features"])
+
+
+def style_features(wav: torch.Tensor, f0: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """One row per started second [ceil(S/16000), 6]: voiced log-F0 mean and spread, voiced fraction,
+    frame energy mean and spread (dB), and unit changes per second (a speaking-rate proxy)."""
+    seconds = max(1, -(-len(wav) // SAMPLE_RATE))
+    energy_db = 10 * wav[: len(f0) * HOP_100HZ].reshape(len(f0), HOP_100HZ).pow(2).mean(1).clamp_min(1e-8).log10()
+    changes = torch.cat([torch.zeros(1), (units[1:] != units[:-1]).float()])
+    rows = []
+    for s in range(seconds):
+        pitch, loud = f0[s * 100:(s + 1) * 100], energy_db[s * 100:(s + 1) * 100]
+        voiced = pitch[pitch > 0].log()
+        rows.append([voiced.mean() if len(voiced) else 0.0, voiced.std() if len(voiced) > 1 else 0.0,
+                     (pitch > 0).float().mean() if len(pitch) else 0.0,
+                     loud.mean() if len(loud) else -80.0, loud.std() if len(loud) > 1 else 0.0,
+                     changes[s * 25:(s + 1) * 25].mean() * 25 if len(changes[s * 25:(s + 1) * 25]) else 0.0])
+    return torch.tensor([[float(v) for v in row] for row in rows])
+
+
+def fit_speech_tokenizer(waveforms, features: str = "mfcc", n_units: int = 500, n_pitch: int = 64,
+                         n_styles: int = 100, dedup: bool = True, hubert_path: str | None = None,
+                         hubert_layer: int = 6, max_frames: int = 200_000, seed: int = 0) -> SpeechTokenizer:
+    """Fit units, pitch bins and styles on an iterable of 16 kHz waveforms [S]."""
+    config = {"features": features, "n_units": n_units, "n_pitch": n_pitch, "n_styles": n_styles, "dedup": dedup,
+              "hubert_path": hubert_path, "hubert_layer": hubert_layer, "seed": seed}
+    extractor = make_features(config)
+    waveforms = list(waveforms)
+    frames, f0s = [extractor(w) for w in waveforms], [f0_contour(w) for w in waveforms]
+    pool = torch.cat(frames)
+    if len(pool) > max_frames:
+        pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:max_frames]]
+    unit_centroids = kmeans(pool, n_units, seed=seed)
+    voiced = torch.cat([f0[f0 > 0].log() for f0 in f0s])
+    pitch_edges = torch.quantile(voiced, torch.linspace(0, 1, n_pitch)[1:-1]) if len(voiced) else torch.zeros(n_pitch - 2)
+    rows = torch.cat([style_features(w, f0, assign_nearest(x, unit_centroids)) for w, f0, x in zip(waveforms, f0s, frames)])
+    style_stats = torch.stack([rows.mean(0), rows.std(0).clamp_min(1e-5)])
+    style_centroids = kmeans((rows - style_stats[0]) / style_stats[1], n_styles, seed=seed)
+    return SpeechTokenizer(config, unit_centroids, pitch_edges, style_centroids, style_stats, extractor)
+
+
+def load_or_fit_speech_tokenizer(corpus, features: str = "mfcc", n_units: int = 500, n_pitch: int = 64,
+                                 n_styles: int = 100, dedup: bool = True, hubert_path: str | None = None,
+                                 hubert_layer: int = 6, decoder: dict | None = None, seed: int = 0) -> SpeechTokenizer:
+    """`tokenizer/speech=units_*`: fit on the corpus's train audio once (first `slmlab-prepare` or training
+    run), saved under `<corpus>/tokenizers/`; with `decoder` settings, the unit vocoder too."""
+    from slmlab.tokenizers.unit_vocoder import load_or_fit_unit_vocoder
+
+    settings = {"features": features, "n_units": n_units, "n_pitch": n_pitch, "n_styles": n_styles, "dedup": dedup,
+                "hubert_path": hubert_path, "hubert_layer": hubert_layer, "seed": seed}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    folder = Path(corpus.root) / "tokenizers" / f"speech_{features}_{n_units}_{key}"
+    if (folder / "speech_tokenizer.pt").is_file():
+        tokenizer = SpeechTokenizer.load(folder)
+    else:
+        records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+        log.info("fitting speech tokens (%s, %d units) on %d utterances", features, n_units, len(records))
+        tokenizer = fit_speech_tokenizer((load_audio(r.audio_filepath, SAMPLE_RATE) for r in records), **settings)
+        tmp = folder.with_name(folder.name + ".partial")
+        tokenizer.save(tmp)
+        tmp.rename(folder)
+        log.info("speech tokenizer -> %s", folder)
+    if decoder is not None:
+        tokenizer.decoder = load_or_fit_unit_vocoder(corpus, tokenizer, folder, **decoder)
+    return tokenizer
