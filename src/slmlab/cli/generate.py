@@ -1,6 +1,6 @@
 """slmlab-generate: load a trained run from its checkpoint and answer one text and/or audio input.
 
-Writes <output_dir>/output.txt (and output.wav for speech output) and prints the text.
+Writes <output_dir>/output.txt (and output.wav and output.speech_tokens.txt for speech output) and prints the text.
 """
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ def main(cfg: DictConfig) -> dict:
     output = task.respond(text=cfg.text, audio=audio, modality=cfg.modality, **overrides)
     out_dir = Path(cfg.paths.output_dir)
     (out_dir / "output.txt").write_text((output.get("text") or "") + "\n")
+    if output.get("speech_tokens"):  # spiritlm: the generated speech as tokens ([St3][Hu12][Pi40]...)
+        (out_dir / "output.speech_tokens.txt").write_text(output["speech_tokens"] + "\n")
     if output.get("audio") is not None:
         soundfile.write(out_dir / "output.wav", output["audio"].numpy(), output["sample_rate"])
     log.info("output in %s", out_dir)

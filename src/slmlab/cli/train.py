@@ -27,8 +27,9 @@ def check_speech_tokenizer(cfg: DictConfig, choice: str | None) -> None:
 
 def build(cfg: DictConfig):
     """corpus -> tokenizers -> datamodule and task, as the config says."""
-    if HydraConfig.initialized():
-        check_speech_tokenizer(cfg, HydraConfig.get().runtime.choices.get("tokenizer/speech"))
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    if "tokenizer/speech" in choices:  # composed here (train, prepare), not a finished run's saved config
+        check_speech_tokenizer(cfg, choices["tokenizer/speech"])
     corpus = instantiate(cfg.data.corpus)
     corpus.prepare()
     tokenizers = {"text": instantiate(cfg.tokenizer.text, corpus=corpus)}

@@ -17,7 +17,11 @@ def batch_size(batch: dict) -> int:
 
 
 def batch_tokens(batch: dict) -> int:
-    """For Lightning's ThroughputMonitor: non-padding positions of the batch's first field."""
+    """For Lightning's ThroughputMonitor: the model's non-padding input positions, which a task that builds
+    its own sequences records in `batch["num_tokens"]` during its training step; otherwise the non-padding
+    positions of the batch's first field."""
+    if "num_tokens" in batch:
+        return int(batch["num_tokens"])
     return int(next(v for k, v in batch.items() if k.endswith("_lengths")).sum())
 
 

@@ -63,6 +63,7 @@ class SpeechLMTask(SLMTask):
         self.log("train/lm_loss", out.lm_loss, batch_size=size)
         if out.ctc_loss is not None:
             self.log("train/ctc_loss", out.ctc_loss, batch_size=size)
+        batch["num_tokens"] = int(inputs["attention_mask"].sum())  # LM positions, audio ones included (throughput)
         audio_tokens = (inputs["input_ids"] == self.net.config.audio_token_id).sum()
         seconds = batch["audio_lengths"].sum() / self.sample_rate
         self.log("train/audio_tokens_per_s", audio_tokens / seconds, batch_size=size)

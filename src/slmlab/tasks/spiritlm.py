@@ -74,6 +74,7 @@ class SpiritLMTask(SLMTask):
                      for i in range(len(batch["id"]))]
         losses, targets = self.token_losses(sequences)
         valid = targets != -100
+        batch["num_tokens"] = sum(len(s) for s in sequences)  # LM positions (throughput)
         loss = losses[valid].mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=int(valid.sum()))
         self.log_means("train", losses, self.type_masks(targets))

@@ -111,10 +111,14 @@ class UnitVocoder:
 
     @torch.no_grad()
     def mel_to_wave(self, log_mel: torch.Tensor) -> torch.Tensor:
-        """log-mel [n_mels, M] -> waveform [S]."""
+        """log-mel [n_mels, M] -> waveform [M * hop]; a clip shorter than one FFT window is padded with silence."""
+        frames = log_mel.shape[1]
+        log_mel = F.pad(log_mel, (0, max(0, self.mel["n_fft"] // self.mel["hop_length"] + 1 - frames)), value=math.log(1e-5))
         if self.hifigan is not None:  # SpeechT5's HiFi-GAN reads log10 mels, [M, n_mels]
-            return self.hifigan(log_mel.T / math.log(10))
-        return self.griffin_lim(self.inverse_mel(log_mel.exp()))
+            wave = self.hifigan(log_mel.T / math.log(10))
+        else:
+            wave = self.griffin_lim(self.inverse_mel(log_mel.exp()))
+        return wave[: frames * self.mel["hop_length"]]
 
     @torch.no_grad()
     def synthesise(self, tokens: list[tuple[str, int]], durations: list[int] | None = None) -> torch.Tensor:

@@ -211,7 +211,7 @@ class SpeechTokenizer:
 
     def merge(self, streams: dict[str, torch.Tensor], start: float = 0.0, end: float | None = None) -> list[tuple[str, int]]:
         """Tokens of the given streams whose time lies in [start, end) s, each stream deduplicated when
-        configured (style never repeats within a second anyway), merged in time order."""
+        configured (repeats of a unit, pitch or style value merged), merged in time order."""
         events = []
         for name, values in streams.items():
             kind = KIND_OF[name]
