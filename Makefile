@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/slmlab-prepare data=synthetic data.preset=$(PRESET)
+	$(BIN)/slmlab-prepare data=synthetic data.preset=$(PRESET) model=spiritlm_expressive
 	$(BIN)/slmlab-train experiment=demo_text_lm data.preset=$(PRESET)
+	$(BIN)/slmlab-train experiment=demo_spiritlm_base data.preset=$(PRESET)
+	$(BIN)/slmlab-train experiment=demo_spiritlm_expressive data.preset=$(PRESET)
 	$(BIN)/slmlab-train experiment=demo_speechlm data.preset=$(PRESET)
 
 test: $(STAMP)

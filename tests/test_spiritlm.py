@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 from hydra.utils import instantiate
-from transformers import HubertConfig, HubertModel
+from transformers import HubertConfig, HubertModel, SpeechT5HifiGan, SpeechT5HifiGanConfig
 
 from slmlab.cli.train import build, check_speech_tokenizer
 from slmlab.data.manifest import load_audio, read_manifest
@@ -16,6 +16,7 @@ from slmlab.models.llama import build_llama_lm
 from slmlab.tasks.spiritlm import SpiritLMTask
 from slmlab.tokenizers.interleaved import InterleavedSequences, InterleavedVocabulary, draw_spans, word_boundaries
 from slmlab.tokenizers.text import load_or_fit_bpe
+from slmlab.tokenizers.unit_vocoder import UnitVocoder
 from slmlab.tokenizers.units import dedup, fit_speech_tokenizer, load_or_fit_speech_tokenizer
 
 # the sizes of experiment=tiny_spiritlm_*, so the tests and the tiny training runs share one fitted tokenizer
@@ -87,7 +88,8 @@ def test_word_boundaries_and_spans_on_a_known_alignment(vocab):
         expected = [vocab.text.bos_id]
         for modality, first, last in spans:  # speech spans hold exactly the frames between their cut points
             if modality == "TEXT":
-                expected += [vocab.text_id, *(i for w in words[first:last] for i in vocab.word_ids(w["word"]))]
+                expected += [vocab.text_id, *vocab.text.encode(" ".join(w["word"] for w in words[first:last]),
+                                                               bos=False, eos=False)]
             else:
                 frames = [f for f in range(42) if cut_frames[first] <= f < cut_frames[last]]
                 expected += [vocab.speech_id, *vocab.speech_ids([("Hu", f) for f in frames])]
@@ -135,6 +137,21 @@ def test_logit_masking_never_generates_the_other_modality(tiny_corpus, speech_to
     assert {m for m, _ in unmasked["pieces"]} == {"TEXT", "SPEECH"}  # without the mask both appear
 
 
+def test_a_pretrained_text_lm_continues_with_its_embeddings_resized(tiny_corpus, speech_tokenizer, tmp_path):
+    text_tokenizer = load_or_fit_bpe(tiny_corpus, vocab_size=256)
+    text_size = len(text_tokenizer)
+    pretrained = build_llama_lm(text_size, hidden_size=32, num_layers=1, num_heads=2).eval()
+    pretrained.save_pretrained(tmp_path / "llama")
+    net = lambda **kw: build_llama_lm(pretrained_path=str(tmp_path / "llama"), **kw)  # noqa: E731
+    task = SpiritLMTask(net, text_tokenizer, speech_tokenizer, optimizer=None).eval()
+    assert task.net.get_input_embeddings().num_embeddings == len(task.vocab) == text_size + 2 + speech_tokenizer.n_units
+    ids = torch.tensor([text_tokenizer.encode("the dog")])
+    with torch.no_grad():  # the text it knew reads exactly as before
+        assert torch.allclose(task.net(ids).logits[..., :text_size], pretrained(ids).logits, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        build_llama_lm(10, pretrained_path="meta-llama/Llama-2-7b-hf")
+
+
 def test_hubert_features_load_from_a_tiny_local_checkpoint(tmp_path, waveform):
     config = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                           conv_dim=(16, 16, 16, 16, 16, 16, 16), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
@@ -155,6 +172,21 @@ def test_the_unit_vocoder_speaks_and_reports_its_resynthesis(speech_tokenizer, t
     report_files = list((tiny_corpus.root / "tokenizers").glob("speech_mfcc_50_*/vocoder_*/resynthesis.json"))
     report = json.loads(report_files[0].read_text())["test"]
     assert report["utterances"] == 24 and 0 <= report["unit_error_rate"] < report["unit_error_rate_silence"]
+
+
+def test_a_hifigan_from_a_local_folder_replaces_griffin_lim(speech_tokenizer, tmp_path, waveform):
+    config = SpeechT5HifiGanConfig(model_in_dim=80, upsample_initial_channel=32, upsample_rates=[5, 4, 4, 2],
+                                   upsample_kernel_sizes=[10, 8, 8, 4], resblock_kernel_sizes=[3],
+                                   resblock_dilation_sizes=[[1, 3]])  # upsamples x160: the mel hop
+    SpeechT5HifiGan(config).save_pretrained(tmp_path / "hifigan")
+    fitted = speech_tokenizer.decoder
+    vocoder = UnitVocoder(fitted.model, fitted.mel, vocoder_path=str(tmp_path / "hifigan"))
+    tokens = speech_tokenizer.merge(speech_tokenizer.encode_streams(waveform, ("units",)))
+    _, durations = dedup(speech_tokenizer.encode_streams(waveform, ("units",))["units"])
+    audio = vocoder.synthesise(tokens, durations.tolist())
+    assert vocoder.hifigan is not None and len(audio) == 4 * int(durations.sum()) * 160
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        UnitVocoder(fitted.model, fitted.mel, vocoder_path="microsoft/speecht5_hifigan")
 
 
 @pytest.mark.parametrize("model", ["spiritlm_base", "spiritlm_expressive"])

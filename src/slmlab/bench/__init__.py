@@ -11,6 +11,8 @@ from typing import Callable
 
 BENCHMARKS = {
     "speechlm_train_step": "slmlab.bench.speechlm:train_step_vs_qwen2_audio",
+    "spiritlm_tokenize": "slmlab.bench.spiritlm:tokenization_vs_hubert",
+    "spiritlm_train_step": "slmlab.bench.spiritlm:train_step_vs_prebuilt",
 }
 
 

@@ -71,9 +71,9 @@ class InterleavedVocabulary:
         start = self.offsets[kind]
         return (ids >= start) & (ids < start + self.speech.sizes[kind])
 
-    def word_ids(self, word: str) -> list[int]:
-        """BPE ids of one word as it reads inside a sentence (leading space), so words concatenate to the sentence."""
-        return self.text.encode(" " + word, bos=False, eos=False)
+    def words_ids(self, words: list[str]) -> list[int]:
+        """Text ids of a span of words, encoded as one string (as the tokenizer reads a sentence's start)."""
+        return self.text.encode(" ".join(words), bos=False, eos=False)
 
     def suppressed_ids(self, modality: str) -> list[int]:
         """Ids masked out of the logits for an output `modality`: TEXT forbids speech tokens and `[SPEECH]`;
@@ -172,7 +172,7 @@ class InterleavedSequences:
             body = []
             for modality, first, last in draw_spans(len(words), rng, self.text_span, self.speech_span):
                 if modality == "TEXT":
-                    body += [vocab.text_id, *(i for w in words[first:last] for i in vocab.word_ids(w["word"]))]
+                    body += [vocab.text_id, *vocab.words_ids([w["word"] for w in words[first:last]])]
                 else:
                     body += [vocab.speech_id, *self.speech(streams, cuts[first], cuts[last])]
         return [vocab.text.bos_id, *body, vocab.text.eos_id], kind
