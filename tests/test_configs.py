@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from slmlab.cli import CONF_DIR
 
-GROUPS = ["paths", "data", "tokenizer/text", "model", "trainer", "precision", "strategy", "callbacks",
+GROUPS = ["paths", "data", "tokenizer/text", "tokenizer/speech", "model", "trainer", "precision", "strategy", "callbacks",
           "logger", "experiment"]
 
 
@@ -24,7 +24,9 @@ def test_groups_exist_with_the_documented_options():
     assert set(options("strategy")) == {"auto", "ddp", "ddp_cpu", "fsdp"}
     assert set(options("data")) == {"synthetic", "librispeech", "manifest"}
     assert {"bpe", "hf_pretrained"} <= set(options("tokenizer/text"))
-    assert {"text_lm", "speechlm"} <= set(options("model"))
+    assert {"text_lm", "speechlm", "spiritlm_base", "spiritlm_expressive"} <= set(options("model"))
+    assert {"units_mfcc", "units_hubert"} <= set(options("tokenizer/speech"))
+    assert set(options("model/spiritlm/size")) == {"tiny", "demo", "7b"}
     assert set(options("model/speechlm/encoder")) == {"whisper_tiny", "wav2vec2_tiny", "hubert_tiny", "pretrained"}
     assert set(options("model/speechlm/decoder")) == {"qwen2_tiny", "llama_tiny", "gpt2_tiny", "pretrained"}
 
@@ -51,6 +53,16 @@ def test_every_speechlm_preset_composes(group, option):
     part = cfg.model.task.net[group.rsplit("/", 1)[1]]
     assert ("model_type" in part) != (option == "pretrained")  # a preset has sizes, `pretrained` a path
     assert OmegaConf.is_missing(part, "pretrained_path") == (option == "pretrained")
+
+
+@pytest.mark.parametrize("size", options("model/spiritlm/size"))
+@pytest.mark.parametrize("model", ["spiritlm_base", "spiritlm_expressive"])
+def test_every_spiritlm_size_composes_with_its_speech_tokenizer(model, size):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", f"model/spiritlm/size={size}"], return_hydra_config=True)
+    assert cfg.hydra.runtime.choices["tokenizer/speech"] == "units_mfcc"
+    assert list(cfg.model.task.speech_streams) == (["units"] if model == "spiritlm_base" else ["units", "pitch", "style"])
+    assert (cfg.model.task.net.init_device == "meta") == (size == "7b")
 
 
 def test_slurm_launcher_follows_the_trainer():
