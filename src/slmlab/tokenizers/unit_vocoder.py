@@ -13,15 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchaudio
 from torch import nn
 
 from slmlab.data.manifest import load_audio, read_manifest
+from slmlab.tokenizers.mel import MelVocoder
 from slmlab.tokenizers.units import SAMPLE_RATE, dedup
 
 log = logging.getLogger(__name__)
@@ -87,38 +86,12 @@ def unit_conditioning(tokens: list[tuple[str, int]]) -> tuple[list[int], list[in
     return units, pitch, style
 
 
-class UnitVocoder:
+class UnitVocoder(MelVocoder):
     """Speech tokens -> waveform [S] at 16 kHz: `UnitToMel`, then Griffin-Lim or a local HiFi-GAN."""
 
     def __init__(self, model: UnitToMel, mel: dict, griffin_lim_iters: int = 32, vocoder_path: str | None = None) -> None:
-        self.model, self.mel = model.eval(), mel
-        self.mel_spectrogram = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, power=1.0, **mel)
-        self.inverse_mel = torchaudio.transforms.InverseMelScale(mel["n_fft"] // 2 + 1, mel["n_mels"], SAMPLE_RATE,
-                                                                 mel.get("f_min", 0.0), mel.get("f_max"))
-        self.griffin_lim = torchaudio.transforms.GriffinLim(mel["n_fft"], griffin_lim_iters, mel["win_length"],
-                                                            mel["hop_length"], power=1.0)
-        self.hifigan = None
-        if vocoder_path is not None:
-            from transformers import SpeechT5HifiGan
-
-            if not Path(vocoder_path).is_dir():
-                raise FileNotFoundError(f"vocoder folder not found: {vocoder_path} (slmlab never downloads)")
-            self.hifigan = SpeechT5HifiGan.from_pretrained(vocoder_path, local_files_only=True).eval()
-
-    def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav [S] -> natural-log mel [n_mels, S // hop]."""
-        return self.mel_spectrogram(wav).clamp_min(1e-5).log()[:, : len(wav) // self.mel["hop_length"]]
-
-    @torch.no_grad()
-    def mel_to_wave(self, log_mel: torch.Tensor) -> torch.Tensor:
-        """log-mel [n_mels, M] -> waveform [M * hop]; a clip shorter than one FFT window is padded with silence."""
-        frames = log_mel.shape[1]
-        log_mel = F.pad(log_mel, (0, max(0, self.mel["n_fft"] // self.mel["hop_length"] + 1 - frames)), value=math.log(1e-5))
-        if self.hifigan is not None:  # SpeechT5's HiFi-GAN reads log10 mels, [M, n_mels]
-            wave = self.hifigan(log_mel.T / math.log(10))
-        else:
-            wave = self.griffin_lim(self.inverse_mel(log_mel.exp()))
-        return wave[: frames * self.mel["hop_length"]]
+        super().__init__(SAMPLE_RATE, mel, griffin_lim_iters, vocoder_path)
+        self.model = model.eval()
 
     @torch.no_grad()
     def synthesise(self, tokens: list[tuple[str, int]], durations: list[int] | None = None) -> torch.Tensor:
