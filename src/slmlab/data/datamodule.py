@@ -72,11 +72,34 @@ class SpeechStreamField:
         return self.tokenizer.encode_streams(load_audio(record.audio_filepath, 16000), (self.stream,))[self.stream]
 
 
+class CodecField:
+    """codes: LongTensor [T, K] of a codec's K codebooks at its frame rate (`tokenizers/codecs.py`), read at
+    the codec's sample rate (the corpus's 24 kHz file when it has one)."""
+
+    cached = True
+    pad_value = 0
+
+    def __init__(self, codec) -> None:
+        if codec is None or not hasattr(codec, "num_codebooks"):
+            raise ValueError(f"data field 'codes' needs a codec (tokenizer/speech=codec_builtin or codec_mimi); "
+                             f"got {type(codec).__name__}")
+        self.codec = codec
+
+    def fingerprint(self) -> str:
+        return f"codes-{self.codec.fingerprint()}"
+
+    def __call__(self, record: Utterance) -> torch.Tensor:
+        from slmlab.tokenizers.codecs import audio_path
+
+        return self.codec.encode(load_audio(audio_path(record), self.codec.sample_rate)).T.contiguous()
+
+
 def build_fields(names: list[str], tokenizers: dict, sample_rate: int) -> dict:
     """Field name -> field object; an arm that needs a new kind of field adds it here."""
     builders = {"text_ids": lambda: TextIdsField(tokenizers["text"]), "audio": lambda: WaveformField(sample_rate),
                 **{stream: (lambda s=stream: SpeechStreamField(tokenizers.get("speech"), s))
-                   for stream in ("units", "pitch", "style")}}
+                   for stream in ("units", "pitch", "style")},
+                "codes": lambda: CodecField(tokenizers.get("speech"))}
     unknown = [n for n in names if n not in builders]
     if unknown:
         raise ValueError(f"unknown data fields {unknown}; known fields: {sorted(builders)}")

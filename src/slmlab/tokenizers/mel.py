@@ -35,9 +35,10 @@ class MelVocoder:
 
     @torch.no_grad()
     def mel_to_wave(self, log_mel: torch.Tensor) -> torch.Tensor:
-        """log-mel [n_mels, M] -> waveform [M * hop]; a clip shorter than one FFT window is padded with silence."""
+        """log-mel [n_mels, M] -> waveform [M * hop]. Silent frames are appended before inversion (at least one,
+        as Griffin-Lim's inverse STFT returns (M - 1) hops, and up to one FFT window for very short clips)."""
         frames = log_mel.shape[1]
-        log_mel = F.pad(log_mel, (0, max(0, self.mel["n_fft"] // self.hop + 1 - frames)), value=math.log(1e-5))
+        log_mel = F.pad(log_mel, (0, max(1, self.mel["n_fft"] // self.hop + 1 - frames)), value=math.log(1e-5))
         if self.hifigan is not None:  # SpeechT5's HiFi-GAN reads log10 mels, [M, n_mels]
             wave = self.hifigan(log_mel.T / math.log(10))
         else:

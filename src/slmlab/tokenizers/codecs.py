@@ -1,0 +1,188 @@
+"""Audio codecs for CSM: waveform <-> K parallel codebooks at 12.5 Hz, behind one interface.
+
+    codec.encode(wav)   wav [S] at codec.sample_rate -> codes LongTensor [K, T], T = ceil(S / samples_per_frame)
+    codec.decode(codes) codes [K, T] -> wav [T * samples_per_frame]
+    codec.frame_rate, codec.num_codebooks, codec.cardinality, codec.sample_rate
+
+- `codec_mimi`: moshi's Mimi (24 kHz, 12.5 Hz, up to 32 codebooks of 2048) with weights from a local file.
+- `codec_builtin`: a residual vector quantiser fitted on the corpus by `slmlab-prepare`: 8 log-mel frames
+  (10 ms each) stacked into one 12.5 Hz vector, normalised per mel bin, quantised by `num_codebooks`
+  successive k-means codebooks of `cardinality` entries on the residuals, decoded by summing the chosen
+  centroids and vocoding the log-mel (Griffin-Lim, or a local HiFi-GAN; `tokenizers/mel.py`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from slmlab.data.manifest import load_audio, read_manifest
+from slmlab.tokenizers.mel import MelVocoder
+from slmlab.tokenizers.units import assign_nearest, kmeans
+
+log = logging.getLogger(__name__)
+
+
+class MimiCodec:
+    """`tokenizer/speech=codec_mimi`: Mimi from `weights_path` (a moshi safetensors or torch file)."""
+
+    sample_rate, frame_rate, cardinality = 24000, 12.5, 2048
+
+    def __init__(self, weights_path: str, num_codebooks: int = 32) -> None:
+        from moshi.models.loaders import get_mimi
+
+        if not Path(weights_path).is_file():
+            raise FileNotFoundError(f"Mimi weights not found: {weights_path} (slmlab never downloads; pass a local file)")
+        if not 1 <= num_codebooks <= 32:
+            raise ValueError(f"Mimi has 1 to 32 codebooks; got num_codebooks={num_codebooks}")
+        self.weights_path, self.num_codebooks = str(weights_path), num_codebooks
+        self.model = get_mimi(weights_path, num_codebooks=num_codebooks, device="cpu")
+        self.samples_per_frame = int(self.sample_rate / self.frame_rate)
+
+    def fingerprint(self) -> str:
+        stat = Path(self.weights_path).stat()
+        return hashlib.sha1(f"mimi:{self.weights_path}:{stat.st_size}:{stat.st_mtime}:{self.num_codebooks}".encode()).hexdigest()[:16]
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(wav.float()[None, None])[0]
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(codes[None].long())[0, 0]
+
+
+class BuiltinCodec:
+    """`tokenizer/speech=codec_builtin`: fitted state = per-bin mel mean/std and the residual codebooks
+    [K, cardinality, 8 * n_mels]."""
+
+    frame_rate = 12.5
+
+    def __init__(self, config: dict, codebooks: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                 griffin_lim_iters: int = 32, vocoder_path: str | None = None) -> None:
+        self.config, self.codebooks, self.mean, self.std = config, codebooks, mean, std
+        self.sample_rate = config["sample_rate"]
+        self.vocoder = MelVocoder(self.sample_rate, config["mel"], griffin_lim_iters, vocoder_path)
+        self.mel_per_frame = int(self.sample_rate / self.frame_rate) // config["mel"]["hop_length"]
+        self.samples_per_frame = self.mel_per_frame * config["mel"]["hop_length"]
+
+    @property
+    def num_codebooks(self) -> int:
+        return len(self.codebooks)
+
+    @property
+    def cardinality(self) -> int:
+        return self.codebooks.shape[1]
+
+    def fingerprint(self) -> str:
+        state = json.dumps(self.config, sort_keys=True).encode() + self.codebooks.numpy().tobytes()
+        return hashlib.sha1(state).hexdigest()[:16]
+
+    def frames(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav [S] -> normalised stacked log-mel frames [T, mel_per_frame * n_mels], T = ceil(S / samples_per_frame)."""
+        count = -(-len(wav) // self.samples_per_frame)
+        log_mel = self.vocoder.log_mel(F.pad(wav.float(), (0, count * self.samples_per_frame - len(wav))))
+        normalised = (log_mel.T - self.mean) / self.std  # [M, n_mels]
+        return normalised.reshape(count, -1)
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        residual, codes = self.frames(wav), []
+        for codebook in self.codebooks:
+            index = assign_nearest(residual, codebook)
+            residual = residual - codebook[index]
+            codes.append(index)
+        return torch.stack(codes) if codes else torch.zeros(0, 0, dtype=torch.long)
+
+    def decode_mel(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [K', T] (the first K' <= K codebooks) -> log-mel [n_mels, T * mel_per_frame]."""
+        summed = sum(self.codebooks[k][codes[k].long()] for k in range(len(codes)))
+        return (summed.reshape(-1, self.mean.shape[0]) * self.std + self.mean).T
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.vocoder.mel_to_wave(self.decode_mel(codes))
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "codec.json").write_text(json.dumps(self.config, indent=2))
+        torch.save({"codebooks": self.codebooks, "mean": self.mean, "std": self.std}, folder / "codec.pt")
+
+    @classmethod
+    def load(cls, folder: str | Path, griffin_lim_iters: int = 32, vocoder_path: str | None = None) -> "BuiltinCodec":
+        folder = Path(folder)
+        return cls(json.loads((folder / "codec.json").read_text()), **torch.load(folder / "codec.pt"),
+                   griffin_lim_iters=griffin_lim_iters, vocoder_path=vocoder_path)
+
+
+def fit_builtin_codec(waveforms, num_codebooks: int = 8, cardinality: int = 256, sample_rate: int = 24000,
+                      mel: dict | None = None, griffin_lim_iters: int = 32, vocoder_path: str | None = None,
+                      max_frames: int = 100_000, seed: int = 0) -> BuiltinCodec:
+    """Residual k-means on the stacked log-mel frames of an iterable of waveforms [S] at `sample_rate`."""
+    mel = {"n_fft": 1024, "win_length": 960, "hop_length": sample_rate // 100, "n_mels": 80, **(mel or {})}
+    config = {"num_codebooks": num_codebooks, "cardinality": cardinality, "sample_rate": sample_rate, "mel": mel,
+              "seed": seed}
+    analysis = BuiltinCodec(config, torch.zeros(0, cardinality, 1), torch.zeros(mel["n_mels"]), torch.ones(mel["n_mels"]))
+    log_mels = torch.cat([analysis.vocoder.log_mel(w.float()).T for w in waveforms])
+    mean, std = log_mels.mean(0), log_mels.std(0).clamp_min(1e-3)
+    analysis.mean, analysis.std = mean, std
+    frames = torch.cat([analysis.frames(w) for w in waveforms])
+    if len(frames) > max_frames:
+        frames = frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(seed))[:max_frames]]
+    codebooks, residual = [], frames
+    for k in range(num_codebooks):
+        codebook = kmeans(residual, cardinality, iters=15, seed=seed + k)
+        residual = residual - codebook[assign_nearest(residual, codebook)]
+        codebooks.append(codebook)
+        log.info("codebook %d: residual energy %.3f of the frames'", k, float(residual.pow(2).mean() / frames.pow(2).mean()))
+    return BuiltinCodec(config, torch.stack(codebooks), mean, std, griffin_lim_iters, vocoder_path)
+
+
+def resynthesis_report(codec: BuiltinCodec, waveforms) -> dict:
+    """Log-mel L1 (nats) between the source and its codes decoded with the first k codebooks, k = 1..K, and
+    between the source and Griffin-Lim of its own mel re-analysed (the vocoder's ceiling), mean over clips."""
+    by_k = {k: 0.0 for k in range(1, codec.num_codebooks + 1)}
+    ceiling = 0.0
+    for wav in waveforms:
+        source = codec.frames(wav).reshape(-1, codec.mean.shape[0]).T * codec.std[:, None] + codec.mean[:, None]
+        codes = codec.encode(wav)
+        for k in by_k:
+            by_k[k] += float((codec.decode_mel(codes[:k]) - source).abs().mean()) / len(waveforms)
+        regenerated = codec.vocoder.log_mel(codec.vocoder.mel_to_wave(source))
+        ceiling += float((regenerated - source[:, : regenerated.shape[1]]).abs().mean()) / len(waveforms)
+    decoded = codec.vocoder.log_mel(codec.decode(codes))
+    return {"clips": len(waveforms), "mel_l1_by_codebooks": by_k, "mel_l1_griffin_lim_of_source": ceiling,
+            "mel_l1_decoded_audio_last_clip": float((decoded - source[:, : decoded.shape[1]]).abs().mean())}
+
+
+def load_or_fit_builtin_codec(corpus, num_codebooks: int = 8, cardinality: int = 256, sample_rate: int = 24000,
+                              mel: dict | None = None, griffin_lim_iters: int = 32, vocoder_path: str | None = None,
+                              seed: int = 0) -> BuiltinCodec:
+    """`tokenizer/speech=codec_builtin`: fit on the corpus's train audio once (saved under `<corpus>/tokenizers/`,
+    with `resynthesis.json` on 16 test clips); later calls load it."""
+    settings = {"num_codebooks": num_codebooks, "cardinality": cardinality, "sample_rate": sample_rate,
+                "mel": mel, "seed": seed}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    folder = Path(corpus.root) / "tokenizers" / f"codec_{num_codebooks}x{cardinality}_{key}"
+    if (folder / "codec.pt").is_file():
+        return BuiltinCodec.load(folder, griffin_lim_iters, vocoder_path)
+    records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+    log.info("fitting the built-in codec (%d x %d) on %d utterances", num_codebooks, cardinality, len(records))
+    codec = fit_builtin_codec([load_audio(audio_path(r), sample_rate) for r in records], num_codebooks, cardinality,
+                              sample_rate, mel, griffin_lim_iters, vocoder_path, seed=seed)
+    test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
+    report = resynthesis_report(codec, [load_audio(audio_path(r), sample_rate) for r in test[:16]])
+    log.info("built-in codec resynthesis on test: %s", json.dumps(report))
+    tmp = folder.with_name(folder.name + ".partial")
+    codec.save(tmp)
+    (tmp / "resynthesis.json").write_text(json.dumps(report, indent=2))
+    tmp.rename(folder)
+    return codec
+
+
+def audio_path(record) -> str:
+    """The record's 24 kHz file when the corpus has one (the embedded corpus does), else its main file."""
+    return record.extra.get("audio_filepath_24k") or record.audio_filepath

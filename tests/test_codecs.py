@@ -1,0 +1,50 @@
+"""Codecs for CSM: the built-in RVQ codec fitted on the tiny corpus, and Mimi loaded from a local file."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from slmlab.data.manifest import load_audio, read_manifest
+from slmlab.tokenizers.codecs import BuiltinCodec, MimiCodec, audio_path, load_or_fit_builtin_codec
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_corpus) -> torch.Tensor:
+    records, _ = read_manifest(tiny_corpus.manifest("val"), check_audio=False)
+    return load_audio(audio_path(records[0]), 24000)
+
+
+def test_builtin_codec_round_trip_shapes_rate_and_reload(tiny_corpus, clip, tmp_path):
+    codec = load_or_fit_builtin_codec(tiny_corpus, num_codebooks=4, cardinality=32)
+    codes = codec.encode(clip)
+    frames = math.ceil(len(clip) / 1920)  # 12.5 Hz at 24 kHz
+    assert codec.frame_rate == 12.5 and codec.sample_rate == 24000
+    assert codes.shape == (codec.num_codebooks, frames) == (4, frames) and codes.dtype == torch.long
+    assert 0 <= codes.min() and codes.max() < codec.cardinality == 32
+    audio = codec.decode(codes)
+    assert audio.shape == (frames * 1920,) and audio.abs().max() > 0
+    codec.save(tmp_path / "codec")
+    assert torch.equal(BuiltinCodec.load(tmp_path / "codec").encode(clip), codes)
+    report = json.loads(next((tiny_corpus.root / "tokenizers").glob("codec_4x32_*/resynthesis.json")).read_text())
+    by_k = list(report["mel_l1_by_codebooks"].values())
+    assert all(later < earlier for earlier, later in zip(by_k, by_k[1:]))  # each codebook refines the last
+
+
+def test_mimi_round_trip_with_random_weights_from_a_local_file(tmp_path, clip):
+    from moshi.models.loaders import get_mimi
+
+    save_file(get_mimi(None).state_dict(), str(tmp_path / "mimi.safetensors"))
+    codec = MimiCodec(str(tmp_path / "mimi.safetensors"), num_codebooks=8)
+    second = clip[:24000]
+    codes = codec.encode(second)
+    assert codec.frame_rate == 12.5 and codec.sample_rate == 24000 and codec.cardinality == 2048
+    assert codes.shape == (8, 13) and codes.max() < 2048
+    assert codec.decode(codes).shape == (13 * 1920,)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        MimiCodec("kyutai/moshiko-pytorch-bf16")
+    with pytest.raises(ValueError, match="1 to 32 codebooks"):
+        MimiCodec(str(tmp_path / "mimi.safetensors"), num_codebooks=33)
