@@ -38,6 +38,8 @@ def main(cfg: DictConfig) -> dict:
     task = load_task(cfg.ckpt_path)
     audio = load_audio(cfg.audio, task.sample_rate) if cfg.audio else None
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.generation, resolve=True).items() if v is not None}
+    if cfg.get("speaker"):
+        overrides["speaker"] = cfg.speaker
     output = task.respond(text=cfg.text, audio=audio, modality=cfg.modality, **overrides)
     out_dir = Path(cfg.paths.output_dir)
     (out_dir / "output.txt").write_text((output.get("text") or "") + "\n")
