@@ -1,0 +1,115 @@
+"""CSM: the amortised loss, cached generation, the published architecture, training and the CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from slmlab.cli.train import build
+from slmlab.models.csm import CSM
+
+K, CARD, TEXT = 4, 32, 100
+BACKBONE = dict(num_layers=2, num_heads=2, num_kv_heads=1, embed_dim=64, intermediate_dim=128, max_seq_len=256)
+DECODER = dict(num_layers=1, num_heads=2, num_kv_heads=1, embed_dim=32, intermediate_dim=64, max_seq_len=K)
+
+
+def make_model(seed: int = 0) -> CSM:
+    torch.manual_seed(seed)
+    return CSM(TEXT, CARD, K, BACKBONE, DECODER).eval()
+
+
+def make_frames(lengths=(20, 15), text_frames: int = 5):
+    """Two sequences: text frames (column K), then audio frames (columns 0..K-1); zeros where masked."""
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(1, CARD, (len(lengths), max(lengths), K + 1), generator=generator)
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, :text_frames, -1] = True
+    mask[:, text_frames:, :-1] = True
+    return tokens * mask, mask, torch.tensor(lengths)
+
+
+def test_the_amortised_loss_equals_the_full_loss_at_fraction_one():
+    model, (tokens, mask, lengths) = make_model(), make_frames()
+    with torch.no_grad():
+        full = model(tokens, mask, lengths, decoder_fraction=1.0)
+        h = model.backbone(model.embed_frames(tokens, mask))
+    # the reference computation: each target frame alone, the decoder run on [h, c0, ..., c_{K-2}] as in generation
+    c0, decoder = [], []
+    for b, n in enumerate(lengths.tolist()):
+        for t in range(5, n):  # audio frames 5..n-1 are predicted from positions 4..n-2
+            codes = tokens[b, t, :K]
+            c0.append(F.cross_entropy(model.codebook0_head(h[b, t - 1]), codes[0]))
+            inputs = torch.stack([h[b, t - 1], *(model.embed_audio(k, codes[k]) for k in range(K - 1))])[None]
+            with torch.no_grad():
+                out = model.decoder(model.projection(inputs))[0]
+            decoder += [F.cross_entropy(out[k] @ model.audio_head[k - 1], codes[k]) for k in range(1, K)]
+    assert full.target_frames == full.decoder_frames == 15 + 10
+    assert torch.allclose(full.c0_loss, torch.stack(c0).mean(), atol=1e-5)
+    assert torch.allclose(full.decoder_loss, torch.stack(decoder).mean(), atol=1e-5)
+    amortised = model(tokens, mask, lengths, decoder_fraction=1 / 16, generator=torch.Generator().manual_seed(0))
+    assert amortised.decoder_frames == 2 and torch.allclose(amortised.c0_loss, full.c0_loss)  # round(25 / 16)
+
+
+def test_cached_generation_returns_the_frames_of_uncached_generation():
+    model, (tokens, mask, _) = make_model(), make_frames()
+    prompt = (tokens[:1, :8], mask[:1, :8])
+    cached = model.generate(*prompt, max_frames=30, use_cache=True, generator=torch.Generator().manual_seed(3))
+    uncached = model.generate(*prompt, max_frames=30, use_cache=False, generator=torch.Generator().manual_seed(3))
+    assert cached.shape == (K, 30) and torch.equal(cached, uncached)
+    assert not model.backbone.caches_are_setup() and not model.decoder.caches_are_setup()  # caches were temporary
+    frames = iter([torch.ones(1, K, dtype=torch.long)] * 3 + [torch.zeros(1, K, dtype=torch.long)])
+    model.sample_frame = lambda *args, **kwargs: next(frames)  # three frames, then the all-zero end frame
+    assert torch.equal(model.generate(*prompt, max_frames=30), torch.ones(K, 3, dtype=torch.long))
+
+
+def csm_1b_parameters() -> int:
+    """CSM-1B: llama-1B backbone and llama-100M decoder without their token embeddings and outputs, text and
+    code embeddings, projection, codebook-0 head and the per-codebook audio head (32 codebooks of 2051)."""
+    def llama(layers, dim, heads, kv_heads, ffn):
+        head = dim // heads
+        attention = dim * dim * 2 + dim * kv_heads * head * 2
+        return layers * (attention + 3 * dim * ffn + 2 * dim) + dim
+    backbone, decoder = llama(16, 2048, 32, 8, 8192), llama(4, 1024, 8, 2, 8192)
+    return (backbone + decoder + 128_256 * 2048 + 2051 * 32 * 2048 + 2048 * 1024 + 2048 * 2051
+            + 31 * 1024 * 2051)
+
+
+def test_the_published_scale_preset_is_csm_1b(make_cfg):
+    cfg = make_cfg("model=csm", "model/csm/size=1b")
+    model = instantiate(cfg.model.task.net)(text_vocab_size=128_256, cardinality=cfg.model.task.audio_vocab_size,
+                                            num_codebooks=32)
+    assert model.audio_head.device.type == "meta"
+    assert sum(p.numel() for p in model.parameters()) == csm_1b_parameters()
+    assert sum(p.numel() for p in model.backbone.parameters()) == 973_146_112  # Llama-3.2-1B less its embedding
+
+
+def test_training_on_the_tiny_corpus_lowers_both_losses(tiny_corpus, make_cfg):
+    cfg = make_cfg("experiment=tiny_csm")
+    datamodule, task = build(cfg)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+                          enable_progress_bar=False, limit_val_batches=1)
+    before = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
+    trainer.fit(task, datamodule=datamodule)
+    after = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for name in ("val/c0_loss", "val/decoder_loss"):
+        assert after[name] < 0.9 * before[name], (name, before, after)
+    assert after["train/decoder_frames"] < 0.5 * 16 * 30  # a quarter of the audio frames reach the decoder
+    with pytest.raises(ValueError, match="writes SPEECH"):
+        task.respond(text="the dog", modality="TEXT")
+
+
+def test_cli_trains_and_speaks_a_text(tiny_corpus, data_dir, tmp_path):
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    run_cli("slmlab-train", "experiment=tiny_csm", f"paths.data_dir={data_dir}", "trainer.max_steps=10",
+            "trainer.val_check_interval=10", f"hydra.run.dir={run}", cwd=tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert {"val/c0_loss", "val/decoder_loss", "test/c0_loss", "train/decoder_loss"} <= set(metrics)
+    out = tmp_path / "generated"
+    run_cli("slmlab-generate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "text=the dog runs",
+            "modality=SPEECH", "speaker=us_m3", "generation.max_seconds=1.0", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert (out / "output.wav").is_file()
