@@ -13,6 +13,8 @@ BENCHMARKS = {
     "speechlm_train_step": "slmlab.bench.speechlm:train_step_vs_qwen2_audio",
     "spiritlm_tokenize": "slmlab.bench.spiritlm:tokenization_vs_hubert",
     "spiritlm_train_step": "slmlab.bench.spiritlm:train_step_vs_prebuilt",
+    "csm_train_step": "slmlab.bench.csm:train_step_vs_transformers",
+    "csm_generate": "slmlab.bench.csm:generation_vs_transformers",
 }
 
 

@@ -38,7 +38,6 @@ class CSMOutput:
     loss: torch.Tensor  # c0_loss + decoder_loss
     c0_loss: torch.Tensor  # codebook 0 (backbone), mean over every audio target frame
     decoder_loss: torch.Tensor  # codebooks 1..K-1 (decoder), mean over the sampled frames and codebooks
-    c0_logits: torch.Tensor  # [B, S, cardinality]
     target_frames: int
     decoder_frames: int
 
@@ -73,11 +72,15 @@ class CSM(nn.Module):
         return self.audio_embeddings(codes + codebook * self.cardinality)
 
     def embed_frames(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """tokens, mask [B, S, K+1] -> [B, S, D]: the sum of each frame's unmasked column embeddings."""
+        """tokens, mask [B, S, K+1] -> [B, S, D]: the sum of each frame's unmasked column embeddings (a weighted
+        `embedding_bag`, which never materialises the [B, S, K, D] column embeddings)."""
+        B, S, _ = tokens.shape
         offsets = self.cardinality * torch.arange(self.num_codebooks, device=tokens.device)
-        audio = self.audio_embeddings(tokens[..., :-1] + offsets)
-        text = self.text_embeddings(tokens[..., -1:])
-        return (torch.cat([audio, text], dim=-2) * mask.unsqueeze(-1)).sum(dim=2)
+        audio = F.embedding_bag((tokens[..., :-1] + offsets).reshape(B * S, -1), self.audio_embeddings.weight,
+                                per_sample_weights=mask[..., :-1].reshape(B * S, -1).to(self.audio_embeddings.weight.dtype),
+                                mode="sum")
+        text = self.text_embeddings(tokens[..., -1]) * mask[..., -1:].to(self.text_embeddings.weight.dtype)
+        return audio.view(B, S, -1) + text
 
     # -- training -----------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor,
@@ -86,18 +89,17 @@ class CSM(nn.Module):
         codebook 0 from the backbone state of the frame before; codebooks 1..K-1 from the decoder, run on
         a random `decoder_fraction` of those frames (at least one; all of them, in order, at 1.0)."""
         h = self.backbone(self.embed_frames(tokens, mask))
-        c0_logits = self.codebook0_head(h)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         is_target = mask[:, 1:, :-1].any(-1) & (positions[None, 1:] < lengths[:, None])  # [B, S-1]
         rows, cols = is_target.nonzero(as_tuple=True)
         targets = tokens[rows, cols + 1, :-1]  # [N, K]
-        c0_loss = F.cross_entropy(c0_logits[rows, cols].float(), targets[:, 0])
+        c0_loss = F.cross_entropy(self.codebook0_head(h[rows, cols]).float(), targets[:, 0])  # target frames only
         count = max(1, round(decoder_fraction * len(rows)))
         pick = torch.arange(len(rows), device=tokens.device) if count >= len(rows) else \
             torch.randperm(len(rows), generator=generator)[:count].to(tokens.device)
         decoder_logits = self.decoder_logits(h[rows[pick], cols[pick]], targets[pick])
         decoder_loss = F.cross_entropy(decoder_logits.reshape(-1, self.cardinality).float(), targets[pick, 1:].reshape(-1))
-        return CSMOutput(c0_loss + decoder_loss, c0_loss, decoder_loss, c0_logits, len(rows), len(pick))
+        return CSMOutput(c0_loss + decoder_loss, c0_loss, decoder_loss, len(rows), len(pick))
 
     def decoder_logits(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Teacher-forced decoder: backbone states h [N, D] and the frames' codes [N, K] -> logits of codebooks
