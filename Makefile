@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/slmlab-train experiment=demo_text_lm data.preset=$(PRESET)
 	$(BIN)/slmlab-train experiment=demo_spiritlm_base data.preset=$(PRESET)
 	$(BIN)/slmlab-train experiment=demo_spiritlm_expressive data.preset=$(PRESET)
+	$(BIN)/slmlab-train experiment=demo_csm data.preset=$(PRESET)
 	$(BIN)/slmlab-train experiment=demo_speechlm data.preset=$(PRESET)
 
 test: $(STAMP)

@@ -101,6 +101,31 @@ def test_training_on_the_tiny_corpus_lowers_both_losses(tiny_corpus, make_cfg):
         task.respond(text="the dog", modality="TEXT")
 
 
+def test_previous_turns_of_a_conversation_precede_the_utterance(tiny_corpus, make_cfg, tmp_path):
+    from slmlab.data.datamodule import UtteranceDataset
+    from slmlab.data.manifest import read_manifest
+
+    records, _ = read_manifest(tiny_corpus.manifest("val"), check_audio=False)
+    for i, record in enumerate(records[:6]):  # two conversations of three turns, in shuffled manifest order
+        record.extra.update({"conversation": f"c{i % 2}", "turn": i // 2})
+    codes = [torch.full((3 + i, 4), i) for i in range(len(records))]
+    dataset = UtteranceDataset(records, {"codes": codes}, {"codes": None}, context_turns=2)
+    assert [turn["id"] for turn in dataset[4]["context"]] == [records[0].id, records[2].id]  # c0 turns 0 and 1
+    assert dataset[1]["context"] == [] and dataset[3]["context"][0]["id"] == records[1].id
+    assert UtteranceDataset(records, {"codes": codes}, {"codes": None})[4]["context"] == []  # off by default
+
+    cfg = make_cfg("experiment=tiny_csm")
+    _, task = build(cfg)
+    batch = {"text": [records[4].text], "speaker": [records[4].speaker], "codes": codes[4][None],
+             "codes_lengths": torch.tensor([len(codes[4])]), "context": [dataset[4]["context"]]}
+    tokens, mask, lengths = task.batch_frames(batch)
+    alone = [len(task.segment(r.text, r.speaker, c)[0]) for r, c in ((records[0], codes[0]), (records[2], codes[2]),
+                                                                       (records[4], codes[4]))]
+    assert int(lengths[0]) == sum(alone)
+    audio_frames = mask[0, :, :-1].any(-1)
+    assert int(audio_frames.sum()) == sum(len(codes[i]) + 1 for i in (0, 2, 4))  # each turn ends with its end frame
+
+
 def test_cli_trains_and_speaks_a_text(tiny_corpus, data_dir, tmp_path):
     from conftest import run_cli
 
@@ -113,3 +138,27 @@ def test_cli_trains_and_speaks_a_text(tiny_corpus, data_dir, tmp_path):
     run_cli("slmlab-generate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "text=the dog runs",
             "modality=SPEECH", "speaker=us_m3", "generation.max_seconds=1.0", f"hydra.run.dir={out}", cwd=tmp_path)
     assert (out / "output.wav").is_file()
+
+
+def test_the_backbone_loads_a_local_hugging_face_llama(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from slmlab.models.csm import build_csm
+
+    config = LlamaConfig(vocab_size=TEXT, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, rope_theta=500_000.0, max_position_embeddings=8192,
+                         rms_norm_eps=1e-5,
+                         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                         tie_word_embeddings=False)
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(config).eval()
+    llama.save_pretrained(tmp_path / "llama")
+    model = build_csm(TEXT, CARD, K, BACKBONE, DECODER, pretrained_backbone=str(tmp_path / "llama")).eval()
+    ids = torch.randint(0, TEXT, (1, 12))
+    with torch.no_grad():  # the same text through both: torchtune's backbone now computes what the Llama does
+        ours = model.backbone(model.text_embeddings(ids))
+        reference = llama.model(input_ids=ids).last_hidden_state
+    assert torch.allclose(ours, reference, atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        build_csm(TEXT, CARD, K, BACKBONE, DECODER, pretrained_backbone=str(tmp_path / "missing"))

@@ -106,20 +106,42 @@ def build_fields(names: list[str], tokenizers: dict, sample_rate: int) -> dict:
     return {name: builders[name]() for name in names}
 
 
+def previous_turns(records: list[Utterance], count: int) -> list[list[int]]:
+    """Per record, the indices of up to `count` earlier turns of its conversation (oldest first), for records
+    whose manifest line has `conversation` and `turn` keys; [] for the others or when count is 0."""
+    where = {(r.extra.get("conversation"), r.extra.get("turn")): i for i, r in enumerate(records)}
+    turns = []
+    for record in records:
+        conversation, turn = record.extra.get("conversation"), record.extra.get("turn")
+        if count <= 0 or conversation is None or turn is None:
+            turns.append([])
+        else:
+            turns.append([where[(conversation, t)] for t in range(turn - count, turn) if (conversation, t) in where])
+    return turns
+
+
 class UtteranceDataset(Dataset):
-    def __init__(self, records: list[Utterance], cached: dict[str, list[torch.Tensor]], fields: dict) -> None:
+    """item: id, text, words, style, speaker, each field's tensor, and `context`: the previous turns of the
+    utterance's conversation (`context_turns` of them at most) as dicts of text, speaker and fields."""
+
+    def __init__(self, records: list[Utterance], cached: dict[str, list[torch.Tensor]], fields: dict,
+                 context_turns: int = 0) -> None:
         self.records, self.fields, self.cached = records, fields, cached
+        self.previous = previous_turns(records, context_turns)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict:
+    def utterance(self, i: int) -> dict:
         record = self.records[i]
         item = {"id": record.id, "text": record.text, "words": record.words, "style": record.style,
                 "speaker": record.speaker}
         for name, field in self.fields.items():
             item[name] = self.cached[name][i] if name in self.cached else field(record)
         return item
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.utterance(i), "context": [self.utterance(j) for j in self.previous[i]]}
 
 
 class SpeechDataModule(L.LightningDataModule):
@@ -129,13 +151,14 @@ class SpeechDataModule(L.LightningDataModule):
                  max_tokens: int | None = None, num_workers: int = 0, sample_rate: int = 16000,
                  max_duration: float | None = 20.0, on_wrong_rate: str = "resample",
                  on_duration_mismatch: str = "correct", bucket_batches: int = 50, seed: int = 0,
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, context_turns: int = 0) -> None:
         super().__init__()
         self.corpus, self.tokenizers = corpus, tokenizers
         self.fields = build_fields(list(fields), tokenizers, sample_rate)
         self.batch_size, self.max_tokens, self.num_workers = batch_size, max_tokens, num_workers
         self.sample_rate, self.max_duration, self.bucket_batches, self.seed = sample_rate, max_duration, bucket_batches, seed
         self.policies = {"on_wrong_rate": on_wrong_rate, "on_duration_mismatch": on_duration_mismatch}
+        self.context_turns = context_turns
         self.cache_dir = Path(cache_dir) if cache_dir else Path(corpus.root) / "cache"
         self.datasets: dict[str, UtteranceDataset] = {}
         self.reports: dict[str, dict] = {}
@@ -191,7 +214,8 @@ class SpeechDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
             if split not in self.datasets:
-                self.datasets[split] = UtteranceDataset(*self._prepare_split(split), fields=self.fields)
+                self.datasets[split] = UtteranceDataset(*self._prepare_split(split), fields=self.fields,
+                                                        context_turns=self.context_turns)
         for split, summary in self.reports.items():
             if summary["problems"]:
                 log.warning("data %s: %s", split, json.dumps(summary))
@@ -223,7 +247,7 @@ class SpeechDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def collate(self, items: list[dict]) -> dict:
-        batch = {key: [it[key] for it in items] for key in ("id", "text", "words", "style", "speaker")}
+        batch = {key: [it[key] for it in items] for key in ("id", "text", "words", "style", "speaker", "context")}
         for name, field in self.fields.items():
             batch[name], batch[f"{name}_lengths"] = pad_stack([it[name] for it in items], field.pad_value)
         return batch

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -170,7 +171,37 @@ class CSM(nn.Module):
 
 
 def build_csm(text_vocab_size: int, cardinality: int, num_codebooks: int, backbone: dict, decoder: dict,
-              init_device: str | None = None) -> CSM:
-    """A `CSM` on `init_device` ("meta": shapes only, to inspect the published architecture)."""
+              init_device: str | None = None, pretrained_backbone: str | None = None) -> CSM:
+    """A `CSM` on `init_device` ("meta": shapes only, to inspect the published architecture). With
+    `pretrained_backbone`, a local Hugging Face Llama folder (e.g. Llama-3.2-1B) of the backbone's sizes
+    initialises the backbone, and the text embeddings too when the vocabularies match."""
     with torch.device(init_device or "cpu"):
-        return CSM(text_vocab_size, cardinality, num_codebooks, backbone, decoder)
+        model = CSM(text_vocab_size, cardinality, num_codebooks, backbone, decoder)
+    if pretrained_backbone is not None:
+        load_hf_llama(model, pretrained_backbone, backbone)
+    return model
+
+
+def load_hf_llama(model: CSM, folder: str, sizes: dict) -> None:
+    """Copy a transformers Llama checkpoint (safetensors in `folder`) into `model.backbone`, converted to
+    torchtune's layout by torchtune's own `hf_to_tune`; its `embed_tokens` go to `model.text_embeddings`
+    when the shapes match. Missing or unexpected backbone weights are an error."""
+    from safetensors.torch import load_file
+    from torchtune.models.convert_weights import hf_to_tune
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {folder}: expected a local Hugging Face Llama folder "
+                                "(slmlab never downloads)")
+    hf_state = {}
+    for file in files:
+        hf_state.update(load_file(str(file)))
+    state = hf_to_tune(hf_state, num_heads=sizes["num_heads"], num_kv_heads=sizes["num_kv_heads"], dim=sizes["embed_dim"])
+    embeddings = state.pop("tok_embeddings.weight", None)
+    state.pop("output.weight", None)
+    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{folder} does not fit the backbone sizes {sizes}: missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]}")
+    if embeddings is not None and embeddings.shape == model.text_embeddings.weight.shape:
+        model.text_embeddings.weight.data.copy_(embeddings)

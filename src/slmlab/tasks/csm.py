@@ -9,8 +9,8 @@ from slmlab.tasks.base import SLMTask
 
 
 class CSMTask(SLMTask):
-    """batch: `codes` [B, T, K] at the codec's frame rate, `text`, `speaker`. Each utterance becomes one segment:
-    the frames of bos + `[speaker]text` + eos, its audio frames, and an all-zero end frame (as the reference
+    """batch: `codes` [B, T, K] at the codec's frame rate, `text`, `speaker`, `context` (previous turns).
+    Each utterance becomes a segment: the frames of bos + `[speaker]text` + eos, its audio frames, and an all-zero end frame (as the reference
     formats them). Loss: codebook 0 on every audio frame + codebooks 1..K-1 on a random `decoder_fraction`
     of them (validation and test: all of them).
 
@@ -48,9 +48,14 @@ class CSMTask(SLMTask):
         return torch.cat([tokens, audio_tokens]), torch.cat([mask, audio_mask])
 
     def batch_frames(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> tokens, mask [B, S_max, K+1] (right-padded, padding masked out) and lengths [B]."""
-        segments = [self.segment(text, speaker, codes[:n]) for text, speaker, codes, n in
-                    zip(batch["text"], batch["speaker"], batch["codes"], batch["codes_lengths"])]
+        """-> tokens, mask [B, S_max, K+1] (right-padded, padding masked out) and lengths [B]. An utterance with
+        previous turns (`datamodule.context_turns`) is preceded by their segments, audio and all."""
+        segments = []
+        for i, (text, speaker, codes, n) in enumerate(zip(batch["text"], batch["speaker"], batch["codes"],
+                                                           batch["codes_lengths"])):
+            parts = [self.segment(turn["text"], turn["speaker"], turn["codes"]) for turn in batch["context"][i]]
+            parts.append(self.segment(text, speaker, codes[:n]))
+            segments.append((torch.cat([t for t, _ in parts]), torch.cat([m for _, m in parts])))
         lengths = torch.tensor([len(t) for t, _ in segments])
         K1 = self.net.num_codebooks + 1
         tokens = torch.zeros(len(segments), int(lengths.max()), K1, dtype=torch.long)
