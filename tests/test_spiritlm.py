@@ -207,10 +207,12 @@ def test_training_on_the_tiny_corpus_lowers_text_and_speech_losses(tiny_corpus, 
 
 def test_a_tokenizer_the_model_cannot_use_is_refused_by_name(make_cfg):
     cfg = make_cfg("model=spiritlm_base")
-    check_speech_tokenizer(cfg, "units_hubert")
-    with pytest.raises(ValueError, match=re.escape("tokenizer/speech=codec_builtin does not fit this model; it "
-                                                   "accepts tokenizer/speech=units_mfcc | units_hubert")):
-        check_speech_tokenizer(cfg, "codec_builtin")
+    check_speech_tokenizer(cfg, "units_hubert", "spiritlm_base")
+    with pytest.raises(ValueError, match=re.escape("tokenizer/speech=codec_builtin does not fit model=spiritlm_base; "
+                                                   "it accepts tokenizer/speech=units_mfcc | units_hubert")):
+        check_speech_tokenizer(cfg, "codec_builtin", "spiritlm_base")
+    with pytest.raises(ValueError, match=re.escape("accepts tokenizer/speech=codec_builtin | codec_mimi")):
+        check_speech_tokenizer(make_cfg("model=csm"), "units_mfcc", "csm")
 
 
 def llama2_parameters(vocab_size: int, hidden: int = 4096, layers: int = 32, ffn: int = 11008) -> int:

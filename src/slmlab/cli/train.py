@@ -15,11 +15,11 @@ from slmlab.cli import CONF_DIR
 log = logging.getLogger(__name__)
 
 
-def check_speech_tokenizer(cfg: DictConfig, choice: str | None) -> None:
+def check_speech_tokenizer(cfg: DictConfig, choice: str | None, model: str = "this model") -> None:
     """Fail before any fitting when `tokenizer/speech=choice` is not one the model accepts."""
     accepted = list(cfg.model.get("speech_tokenizers") or [])
     if accepted and choice not in accepted:
-        raise ValueError(f"tokenizer/speech={choice} does not fit this model; it accepts tokenizer/speech="
+        raise ValueError(f"tokenizer/speech={choice} does not fit model={model}; it accepts tokenizer/speech="
                          f"{' | '.join(accepted)}")
     if not accepted and cfg.tokenizer.get("speech") is not None:
         log.warning("tokenizer/speech=%s is set but this model uses no speech tokenizer", choice)
@@ -29,7 +29,7 @@ def build(cfg: DictConfig):
     """corpus -> tokenizers -> datamodule and task, as the config says."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     if "tokenizer/speech" in choices:  # composed here (train, prepare), not a finished run's saved config
-        check_speech_tokenizer(cfg, choices["tokenizer/speech"])
+        check_speech_tokenizer(cfg, choices["tokenizer/speech"], choices.get("model"))
     corpus = instantiate(cfg.data.corpus)
     corpus.prepare()
     tokenizers = {"text": instantiate(cfg.tokenizer.text, corpus=corpus)}
