@@ -243,5 +243,5 @@ def test_cli_trains_exports_and_generates_speech_from_text(tiny_corpus, data_dir
     assert (run / "pretrained" / "speech_tokenizer.pt").is_file() and (run / "pretrained" / "model.safetensors").is_file()
     out = tmp_path / "generated"
     run_cli("slmlab-generate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "text=the dog", "modality=SPEECH",
-            "generation.max_new_tokens=60", f"hydra.run.dir={out}", cwd=tmp_path)
+            "generation.max_new_tokens=60", "generation.min_new_tokens=10", f"hydra.run.dir={out}", cwd=tmp_path)
     assert (out / "output.wav").is_file() and (out / "output.speech_tokens.txt").read_text().startswith("[")
