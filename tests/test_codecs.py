@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from safetensors.torch import save_file
 
 from slmlab.data.manifest import load_audio, read_manifest
@@ -34,11 +35,13 @@ def test_builtin_codec_round_trip_shapes_rate_and_reload(tiny_corpus, clip, tmp_
     assert all(later < earlier for earlier, later in zip(by_k, by_k[1:]))  # each codebook refines the last
 
 
-def test_mimi_round_trip_with_random_weights_from_a_local_file(tmp_path, clip):
+def test_mimi_round_trip_with_random_weights_from_a_local_file(tmp_path, clip, make_cfg):
     from moshi.models.loaders import get_mimi
 
     save_file(get_mimi(None).state_dict(), str(tmp_path / "mimi.safetensors"))
-    codec = MimiCodec(str(tmp_path / "mimi.safetensors"), num_codebooks=8)
+    cfg = make_cfg("model=csm", "tokenizer/speech=codec_mimi", f"tokenizer.speech.weights_path={tmp_path / 'mimi.safetensors'}",
+                   "tokenizer.speech.num_codebooks=8")
+    codec = instantiate(cfg.tokenizer.speech, corpus=None)  # as `slmlab-train` builds it
     second = clip[:24000]
     codes = codec.encode(second)
     assert codec.frame_rate == 12.5 and codec.sample_rate == 24000 and codec.cardinality == 2048

@@ -27,6 +27,8 @@ def test_groups_exist_with_the_documented_options():
     assert {"text_lm", "speechlm", "spiritlm_base", "spiritlm_expressive"} <= set(options("model"))
     assert {"units_mfcc", "units_hubert"} <= set(options("tokenizer/speech"))
     assert set(options("model/spiritlm/size")) == {"tiny", "demo", "7b"}
+    assert {"codec_builtin", "codec_mimi"} <= set(options("tokenizer/speech"))
+    assert set(options("model/csm/size")) == {"tiny", "demo", "1b"}
     assert set(options("model/speechlm/encoder")) == {"whisper_tiny", "wav2vec2_tiny", "hubert_tiny", "pretrained"}
     assert set(options("model/speechlm/decoder")) == {"qwen2_tiny", "llama_tiny", "gpt2_tiny", "pretrained"}
 
@@ -63,6 +65,15 @@ def test_every_spiritlm_size_composes_with_its_speech_tokenizer(model, size):
     assert cfg.hydra.runtime.choices["tokenizer/speech"] == "units_mfcc"
     assert list(cfg.model.task.speech_streams) == (["units"] if model == "spiritlm_base" else ["units", "pitch", "style"])
     assert (cfg.model.task.net.init_device == "meta") == (size == "7b")
+
+
+@pytest.mark.parametrize("size", options("model/csm/size"))
+def test_every_csm_size_composes_with_a_codec(size):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["model=csm", f"model/csm/size={size}"], return_hydra_config=True)
+    assert cfg.hydra.runtime.choices["tokenizer/speech"] == "codec_builtin"
+    assert set(cfg.model.task.net.backbone) == set(cfg.model.task.net.decoder) >= {"num_layers", "embed_dim"}
+    assert (cfg.model.task.net.init_device == "meta") == (size == "1b")
 
 
 def test_slurm_launcher_follows_the_trainer():

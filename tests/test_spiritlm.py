@@ -47,6 +47,8 @@ def test_units_round_trip_through_strings_and_vocabulary_ids(speech_tokenizer, v
     merged = speech_tokenizer.merge(speech_tokenizer.encode_streams(waveform))
     assert speech_tokenizer.parse(speech_tokenizer.to_string(merged)) == merged
     assert vocab.speech_tokens(vocab.speech_ids(merged)) == merged
+    with pytest.raises(ValueError, match="already holds"):  # a tokenizer extended once cannot be extended again
+        InterleavedVocabulary(vocab.text, speech_tokenizer, ("Hu",))
     with pytest.raises(ValueError, match="out of range"):
         speech_tokenizer.parse("[Hu50]")
     with pytest.raises(ValueError, match="not a speech token"):

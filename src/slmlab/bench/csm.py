@@ -64,9 +64,10 @@ def train_step_vs_transformers(steps: int = 10) -> list[dict]:
     labels[:, :TEXT_FRAMES] = -100
     targets = BATCH * (AUDIO_FRAMES + 1)
 
-    def their_labels():
+    def their_labels():  # the decoder on 1/16 of the audio frames, as ours
+        audio = torch.arange(BATCH * frames).view(BATCH, frames)[:, TEXT_FRAMES:].reshape(-1)
         keep = torch.zeros(BATCH * frames, dtype=torch.bool)
-        keep[torch.randperm(BATCH * frames, generator=generator)[: round(FRACTION * targets)]] = True
+        keep[audio[torch.randperm(len(audio), generator=generator)[: round(FRACTION * targets)]]] = True
         amortised = labels.clone()
         amortised[..., 1:][~keep.view(BATCH, frames)] = -100
         return amortised

@@ -39,7 +39,7 @@ def tokenization_vs_hubert(steps: int = 10) -> list[dict]:
     records, _ = read_manifest(datamodule.corpus.manifest("val"), check_audio=False)
     waves = [load_audio(r.audio_filepath, 16000) for r in records[:UTTERANCES]]
     seconds_of_audio = sum(len(w) for w in waves) / 16000
-    hubert = HubertModel(HubertConfig()).eval()  # HuBERT-base sizes, as mHuBERT-25Hz
+    hubert = HubertModel(HubertConfig(num_hidden_layers=11)).eval()  # HuBERT-base sizes up to layer 11 (mHuBERT-25Hz)
     centroids = torch.randn(500, hubert.config.hidden_size)
 
     def ours():
@@ -49,7 +49,7 @@ def tokenization_vs_hubert(steps: int = 10) -> list[dict]:
     @torch.no_grad()
     def reference():
         for wav in waves:
-            hidden = hubert(((wav - wav.mean()) / wav.std())[None], output_hidden_states=True).hidden_states[11][0]
+            hidden = hubert(((wav - wav.mean()) / wav.std())[None]).last_hidden_state[0]
             torch.cdist(hidden, centroids).argmin(1)
 
     seconds = median_seconds({"ours": ours, "reference": reference}, steps, warmup=1)

@@ -134,7 +134,7 @@ class UtteranceDataset(Dataset):
 
     def utterance(self, i: int) -> dict:
         record = self.records[i]
-        item = {"id": record.id, "text": record.text, "words": record.words, "style": record.style,
+        item = {"id": record.id, "text": record.text, "words": record.words, "style_label": record.style,
                 "speaker": record.speaker}
         for name, field in self.fields.items():
             item[name] = self.cached[name][i] if name in self.cached else field(record)
@@ -247,7 +247,7 @@ class SpeechDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def collate(self, items: list[dict]) -> dict:
-        batch = {key: [it[key] for it in items] for key in ("id", "text", "words", "style", "speaker", "context")}
+        batch = {key: [it[key] for it in items] for key in ("id", "text", "words", "style_label", "speaker", "context")}
         for name, field in self.fields.items():
             batch[name], batch[f"{name}_lengths"] = pad_stack([it[name] for it in items], field.pad_value)
         return batch

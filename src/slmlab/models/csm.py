@@ -12,6 +12,7 @@ frames), follows the paper's description.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchtune.models.llama3_2 import llama3_2
 from torchtune.modules.common_utils import local_kv_cache
+
+log = logging.getLogger(__name__)
 
 
 def llama3_2_transformer(num_layers: int, num_heads: int, num_kv_heads: int, embed_dim: int, intermediate_dim: int,
@@ -203,5 +206,11 @@ def load_hf_llama(model: CSM, folder: str, sizes: dict) -> None:
     if missing or unexpected:
         raise ValueError(f"{folder} does not fit the backbone sizes {sizes}: missing {missing[:4]}, "
                          f"unexpected {unexpected[:4]}")
-    if embeddings is not None and embeddings.shape == model.text_embeddings.weight.shape:
-        model.text_embeddings.weight.data.copy_(embeddings)
+    if embeddings is not None:  # the tokenizer may have grown (a pad token): copy the rows both vocabularies share
+        rows = min(len(embeddings), model.text_embeddings.num_embeddings)
+        if embeddings.shape[1] != model.text_embeddings.embedding_dim:
+            raise ValueError(f"{folder}: embed_tokens width {embeddings.shape[1]} != backbone embed_dim")
+        model.text_embeddings.weight.data[:rows].copy_(embeddings[:rows])
+        if rows != model.text_embeddings.num_embeddings:
+            log.warning("text embeddings: %d rows from %s, %d new rows left random", rows, folder,
+                        model.text_embeddings.num_embeddings - rows)

@@ -41,15 +41,17 @@ class SLMTask(L.LightningModule):
 
 
 def transformer_block_classes() -> set[type]:
-    """FSDP wrap units (`strategy=fsdp`): the transformer blocks of every arm's networks (the text LMs,
-    and SpeechLM's Whisper / wav2vec2 / HuBERT encoders and Qwen2 / Llama / GPT-2 decoders)."""
+    """FSDP wrap units (`strategy=fsdp`): the transformer blocks of every arm's networks (the text LMs and
+    Spirit LM, CSM's torchtune backbone and decoder, SpeechLM's Whisper / wav2vec2 / HuBERT encoders and Qwen2 / Llama / GPT-2 decoders)."""
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
     from transformers.models.hubert.modeling_hubert import HubertEncoderLayer, HubertEncoderLayerStableLayerNorm
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
     from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
     from transformers.models.wav2vec2.modeling_wav2vec2 import (Wav2Vec2EncoderLayer,
                                                                 Wav2Vec2EncoderLayerStableLayerNorm)
+    from torchtune.modules import TransformerSelfAttentionLayer
     from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
 
     return {LlamaDecoderLayer, Qwen2DecoderLayer, GPT2Block, WhisperEncoderLayer, Wav2Vec2EncoderLayer,
-            Wav2Vec2EncoderLayerStableLayerNorm, HubertEncoderLayer, HubertEncoderLayerStableLayerNorm}
+            Wav2Vec2EncoderLayerStableLayerNorm, HubertEncoderLayer, HubertEncoderLayerStableLayerNorm,
+            TransformerSelfAttentionLayer}

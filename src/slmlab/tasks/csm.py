@@ -24,6 +24,8 @@ class CSMTask(SLMTask):
         super().__init__(optimizer, scheduler)
         if not 0 < decoder_fraction <= 1:
             raise ValueError(f"decoder_fraction must be in (0, 1]; got {decoder_fraction}")
+        if audio_vocab_size is not None and audio_vocab_size < speech_tokenizer.cardinality:
+            raise ValueError(f"audio_vocab_size={audio_vocab_size} is smaller than the codec's {speech_tokenizer.cardinality} codes")
         self.tokenizer, self.codec = tokenizer, speech_tokenizer
         self.net: CSM = net(text_vocab_size=len(tokenizer), num_codebooks=speech_tokenizer.num_codebooks,
                             cardinality=audio_vocab_size or speech_tokenizer.cardinality)

@@ -98,7 +98,7 @@ class SpiritLMTask(SLMTask):
             streams = self.item_streams(batch, i)
             for kind in ("speech", "text", "interleaved"):
                 sequences.append(self.sequences.build(batch["text"][i], batch["words"][i], streams,
-                                                      random.Random(utterance_id), kind=kind)[0])
+                                                      random.Random(utterance_id), kind=kind, count=False)[0])
                 kinds.append(kind)
         losses, targets = self.token_losses(sequences)
         valid = targets != -100
@@ -110,8 +110,11 @@ class SpiritLMTask(SLMTask):
                       if name != "text_loss"})
         self.log_means(stage, losses, masks, sync_dist=True, prog_bar=False)
 
+    def on_train_epoch_start(self) -> None:
+        self.sequences.counts.clear()
+
     def on_train_epoch_end(self) -> None:
-        """Fractions of the sequence kinds built so far (and utterances that had no word timings)."""
+        """Fractions of the sequence kinds built this epoch (and of utterances that had no word timings)."""
         total = sum(v for k, v in self.sequences.counts.items() if k in ("speech", "text", "interleaved"))
         for kind, count in self.sequences.counts.items():
             self.log(f"train/sequences_{kind}", count / max(total, 1))
@@ -154,8 +157,9 @@ class SpiritLMTask(SLMTask):
         "audio": their waveform [S] at 16 kHz (or None), "sample_rate", "pieces": [(modality, str)]}."""
         suppressed = self.vocab.suppressed_ids(modality)
         input_ids = torch.tensor([self.prompt_ids(pieces, modality)], device=self.device)
+        synced = self._trainer is not None and self.trainer.world_size > 1  # FSDP: every rank steps until all end
         new_ids = generate_in_modality(self.net, input_ids, suppressed, self.tokenizer.eos_id, self.tokenizer.pad_id,
-                                       **{**self.generation, **generation})
+                                       **{"synced_gpus": synced, **self.generation, **generation})
         out_pieces, waves = [], []
         for piece_modality, ids in self.vocab.split(new_ids.tolist()):
             if piece_modality == "TEXT":

@@ -32,7 +32,8 @@ class MimiCodec:
 
     sample_rate, frame_rate, cardinality = 24000, 12.5, 2048
 
-    def __init__(self, weights_path: str, num_codebooks: int = 32) -> None:
+    def __init__(self, weights_path: str, num_codebooks: int = 32, corpus=None) -> None:
+        """corpus: accepted for a uniform call with the fitted tokenizers, not used."""
         from moshi.models.loaders import get_mimi
 
         if not Path(weights_path).is_file():
@@ -123,6 +124,7 @@ def fit_builtin_codec(waveforms, num_codebooks: int = 8, cardinality: int = 256,
                       max_frames: int = 100_000, seed: int = 0) -> BuiltinCodec:
     """Residual k-means on the stacked log-mel frames of an iterable of waveforms [S] at `sample_rate`."""
     mel = {"n_fft": 1024, "win_length": 960, "hop_length": sample_rate // 100, "n_mels": 80, **(mel or {})}
+    waveforms = list(waveforms)  # read twice: mel statistics, then frames
     config = {"num_codebooks": num_codebooks, "cardinality": cardinality, "sample_rate": sample_rate, "mel": mel,
               "seed": seed}
     analysis = BuiltinCodec(config, torch.zeros(0, cardinality, 1), torch.zeros(mel["n_mels"]), torch.ones(mel["n_mels"]))

@@ -4,7 +4,7 @@ training sequences built from it (speech-only, text-only, or interleaved at word
     vocab = InterleavedVocabulary(text_tokenizer, speech_tokenizer, kinds=("Hu",))   # Base; Expressive: Hu, Pi, St
     sequences = InterleavedSequences(vocab, ratios={"speech": 1, "text": 1, "interleaved": 1},
                                      text_span_words=(2, 4), speech_span_words=(1, 3))
-    ids, kind = sequences.build(words, streams, rng)      # words: [{"word", "start", "end"}], streams at frame rate
+    ids, kind = sequences.build(text, words, streams, rng)  # words: [{"word", "start", "end"}], frame-level streams
 
 An interleaved sequence of "the dog runs fast" might read
 `<s>[TEXT] the dog[SPEECH][Hu12][Hu7]...[Hu3][TEXT] fast</s>`: spans alternate, their lengths in words are
@@ -32,8 +32,9 @@ class InterleavedVocabulary:
         self.kinds, sizes = tuple(kinds), speech_tokenizer.sizes
         names = [TEXT, SPEECH] + [f"[{kind}{value}]" for kind in self.kinds for value in range(sizes[kind])]
         ids = text_tokenizer.add_special_tokens(names)
-        if ids != list(range(ids[0], ids[0] + len(ids))):
-            raise ValueError("the text tokenizer already holds some speech tokens; start from a plain text tokenizer")
+        if ids != list(range(self.text_size, self.text_size + len(names))):
+            raise ValueError("the text tokenizer already holds [TEXT], [SPEECH] or speech tokens; start from the plain "
+                             "text tokenizer (not a Spirit LM run's pretrained/ folder)")
         self.text_id, self.speech_id = ids[0], ids[1]
         self.first_speech_id = ids[2]
         self.offsets, start = {}, ids[2]
@@ -41,7 +42,6 @@ class InterleavedVocabulary:
             self.offsets[kind] = start
             start += sizes[kind]
         self.size = start
-        self._kind_of_id = [(kind, offset) for kind, offset in self.offsets.items()]
 
     def __len__(self) -> int:
         return self.size
@@ -54,7 +54,7 @@ class InterleavedVocabulary:
         tokens = []
         for i in ids:
             i = int(i)
-            kind = next((k for k, offset in reversed(self._kind_of_id) if i >= offset), None)
+            kind = next((k for k, offset in reversed(self.offsets.items()) if i >= offset), None)
             if kind is None or i >= self.size:
                 raise ValueError(f"id {i} is not a speech token id ({self.first_speech_id}..{self.size - 1})")
             tokens.append((kind, i - self.offsets[kind]))
@@ -154,13 +154,14 @@ class InterleavedSequences:
         return self.vocab.speech_ids(self.vocab.speech.merge(streams, start, end))
 
     def build(self, text: str, words: list[dict] | None, streams: dict[str, torch.Tensor], rng: random.Random,
-              kind: str | None = None) -> tuple[list[int], str]:
-        """-> (ids, kind built). streams: frame-level tensors of the kinds in use (units/pitch/style)."""
+              kind: str | None = None, count: bool = True) -> tuple[list[int], str]:
+        """-> (ids, kind built). streams: frame-level tensors of the kinds in use (units/pitch/style);
+        count: add the sequence to `counts` (training; evaluation builds its sequences uncounted)."""
         kind = kind or self.draw_kind(rng)
         if kind == "interleaved" and not words:
             kind = rng.choice(("speech", "text"))
-            self.counts["interleaved_without_word_timings"] += 1
-        self.counts[kind] += 1
+            self.counts["interleaved_without_word_timings"] += count
+        self.counts[kind] += count
         vocab = self.vocab
         if kind == "speech":
             body = [vocab.speech_id, *self.speech(streams)]

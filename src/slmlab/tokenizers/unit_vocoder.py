@@ -38,8 +38,8 @@ class ConvBlock(nn.Module):
 
 
 class UnitToMel(nn.Module):
-    """units, pitch, style [B, N] (pitch/style: 0 = none, else token + 1) -> (log-durations [B, N],
-    log-mel [B, n_mels, M]) where M = mel frames of the repeated units at `mel_per_unit` frames each."""
+    """units, pitch, style [B, N] (pitch/style: 0 = none, else token + 1) -> (predicted log(1 + duration) [B, N],
+    log-mel [B, n_mels, M], mel lengths [B]) where M = mel frames of the repeated units, `mel_per_unit` per 40 ms."""
 
     def __init__(self, n_units: int, n_pitch: int, n_styles: int, n_mels: int = 80, dim: int = 192,
                  layers: int = 3, mel_per_unit: float = 4.0) -> None:
@@ -110,10 +110,9 @@ def _training_examples(tokenizer, records, vocoder: UnitVocoder) -> list[dict]:
     for record in records:
         wav = load_audio(record.audio_filepath, SAMPLE_RATE)
         streams = tokenizer.encode_streams(wav)
-        units, durations = dedup(streams["units"]) if tokenizer.dedup else (streams["units"], torch.ones_like(streams["units"]))
-        starts = torch.cumsum(durations, 0) - durations
-        pitch = streams["pitch"][(starts // 2).clamp_max(len(streams["pitch"]) - 1)] + 1 if len(streams["pitch"]) else torch.zeros_like(units)
-        style = streams["style"][(starts // 25).clamp_max(len(streams["style"]) - 1)] + 1
+        # the conditioning synthesis will see: each unit with the pitch and style last seen in the merged stream
+        units, pitch, style = (torch.tensor(v) for v in unit_conditioning(tokenizer.merge(streams)))
+        durations = dedup(streams["units"])[1] if tokenizer.dedup else torch.ones_like(units)
         examples.append({"units": units, "pitch": pitch, "style": style, "durations": durations,
                          "mel": vocoder.log_mel(wav)})
     return examples
@@ -168,7 +167,7 @@ def resynthesis_report(tokenizer, vocoder: UnitVocoder, records, limit: int = 32
             "duration_abs_error_frames": sum(duration_error) / len(duration_error),
             "unit_error_rate": float(word_error_rate(hyps, refs)),
             "unit_error_rate_griffin_lim_of_source": float(word_error_rate(ceiling, refs)),
-            "unit_error_rate_silence": 1.0}
+            "unit_error_rate_silence": 1.0}  # an empty hypothesis deletes every unit
 
 
 def load_or_fit_unit_vocoder(corpus, tokenizer, tokenizer_folder: Path, steps: int = 1500, batch_size: int = 16,
@@ -177,7 +176,8 @@ def load_or_fit_unit_vocoder(corpus, tokenizer, tokenizer_folder: Path, steps: i
     """Fit `UnitToMel` on the corpus's train split once (saved in the tokenizer's folder with a resynthesis
     report on the test split); later calls load it."""
     mel = {"n_fft": 1024, "win_length": 640, "hop_length": 160, "n_mels": 80, **(mel or {})}
-    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "dim": dim, "layers": layers, "mel": mel, "seed": seed}
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "dim": dim, "layers": layers, "mel": mel, "seed": seed,
+                "conditioning": "merged-stream"}  # bump when the training examples change, so old fits are not reused
     folder = tokenizer_folder / f"vocoder_{hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]}"
     sizes = tokenizer.sizes
     model = UnitToMel(sizes["Hu"], sizes["Pi"], sizes["St"], mel["n_mels"], dim, layers, 640 / mel["hop_length"])

@@ -3,7 +3,7 @@
     tok = load_or_fit_speech_tokenizer(corpus, features="mfcc", n_units=500)
     units = tok.encode(wav)                      # LongTensor [N] at 25 Hz (repeats merged when dedup=True)
     tok.units_to_string(units)                   # "[Hu12][Hu7]..."; tok.parse("[Hu12][Pi3]") reverses it
-    streams = tok.encode_streams(wav)            # frame-level {"units": [T/0.04 s], "pitch": [..], "style": [..]}
+    streams = tok.encode_streams(wav)            # frame-level {"units": [S/640], "pitch": [S/1280], "style": [ceil(S/16000)]}
     tok.merge(streams, start=0.5, end=1.2)       # [("St", 81), ("Hu", 78), ("Pi", 13), ...] in time order
 
 Units: frame features -> nearest of `n_units` k-means centroids. Features are MFCC (+deltas, HuBERT's
@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 RATES = {"St": 1.0, "Hu": 25.0, "Pi": 12.5}  # tokens per second of each stream
-STREAM_OF = {"St": "style", "Hu": "units", "Pi": "pitch"}
-KIND_OF = {stream: kind for kind, stream in STREAM_OF.items()}
+KIND_OF = {"style": "St", "units": "Hu", "pitch": "Pi"}  # stream name -> token kind
 MERGE_ORDER = {"St": 0, "Hu": 1, "Pi": 2}  # at equal times, as the reference writes [St81][Hu78][Pi13]
 TOKEN_PATTERN = re.compile(r"\[(Hu|Pi|St)(\d+)\]")
 HOP_100HZ = SAMPLE_RATE // 100
@@ -339,5 +338,5 @@ def load_or_fit_speech_tokenizer(corpus, features: str = "mfcc", n_units: int = 
         tmp.rename(folder)
         log.info("speech tokenizer -> %s", folder)
     if decoder is not None:
-        tokenizer.decoder = load_or_fit_unit_vocoder(corpus, tokenizer, folder, **decoder)
+        tokenizer.decoder = load_or_fit_unit_vocoder(corpus, tokenizer, folder, **{"seed": seed, **decoder})
     return tokenizer
