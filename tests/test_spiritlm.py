@@ -135,7 +135,8 @@ def test_logit_masking_never_generates_the_other_modality(tiny_corpus, speech_to
         assert out["text"] == "" and out["audio"] is not None and out["audio"].abs().sum() > 0
     else:
         assert out["speech_tokens"] == "" and out["audio"] is None and out["text"]
-    unmasked = task.generate([("TEXT", "the dog")], "ARBITRARY", do_sample=True, temperature=3.0, max_new_tokens=150)
+    unmasked = task.generate([("TEXT", "the dog")], "ARBITRARY", do_sample=True, temperature=3.0, top_p=1.0,
+                             min_new_tokens=150, max_new_tokens=150)
     assert {m for m, _ in unmasked["pieces"]} == {"TEXT", "SPEECH"}  # without the mask both appear
 
 
