@@ -40,6 +40,21 @@ def make_cfg(data_dir, tmp_path):
     return _make
 
 
+def fit_on_tiny_corpus(cfg) -> tuple:
+    """Build the run `cfg` describes, validate it on one batch, train it, validate again:
+    -> (task, metrics before training, metrics after) for the tests that check a loss falls."""
+    from hydra.utils import instantiate
+
+    from slmlab.cli.train import build
+
+    datamodule, task = build(cfg)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+                          enable_progress_bar=False, limit_val_batches=1)
+    before = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
+    trainer.fit(task, datamodule=datamodule)
+    return task, before, {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
 def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a console script of this venv the way a user does; fail with its output on error."""
     exe = Path(sys.executable).parent / args[0]

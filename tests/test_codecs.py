@@ -9,8 +9,8 @@ import torch
 from hydra.utils import instantiate
 from safetensors.torch import save_file
 
-from slmlab.data.manifest import load_audio, read_manifest
-from slmlab.tokenizers.codecs import BuiltinCodec, MimiCodec, audio_path, load_or_fit_builtin_codec
+from slmlab.data.manifest import audio_path, load_audio, read_manifest
+from slmlab.tokenizers.codecs import BuiltinCodec, MimiCodec, load_or_fit_builtin_codec
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import fit_on_tiny_corpus
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -88,12 +89,7 @@ def test_the_published_scale_preset_is_csm_1b(make_cfg):
 
 def test_training_on_the_tiny_corpus_lowers_both_losses(tiny_corpus, make_cfg):
     cfg = make_cfg("experiment=tiny_csm")
-    datamodule, task = build(cfg)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
-                          enable_progress_bar=False, limit_val_batches=1)
-    before = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
-    trainer.fit(task, datamodule=datamodule)
-    after = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    task, before, after = fit_on_tiny_corpus(cfg)
     for name in ("val/c0_loss", "val/decoder_loss"):
         assert after[name] < 0.9 * before[name], (name, before, after)
     assert after["train/decoder_frames"] < 0.5 * 16 * 30  # a quarter of the audio frames reach the decoder

@@ -2,11 +2,10 @@
 import json
 
 import pytest
+from conftest import fit_on_tiny_corpus
 import torch
-from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
-from slmlab.cli.train import build
 from slmlab.models.speechlm import (AUDIO_TOKEN, CTC_ALPHABET, SpeechLM, build_feature_extractor, build_speechlm,
                                     ctc_character_ids, extract_features, prompt_batch)
 from slmlab.tokenizers.text import fit_bpe
@@ -202,12 +201,7 @@ def test_pretrained_encoder_and_decoder_load_from_local_folders(tokenizer, tmp_p
 def test_training_on_the_tiny_corpus_lowers_the_loss(tiny_corpus, make_cfg, encoder, decoder):
     cfg = make_cfg("experiment=tiny_speechlm", f"model/speechlm/encoder={encoder}", f"model/speechlm/decoder={decoder}",
                    "trainer.max_steps=40", "model.task.generation.max_new_tokens=4")
-    datamodule, task = build(cfg)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
-                          enable_progress_bar=False, limit_val_batches=1)
-    before = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
-    trainer.fit(task, datamodule=datamodule)
-    after = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    task, before, after = fit_on_tiny_corpus(cfg)
     assert after["val/loss"] < 0.8 * before["val/loss"], (before, after)
     assert after["val/token_accuracy"] > before["val/token_accuracy"]
     assert 0 <= after["val/wer"] and 0 <= after["val/cer"]

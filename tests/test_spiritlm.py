@@ -6,11 +6,12 @@ import random
 import re
 
 import pytest
+from conftest import fit_on_tiny_corpus
 import torch
 from hydra.utils import instantiate
 from transformers import HubertConfig, HubertModel, SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-from slmlab.cli.train import build, check_speech_tokenizer
+from slmlab.cli.train import check_speech_tokenizer
 from slmlab.data.manifest import load_audio, read_manifest
 from slmlab.models.llama import build_llama_lm
 from slmlab.tasks.spiritlm import SpiritLMTask
@@ -195,12 +196,7 @@ def test_a_hifigan_from_a_local_folder_replaces_griffin_lim(speech_tokenizer, tm
 @pytest.mark.parametrize("model", ["spiritlm_base", "spiritlm_expressive"])
 def test_training_on_the_tiny_corpus_lowers_text_and_speech_losses(tiny_corpus, make_cfg, model):
     cfg = make_cfg("experiment=tiny_spiritlm_base", f"model={model}", "model/spiritlm/size=tiny")
-    datamodule, task = build(cfg)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
-                          enable_progress_bar=False, limit_val_batches=1)
-    before = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
-    trainer.fit(task, datamodule=datamodule)
-    after = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    task, before, after = fit_on_tiny_corpus(cfg)
     for name in ("val/text_loss", "val/speech_loss", "val/interleaved_loss"):
         assert after[name] < 0.9 * before[name], (name, before, after)
     expressive = {"val/unit_loss", "val/pitch_loss", "val/style_loss"}

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from slmlab.data.batching import LengthBucketBatchSampler, pad_stack
-from slmlab.data.manifest import Utterance, load_audio, read_manifest
+from slmlab.data.manifest import Utterance, audio_path, load_audio, read_manifest
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -89,8 +89,6 @@ class CodecField:
         return f"codes-{self.codec.fingerprint()}"
 
     def __call__(self, record: Utterance) -> torch.Tensor:
-        from slmlab.tokenizers.codecs import audio_path
-
         return self.codec.encode(load_audio(audio_path(record), self.codec.sample_rate)).T.contiguous()
 
 

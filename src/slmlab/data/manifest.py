@@ -205,3 +205,8 @@ def load_audio(path: str, sample_rate: int) -> torch.Tensor:
     if rate != sample_rate:
         wav = AF.resample(wav, rate, sample_rate)
     return wav
+
+
+def audio_path(record) -> str:
+    """The record's 24 kHz file when the corpus has one (the embedded corpus does), else its main file."""
+    return record.extra.get("audio_filepath_24k") or record.audio_filepath

@@ -146,8 +146,10 @@ class CSM(nn.Module):
                 step_tokens = torch.cat([frame, torch.zeros_like(frame[:, :1])], dim=1)[:, None]  # [1, 1, K+1]
                 step_mask = torch.ones_like(step_tokens, dtype=torch.bool)
                 step_mask[..., -1] = False
-                tokens, mask = torch.cat([tokens, step_tokens], 1), torch.cat([mask, step_mask], 1)
-                positions = positions[:, -1:] + 1
+                if use_cache:
+                    positions = positions[:, -1:] + 1
+                else:
+                    tokens, mask = torch.cat([tokens, step_tokens], 1), torch.cat([mask, step_mask], 1)
         return torch.stack(frames, dim=1) if frames else torch.zeros(self.num_codebooks, 0, dtype=torch.long)
 
     def sample_frame(self, h: torch.Tensor, temperature: float, topk: int,
@@ -164,7 +166,7 @@ class CSM(nn.Module):
         for k in range(1, self.num_codebooks):
             if cached:
                 out = self.decoder(self.projection(inputs), input_pos=positions, mask=causal[positions[0]][None])
-                inputs, positions = None, positions[:, -1:] + 1
+                positions = positions[:, -1:] + 1
             else:
                 out = self.decoder(self.projection(inputs))
             codes.append(sample_topk(out[:, -1] @ self.audio_head[k - 1], topk, temperature, generator))

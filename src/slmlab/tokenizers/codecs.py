@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from slmlab.data.manifest import load_audio, read_manifest
+from slmlab.data.manifest import audio_path, load_audio, read_manifest
 from slmlab.tokenizers.mel import MelVocoder
 from slmlab.tokenizers.units import assign_nearest, kmeans
 
@@ -184,7 +184,3 @@ def load_or_fit_builtin_codec(corpus, num_codebooks: int = 8, cardinality: int =
     tmp.rename(folder)
     return codec
 
-
-def audio_path(record) -> str:
-    """The record's 24 kHz file when the corpus has one (the embedded corpus does), else its main file."""
-    return record.extra.get("audio_filepath_24k") or record.audio_filepath

@@ -151,6 +151,10 @@ def resynthesis_report(tokenizer, vocoder: UnitVocoder, records, limit: int = 32
     from torchmetrics.functional.text import word_error_rate
 
     mel_l1, duration_error, refs, hyps, ceiling = [], [], [], [], []
+
+    def units(wav: torch.Tensor) -> str:
+        return " ".join(str(int(u)) for u in tokenizer.encode(wav))
+
     for example, record in zip(_training_examples(tokenizer, records[:limit], vocoder), records[:limit]):
         batch = _batch([example])
         with torch.no_grad():
@@ -159,7 +163,6 @@ def resynthesis_report(tokenizer, vocoder: UnitVocoder, records, limit: int = 32
         duration_error.append(float((log_durations.exp().sub(1).round().clamp_min(1) - batch["durations"]).abs().mean()))
         tokens = [("Hu", int(u)) for u in example["units"]]
         resynthesised = vocoder.synthesise(tokens)
-        units = lambda wav: " ".join(str(int(u)) for u in tokenizer.encode(wav))  # noqa: E731
         refs.append(units(load_audio(record.audio_filepath, SAMPLE_RATE)))
         hyps.append(units(resynthesised))
         ceiling.append(units(vocoder.mel_to_wave(example["mel"])))
