@@ -21,7 +21,7 @@ from slmlab.tokenizers.unit_vocoder import UnitVocoder
 from slmlab.tokenizers.units import dedup, fit_speech_tokenizer, load_or_fit_speech_tokenizer
 
 # the sizes of experiment=tiny_spiritlm_*, so the tests and the tiny training runs share one fitted tokenizer
-TINY_SPEECH = {"n_units": 50, "n_styles": 8, "decoder": {"steps": 60, "dim": 64}}
+TINY_SPEECH = {"n_units": 50, "n_styles": 8, "decoder": {"epochs": 6, "dim": 64}}
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ from slmlab.data.manifest import load_audio
 log = logging.getLogger(__name__)
 
 
-def load_task(ckpt_path: str | Path):
-    """The run's task with the checkpoint's weights, rebuilt from `<run>/.hydra/config.yaml`."""
+def load_task(ckpt_path: str | Path, with_config: bool = False):
+    """The run's task with the checkpoint's weights, rebuilt from `<run>/.hydra/config.yaml` (and that
+    config, `with_config`)."""
     ckpt_path = Path(ckpt_path)
     run_config = ckpt_path.parent.parent / ".hydra" / "config.yaml"
     if not ckpt_path.is_file() or not run_config.is_file():
@@ -30,7 +31,7 @@ def load_task(ckpt_path: str | Path):
         cfg.paths.output_dir = str(ckpt_path.parent.parent)
     _, task = build(cfg)
     task.load_state_dict(torch.load(ckpt_path, map_location="cpu")["state_dict"])
-    return task.eval()
+    return (task.eval(), cfg) if with_config else task.eval()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")

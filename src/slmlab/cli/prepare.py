@@ -2,6 +2,7 @@
 
     slmlab-prepare data=synthetic data.preset=default
     slmlab-prepare data=librispeech data.source=/data/LibriSpeech
+    slmlab-prepare model=csm evaluate=true      (also fit the codec, the judge ASR and the style classifier)
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 import time
 
 import hydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from slmlab.cli import CONF_DIR
@@ -23,6 +25,9 @@ def main(cfg: DictConfig) -> None:
     started = time.perf_counter()
     datamodule, _ = build(cfg)
     datamodule.prepare_data()
+    if cfg.get("evaluate"):  # the judges of slmlab-eval, fitted once per corpus
+        instantiate(cfg.eval.judge, corpus=datamodule.corpus)
+        instantiate(cfg.eval.style_classifier, corpus=datamodule.corpus)
     summary = {"corpus": str(datamodule.corpus.root), "seconds": round(time.perf_counter() - started, 1),
                "data": datamodule.summary()}
     log.info("prepared: %s", json.dumps(summary))

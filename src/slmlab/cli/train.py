@@ -6,8 +6,10 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from slmlab.cli import CONF_DIR
@@ -27,6 +29,8 @@ def check_speech_tokenizer(cfg: DictConfig, choice: str | None, model: str = "th
 
 def build(cfg: DictConfig):
     """corpus -> tokenizers -> datamodule and task, as the config says."""
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     if "tokenizer/speech" in choices:  # composed here (train, prepare), not a finished run's saved config
         check_speech_tokenizer(cfg, choices["tokenizer/speech"], choices.get("model"))
@@ -48,7 +52,7 @@ def train(cfg: DictConfig) -> dict:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole config (CSV, TensorBoard text)
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if cfg.get("test"):  # report the best checkpoint (by val/loss) on both held-out splits
         best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") or None
@@ -56,6 +60,11 @@ def train(cfg: DictConfig) -> dict:
         trainer.test(task, datamodule=datamodule, ckpt_path=best)
     if hasattr(task, "save_pretrained") and trainer.is_global_zero:  # the transformers way, next to the checkpoints
         task.save_pretrained(Path(cfg.paths.output_dir) / "pretrained")
+    if cfg.get("evaluate") and trainer.is_global_zero:  # slmlab-eval on the checkpoint that was tested
+        from slmlab.cli.eval import evaluate_run
+
+        tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
+        evaluate_run(task, datamodule.corpus, cfg.eval, cfg, cfg.paths.output_dir, tensorboard)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 

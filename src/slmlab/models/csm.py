@@ -93,10 +93,7 @@ class CSM(nn.Module):
         codebook 0 from the backbone state of the frame before; codebooks 1..K-1 from the decoder, run on
         a random `decoder_fraction` of those frames (at least one; all of them, in order, at 1.0)."""
         h = self.backbone(self.embed_frames(tokens, mask))
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        is_target = mask[:, 1:, :-1].any(-1) & (positions[None, 1:] < lengths[:, None])  # [B, S-1]
-        rows, cols = is_target.nonzero(as_tuple=True)
-        targets = tokens[rows, cols + 1, :-1]  # [N, K]
+        rows, cols, targets = self.audio_targets(tokens, mask, lengths)
         c0_loss = F.cross_entropy(self.codebook0_head(h[rows, cols]).float(), targets[:, 0])  # target frames only
         count = max(1, round(decoder_fraction * len(rows)))
         pick = torch.arange(len(rows), device=tokens.device) if count >= len(rows) else \
@@ -104,6 +101,25 @@ class CSM(nn.Module):
         decoder_logits = self.decoder_logits(h[rows[pick], cols[pick]], targets[pick])
         decoder_loss = F.cross_entropy(decoder_logits.reshape(-1, self.cardinality).float(), targets[pick, 1:].reshape(-1))
         return CSMOutput(c0_loss + decoder_loss, c0_loss, decoder_loss, len(rows), len(pick))
+
+    @staticmethod
+    def audio_targets(tokens: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor):
+        """-> (rows, cols) [N] of the backbone states that predict an audio frame, and that frame's codes [N, K]."""
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        is_target = mask[:, 1:, :-1].any(-1) & (positions[None, 1:] < lengths[:, None])  # [B, S-1]
+        rows, cols = is_target.nonzero(as_tuple=True)
+        return rows, cols, tokens[rows, cols + 1, :-1]
+
+    @torch.no_grad()
+    def log_likelihood(self, tokens: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Summed log-probability (nats) of every audio frame's K codes, the end frame included, per sequence [B]."""
+        h = self.backbone(self.embed_frames(tokens, mask))
+        rows, cols, targets = self.audio_targets(tokens, mask, lengths)
+        states = h[rows, cols]
+        c0 = F.cross_entropy(self.codebook0_head(states).float(), targets[:, 0], reduction="none")
+        rest = F.cross_entropy(self.decoder_logits(states, targets).transpose(1, 2).float(), targets[:, 1:],
+                               reduction="none").sum(1)
+        return -torch.zeros(len(tokens), device=h.device).index_add(0, rows, c0 + rest)
 
     def decoder_logits(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Teacher-forced decoder: backbone states h [N, D] and the frames' codes [N, K] -> logits of codebooks

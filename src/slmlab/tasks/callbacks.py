@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import resource
 import time
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def batch_size(batch: dict) -> int:
@@ -79,3 +82,25 @@ class MetricsJson(L.Callback):
 
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class ProgressLog(L.Callback):
+    """One log line every `every` steps and after each validation (step, losses, elapsed minutes, run name):
+    readable when several jobs share a terminal, where progress bars would interleave."""
+
+    def __init__(self, name: str, every: int = 100) -> None:
+        self.name, self.every, self.started = name, every, time.perf_counter()
+
+    def _line(self, trainer, prefix: str) -> None:
+        if trainer.global_rank == 0 and not trainer.sanity_checking:
+            losses = ", ".join(f"{k} {float(v):.3f}" for k, v in sorted(trainer.callback_metrics.items())
+                               if k.startswith(prefix) and k.endswith("loss"))
+            minutes = (time.perf_counter() - self.started) / 60
+            log.info("[%s] step %d/%d, %.1f min: %s", self.name, trainer.global_step, trainer.max_steps, minutes, losses)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every == 0:
+            self._line(trainer, "train/")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._line(trainer, "val/")

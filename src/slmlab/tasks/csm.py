@@ -105,6 +105,34 @@ class CSMTask(SLMTask):
                                   temperature=settings["temperature"], topk=settings["topk"], use_cache=use_cache)
         return self.codec.decode(codes.cpu()) if codes.shape[1] else torch.zeros(0)
 
+    # -- the evaluation protocol (slmlab.eval.evaluate) ------------------------------------------------------
+    @torch.no_grad()
+    def score_speech(self, waveforms: list[torch.Tensor], speakers: list[str | None]) -> list[tuple[float, int]]:
+        """Waveforms at the codec's rate, each as an audio segment after an empty `[speaker]` text -> the
+        log-likelihood (nats) of all its codes and the end frame, and the number of codes."""
+        scores = []
+        for wave, speaker in zip(waveforms, speakers):
+            tokens, mask = self.segment("", speaker, self.codec.encode(wave.cpu()).T)
+            lengths = torch.tensor([len(tokens)], device=self.device)
+            ll = self.net.log_likelihood(tokens[None].to(self.device), mask[None].to(self.device), lengths)
+            scores.append((float(ll[0]), int(mask[:, :-1].sum())))
+        return scores
+
+    def synthesise(self, text: str, speaker: str | None = None, max_seconds: float = 8.0) -> torch.Tensor:
+        """TTS -> waveform [S] at the codec's rate."""
+        return self.generate_speech(text, speaker, max_seconds=max_seconds)
+
+    def continue_speech(self, prompt: torch.Tensor, seconds: float = 2.0, prompt_text: str = "",
+                        speaker: str | None = None, next_text: str = "") -> torch.Tensor:
+        """The next turn after a prompt turn (its waveform at the codec's rate and transcript) by the same
+        speaker, saying `next_text`: CSM carries prosody through its context segments."""
+        return self.generate_speech(next_text, speaker, context=[(prompt_text, speaker, prompt)],
+                                    max_seconds=2 * seconds)
+
+    def resynthesise(self, waveform: torch.Tensor) -> torch.Tensor:
+        """A waveform through the codec: the ceiling of speech output."""
+        return self.codec.decode(self.codec.encode(waveform.cpu()))
+
     def respond(self, text: str | None = None, audio: torch.Tensor | None = None, modality: str = "SPEECH",
                 speaker: str | None = None, **generation) -> dict:
         """`slmlab-generate`: text -> speech (an optional audio is not used as context here: it has no transcript)."""

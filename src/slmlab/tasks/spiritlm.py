@@ -173,6 +173,54 @@ class SpiritLMTask(SLMTask):
                 "speech_tokens": " ".join(p for m, p in out_pieces if m == "SPEECH"),
                 "audio": torch.cat(waves) if waves else None, "sample_rate": self.sample_rate, "pieces": out_pieces}
 
+    # -- the evaluation protocol (slmlab.eval.evaluate) ------------------------------------------------------
+    def _score_pieces(self, bodies: list[list[int]], switch: int, batch_size: int = 32) -> list[tuple[float, int]]:
+        """Log-likelihood (nats) of each token body after bos and its modality switch, and its length."""
+        scores = []
+        for i in range(0, len(bodies), batch_size):
+            chunk = bodies[i: i + batch_size]
+            losses, _ = self.token_losses([[self.tokenizer.bos_id, switch, *body] for body in chunk])
+            scores += [(-float(losses[j, 1: 1 + len(body)].sum()), len(body)) for j, body in enumerate(chunk)]
+        return scores
+
+    @torch.no_grad()
+    def score_texts(self, texts: list[str]) -> list[tuple[float, int]]:
+        """[TEXT] + BPE: the log-likelihood of each text's BPE tokens (eos excluded) and their count."""
+        return self._score_pieces([self.tokenizer.encode(t, bos=False, eos=False) for t in texts], self.vocab.text_id)
+
+    @torch.no_grad()
+    def score_speech(self, waveforms: list[torch.Tensor], speakers=None) -> list[tuple[float, int]]:
+        """[SPEECH] + speech tokens of 16 kHz waveforms: their log-likelihood (eos excluded) and count."""
+        bodies = [self.sequences.speech(self.speech_tokenizer.encode_streams(w, self.streams)) for w in waveforms]
+        return self._score_pieces(bodies, self.vocab.speech_id)
+
+    def transcribe(self, waveforms: list[torch.Tensor], max_new_tokens: int = 40) -> list[str]:
+        """ASR by prompting [SPEECH]units[TEXT], greedy."""
+        return [self.generate([("SPEECH", w)], "TEXT", do_sample=False, max_new_tokens=max_new_tokens)["text"]
+                for w in waveforms]
+
+    def synthesise(self, text: str, speaker: str | None = None, max_seconds: float = 8.0) -> torch.Tensor:
+        """TTS by prompting [TEXT]text[SPEECH] (the speaker is not modelled) -> waveform [S] at 16 kHz."""
+        out = self.generate([("TEXT", text)], "SPEECH", max_new_tokens=self._speech_budget(max_seconds))
+        return out["audio"] if out["audio"] is not None else torch.zeros(0)
+
+    def continue_speech(self, prompt: torch.Tensor, seconds: float = 2.0, **texts) -> torch.Tensor:
+        """The speech that follows a 16 kHz prompt waveform, about `seconds` long, from speech tokens alone
+        (the transcripts the evaluator offers are not used)."""
+        out = self.generate([("SPEECH", prompt)], "SPEECH", max_new_tokens=self._speech_budget(seconds),
+                            min_new_tokens=self._speech_budget(seconds) // 2)
+        return out["audio"] if out["audio"] is not None else torch.zeros(0)
+
+    def resynthesise(self, waveform: torch.Tensor) -> torch.Tensor:
+        """A 16 kHz waveform through the speech tokens and the unit vocoder: the ceiling of speech output."""
+        streams = self.speech_tokenizer.encode_streams(waveform, self.streams)
+        return self.speech_tokenizer.decode(self.speech_tokenizer.merge(streams))
+
+    def _speech_budget(self, seconds: float) -> int:
+        """Speech tokens in `seconds` before de-duplication: units at 25 Hz (+ pitch at 12.5 Hz, style at 1 Hz)."""
+        rates = {"units": 25.0, "pitch": 12.5, "style": 1.0}
+        return int(seconds * sum(rates[s] for s in self.streams))
+
     def respond(self, text: str | None = None, audio: torch.Tensor | None = None, modality: str = "ARBITRARY",
                 **generation) -> dict:
         """`slmlab-generate`: a text and/or a waveform (text first, the speech continuing it) -> text and/or speech."""

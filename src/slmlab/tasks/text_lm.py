@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from slmlab.data.batching import pad_stack
 from slmlab.tasks.base import SLMTask
 
 
@@ -54,6 +55,19 @@ class TextLMTask(SLMTask):
         loss = self.trainer.callback_metrics.get(f"{stage}/loss")
         if loss is not None:
             self.log(f"{stage}/ppl", math.exp(min(float(loss), 50.0)), sync_dist=True)
+
+    @torch.no_grad()
+    def score_texts(self, texts: list[str], batch_size: int = 32) -> list[tuple[float, int]]:
+        """Log-likelihood (nats) of each text's BPE tokens after bos (eos excluded), and their count."""
+        scores = []
+        for i in range(0, len(texts), batch_size):
+            ids = [self.tokenizer.encode(t, eos=False) for t in texts[i: i + batch_size]]
+            padded, lengths = pad_stack([torch.tensor(x) for x in ids], self.tokenizer.pad_id)
+            mask, _ = self.lm_labels(padded.to(self.device), lengths.to(self.device))
+            logits = self.net(input_ids=padded.to(self.device), attention_mask=mask).logits[:, :-1].float()
+            logp = logits.log_softmax(-1).gather(-1, padded[:, 1:, None].to(self.device))[..., 0]
+            scores += [(float(logp[j, : len(x) - 1].sum()), len(x) - 1) for j, x in enumerate(ids)]
+        return scores
 
     @torch.no_grad()
     def continue_text(self, prompt: str) -> str:

@@ -162,11 +162,11 @@ def resynthesis_report(codec: BuiltinCodec, waveforms) -> dict:
 
 def load_or_fit_builtin_codec(corpus, num_codebooks: int = 8, cardinality: int = 256, sample_rate: int = 24000,
                               mel: dict | None = None, griffin_lim_iters: int = 32, vocoder_path: str | None = None,
-                              seed: int = 0) -> BuiltinCodec:
-    """`tokenizer/speech=codec_builtin`: fit on the corpus's train audio once (saved under `<corpus>/tokenizers/`,
-    with `resynthesis.json` on 16 test clips); later calls load it."""
+                              max_frames: int = 100_000, seed: int = 0) -> BuiltinCodec:
+    """`tokenizer/speech=codec_builtin`: fit on (at most `max_frames` random frames of) the corpus's train audio
+    once (saved under `<corpus>/tokenizers/`, with `resynthesis.json` on 16 test clips); later calls load it."""
     settings = {"num_codebooks": num_codebooks, "cardinality": cardinality, "sample_rate": sample_rate,
-                "mel": mel, "seed": seed}
+                "mel": mel, "max_frames": max_frames, "seed": seed}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     folder = Path(corpus.root) / "tokenizers" / f"codec_{num_codebooks}x{cardinality}_{key}"
     if (folder / "codec.pt").is_file():
@@ -174,7 +174,7 @@ def load_or_fit_builtin_codec(corpus, num_codebooks: int = 8, cardinality: int =
     records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
     log.info("fitting the built-in codec (%d x %d) on %d utterances", num_codebooks, cardinality, len(records))
     codec = fit_builtin_codec([load_audio(audio_path(r), sample_rate) for r in records], num_codebooks, cardinality,
-                              sample_rate, mel, griffin_lim_iters, vocoder_path, seed=seed)
+                              sample_rate, mel, griffin_lim_iters, vocoder_path, max_frames, seed)
     test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
     report = resynthesis_report(codec, [load_audio(audio_path(r), sample_rate) for r in test[:16]])
     log.info("built-in codec resynthesis on test: %s", json.dumps(report))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 from pathlib import Path
 
@@ -173,13 +174,13 @@ def resynthesis_report(tokenizer, vocoder: UnitVocoder, records, limit: int = 32
             "unit_error_rate_silence": 1.0}  # an empty hypothesis deletes every unit
 
 
-def load_or_fit_unit_vocoder(corpus, tokenizer, tokenizer_folder: Path, steps: int = 1500, batch_size: int = 16,
+def load_or_fit_unit_vocoder(corpus, tokenizer, tokenizer_folder: Path, epochs: float = 9.0, batch_size: int = 16,
                              lr: float = 2e-3, dim: int = 192, layers: int = 3, griffin_lim_iters: int = 32,
                              vocoder_path: str | None = None, mel: dict | None = None, seed: int = 0) -> UnitVocoder:
-    """Fit `UnitToMel` on the corpus's train split once (saved in the tokenizer's folder with a resynthesis
-    report on the test split); later calls load it."""
+    """Fit `UnitToMel` on the corpus's train split once, for `epochs` passes over it in random batches (saved
+    in the tokenizer's folder with a resynthesis report on the test split); later calls load it."""
     mel = {"n_fft": 1024, "win_length": 640, "hop_length": 160, "n_mels": 80, **(mel or {})}
-    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "dim": dim, "layers": layers, "mel": mel, "seed": seed,
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "dim": dim, "layers": layers, "mel": mel, "seed": seed,
                 "conditioning": "merged-stream"}  # bump when the training examples change, so old fits are not reused
     folder = tokenizer_folder / f"vocoder_{hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]}"
     sizes = tokenizer.sizes
@@ -189,6 +190,7 @@ def load_or_fit_unit_vocoder(corpus, tokenizer, tokenizer_folder: Path, steps: i
         return UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
     vocoder = UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
     records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+    steps = max(1, math.ceil(epochs * len(records) / batch_size))
     log.info("fitting the unit vocoder on %d utterances for %d steps", len(records), steps)
     examples = _training_examples(tokenizer, records, vocoder)
     generator = torch.Generator().manual_seed(seed)

@@ -1,0 +1,33 @@
+"""slmlab-compare: a sweep's run folders -> the study's report (slmlab.eval.compare).
+
+    slmlab-compare                                   (the latest compare_tiny sweep -> experiments/compare_tiny/)
+    slmlab-compare sweep_dir=outputs/compare_tiny/multiruns/<time> study=compare_tiny
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from slmlab.cli import CONF_DIR
+from slmlab.eval.compare import write_report
+
+
+def latest_sweep(log_dir: str, study: str) -> Path:
+    sweeps = sorted((Path(log_dir) / study / "multiruns").glob("*"))
+    if not sweeps:
+        raise FileNotFoundError(f"no sweep under {Path(log_dir) / study / 'multiruns'}; run "
+                                f"`slmlab-train -m experiment={study}` first, or pass sweep_dir=")
+    return sweeps[-1]
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
+def main(cfg: DictConfig) -> None:
+    sweep_dir = cfg.sweep_dir or latest_sweep(cfg.paths.log_dir, cfg.study)
+    write_report(sweep_dir, cfg.out_dir, cfg.question, list(cfg.commands), cfg.budget)
+    print(Path(cfg.out_dir) / "README.md")
+
+
+if __name__ == "__main__":
+    main()

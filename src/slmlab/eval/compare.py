@@ -1,0 +1,271 @@
+"""slmlab-compare's work: read a sweep's run folders, aggregate each arm over seeds, write the study's report.
+
+A run folder holds `.hydra/config.yaml`, `metrics.json` (training figures, and `eval` from slmlab-eval) and
+`tensorboard/` (the validation curves). Outputs in the study folder: `results.csv` (one row per run, then
+one per arm with mean and spread), `README.md` (question, commands, tables, reading, judge floor),
+`val_curves.png` and `metrics.png`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from slmlab.eval.evaluate import METRICS
+
+log = logging.getLogger(__name__)
+
+ARM_ORDER = ["text_lm", "spiritlm_base", "spiritlm_expressive", "csm", "speechlm"]
+# training figures read from metrics.json: column -> (label, key path)
+TRAINING = {
+    "parameters": ("parameters", ("parameters",)),
+    "train_tokens_per_second": ("train tokens/s", ("train_tokens_per_second",)),
+    "peak_memory_mb": ("peak memory (MB)", ("peak_memory_bytes",)),
+    "train_minutes": ("train minutes", ("train_seconds",)),
+    "test_loss": ("test loss (own units)", ("metrics", "test/loss")),
+}
+TABLES = {
+    "Speech and text generation (judge ASR for speech output)":
+        ["asr_wer", "asr_cer", "tts_wer", "tts_cer", "resynthesis_wer", "style_accuracy"],
+    "Likelihoods and zero-shot probes": ["text_ppl", "speech_nats_per_second", "lexical_text", "syntactic_text",
+                                         "lexical_speech", "syntactic_speech"],
+    "Efficiency (this machine)": ["parameters", "train_tokens_per_second", "peak_memory_mb", "train_minutes",
+                                  "generation_rtf"],
+}
+LABELS = {**{k: k for k in METRICS}, **{k: label for k, (label, _) in TRAINING.items()}}
+
+
+@dataclass
+class Run:
+    folder: Path
+    arm: str
+    seed: int
+    values: dict[str, float | None]
+    baselines: dict
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _get(record: dict, path: tuple[str, ...]):
+    for key in path:
+        if not isinstance(record, dict) or key not in record:
+            return None
+        record = record[key]
+    return record
+
+
+def read_run(folder: Path) -> Run:
+    """One run folder -> its arm, seed, every metric (None where the arm has none) and its val/loss curve."""
+    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    record = json.loads((folder / "metrics.json").read_text())
+    values: dict[str, float | None] = {}
+    for name, (_, path) in TRAINING.items():
+        value = _get(record, path)
+        if value is not None and name == "peak_memory_mb":
+            value = value / 2 ** 20
+        if value is not None and name == "train_minutes":
+            value = value / 60
+        values[name] = value
+    values.update({k: _get(record, ("eval", "metrics", k)) for k in METRICS})
+    arm = cfg.model.get("name") or cfg.model.task._target_.rsplit(".", 1)[-1]
+    return Run(folder, arm, int(cfg.seed), values, _get(record, ("eval", "baselines")) or {}, read_curve(folder))
+
+
+def read_curve(folder: Path, tag: str = "val/loss") -> list[tuple[int, float]]:
+    """(step, value) of a scalar from the run's TensorBoard events (empty when there are none)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[int, float] = {}
+    for events in sorted((folder / "tensorboard").glob("**/events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags().get("scalars", []):
+            points.update({e.step: e.value for e in accumulator.Scalars(tag)})
+    return sorted(points.items())
+
+
+def find_runs(sweep_dir: Path) -> tuple[list[Run], list[str]]:
+    """Every run folder under `sweep_dir` (a Hydra multirun folder, or several), and the folders skipped with
+    the reason (no metrics.json: the run failed or is still going)."""
+    runs, skipped = [], []
+    for config in sorted(Path(sweep_dir).glob("**/.hydra/config.yaml")):
+        folder = config.parent.parent
+        if not (folder / "metrics.json").is_file():
+            skipped.append(f"{folder}: no metrics.json")
+            continue
+        runs.append(read_run(folder))
+    if not runs:
+        raise FileNotFoundError(f"no finished runs (with .hydra/config.yaml and metrics.json) under {sweep_dir}")
+    return runs, skipped
+
+
+def aggregate(runs: list[Run]) -> dict[str, dict[str, tuple[float, float, int] | None]]:
+    """arm -> metric -> (mean, sample standard deviation (0 for one seed), seeds) or None (not applicable)."""
+    arms = sorted({r.arm for r in runs}, key=lambda a: (ARM_ORDER.index(a) if a in ARM_ORDER else len(ARM_ORDER), a))
+    table = {}
+    for arm in arms:
+        of_arm = [r for r in runs if r.arm == arm]
+        table[arm] = {}
+        for name in LABELS:
+            values = [r.values[name] for r in of_arm if r.values.get(name) is not None]
+            table[arm][name] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0,
+                                len(values)) if values else None
+    return table
+
+
+def format_cell(name: str, cell: tuple[float, float, int] | None) -> str:
+    if cell is None:
+        return "n/a"
+    mean, spread, n = cell
+    if name == "parameters":
+        return f"{mean / 1e6:.2f} M"
+    digits = 0 if name in ("train_tokens_per_second", "peak_memory_mb") else 1 if name in ("train_minutes", "text_ppl") else 3
+    text = f"{mean:,.{digits}f}"
+    return f"{text} ± {spread:,.{digits}f}" if n > 1 else text
+
+
+def write_csv(path: Path, runs: list[Run], table: dict) -> None:
+    names = list(LABELS)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arm", "seed", "run", *names])
+        for r in sorted(runs, key=lambda r: (r.arm, r.seed)):
+            writer.writerow([r.arm, r.seed, str(r.folder), *["" if r.values.get(n) is None else r.values[n] for n in names]])
+        for arm, cells in table.items():
+            n = max((c[2] for c in cells.values() if c), default=0)
+            writer.writerow([arm, f"mean of {n}", "", *["" if cells[k] is None else cells[k][0] for k in names]])
+            writer.writerow([arm, f"std of {n}", "", *["" if cells[k] is None else cells[k][1] for k in names]])
+
+
+def markdown_tables(table: dict) -> str:
+    parts = []
+    for title, names in TABLES.items():
+        parts.append(f"**{title}**\n")
+        parts.append("| arm | " + " | ".join(LABELS[n] for n in names) + " |")
+        parts.append("|---" * (len(names) + 1) + "|")
+        parts += [f"| {arm} | " + " | ".join(format_cell(n, cells[n]) for n in names) + " |" for arm, cells in table.items()]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def reading(table: dict, baselines: dict) -> list[str]:
+    """One line per speech metric: the best arm, and whether each arm beats the metric's trivial baseline."""
+    trivial = {"asr_wer": baselines.get("trivial_wer"), "asr_cer": baselines.get("trivial_cer"),
+               "tts_wer": baselines.get("trivial_wer"), "tts_cer": baselines.get("trivial_cer"),
+               "lexical_text": 0.5, "syntactic_text": 0.5, "lexical_speech": 0.5, "syntactic_speech": 0.5,
+               "style_accuracy": baselines.get("style_majority")}
+    lines = []
+    for name, base in trivial.items():
+        scored = {arm: cells[name] for arm, cells in table.items() if cells[name] is not None}
+        if not scored or base is None:
+            continue
+        lower = METRICS[name][1] == "lower"
+        margin = 0.05  # "clearly better": by more than 0.05 and more than twice the spread over seeds
+        verdicts = []
+        for arm, (mean, spread, _) in scored.items():
+            gain = (base - mean) if lower else (mean - base)
+            verdicts.append(f"{arm} {mean:.3f} ({'beats' if gain > max(margin, 2 * spread) else 'does not clearly beat'} it)")
+        best = (min if lower else max)(scored, key=lambda a: scored[a][0])
+        lines.append(f"- **{name}** (trivial {base:.3f}): best {best}; " + ", ".join(verdicts) + ".")
+    return lines
+
+
+def plot_curves(path: Path, runs: list[Run]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(dict.fromkeys(r.arm for r in sorted(runs, key=lambda r: ARM_ORDER.index(r.arm) if r.arm in ARM_ORDER else 99)))
+    figure, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3), squeeze=False)
+    for axis, arm in zip(axes[0], arms):
+        for r in (r for r in runs if r.arm == arm):
+            if r.curve:
+                axis.plot(*zip(*r.curve), marker="o", label=f"seed {r.seed}")
+        axis.set_title(arm, fontsize=10)
+        axis.set_xlabel("step")
+        axis.legend(fontsize=7)
+    axes[0][0].set_ylabel("val/loss (own units)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_metrics(path: Path, table: dict, baselines: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in METRICS if any(cells[n] for cells in table.values())]
+    lines = {"asr_wer": "trivial_wer", "tts_wer": "trivial_wer", "asr_cer": "trivial_cer", "tts_cer": "trivial_cer",
+             "resynthesis_wer": "trivial_wer", "style_accuracy": "style_majority"}
+    columns = 4
+    rows = max(1, math.ceil(len(names) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False)
+    arms = list(table)
+    for axis, name in zip(axes.flat, names):
+        means = [table[a][name][0] if table[a][name] else 0.0 for a in arms]
+        spreads = [table[a][name][1] if table[a][name] else 0.0 for a in arms]
+        bars = axis.bar(range(len(arms)), means, yerr=spreads, capsize=3, color="tab:blue")
+        for bar, arm in zip(bars, arms):
+            if table[arm][name] is None:
+                bar.set_alpha(0)
+                axis.text(bar.get_x() + bar.get_width() / 2, 0, "n/a", ha="center", va="bottom", fontsize=7)
+        baseline = 0.5 if name.startswith(("lexical", "syntactic")) else baselines.get(lines.get(name, ""))
+        if baseline is not None:
+            axis.axhline(baseline, color="tab:red", linestyle="--", linewidth=1)
+        floor = baselines.get("judge_" + name.split("_")[-1]) if name.startswith(("tts", "resynthesis")) else None
+        if floor is not None:
+            axis.axhline(floor, color="tab:green", linestyle=":", linewidth=1)
+        axis.set_xticks(range(len(arms)), arms, rotation=35, ha="right", fontsize=7)
+        axis.set_title(name, fontsize=9)
+    for axis in list(axes.flat)[len(names):]:
+        axis.axis("off")
+    figure.suptitle("mean ± std over seeds; red dashes: the trivial baseline (chance, majority style, empty or "
+                    "constant output); green dots: the judge's WER/CER on real audio", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_report(sweep_dir: str | Path, out_dir: str | Path, question: str, commands: list[str],
+                 budget: str = "") -> dict:
+    """Aggregate the runs under `sweep_dir` into `out_dir`; return the aggregated table."""
+    runs, skipped = find_runs(Path(sweep_dir))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = aggregate(runs)
+    baselines = next((r.baselines for r in runs if r.baselines), {})
+    write_csv(out_dir / "results.csv", runs, table)
+    plot_curves(out_dir / "val_curves.png", runs)
+    plot_metrics(out_dir / "metrics.png", table, baselines)
+    seeds = sorted({r.seed for r in runs})
+    floor = (f"The judge ASR's WER on the real test audio is **{baselines['judge_wer']:.3f}** (CER "
+             f"{baselines.get('judge_cer', float('nan')):.3f}): no speech output can score below it. "
+             if "judge_wer" in baselines else "No run was evaluated with a judge. ")
+    style = (f"The style classifier is right on {baselines['style_classifier_accuracy']:.3f} of real test crops "
+             f"(chance {baselines.get('style_chance', 0):.3f}, majority {baselines.get('style_majority', 0):.3f}). "
+             if "style_classifier_accuracy" in baselines else "")
+    trivial = (f"The trivial output (empty, or the constant \"{baselines.get('trivial_constant', '')}\") scores WER "
+               f"{baselines['trivial_wer']:.3f}, CER {baselines.get('trivial_cer', 1.0):.3f}." if "trivial_wer" in baselines else "")
+    text = "\n".join([
+        f"# {out_dir.name}", "", "## Question", "", question.strip(), "",
+        "## Commands", "", "```", *commands, "```", "",
+        f"{budget.strip()}".strip(), "",
+        f"## Results ({len(runs)} runs; seeds {', '.join(map(str, seeds))}; mean ± std over seeds where more than one)", "",
+        markdown_tables(table),
+        "n/a: the arm cannot produce the metric (it models no such input or output), not a zero. "
+        "WER/CER: lower is better; probes and style: accuracy, higher is better.", "",
+        "![validation curves](val_curves.png)", "", "![metrics](metrics.png)", "",
+        "## Judge floor and trivial baselines", "", floor + style + trivial, "",
+        "## Reading", "", *reading(table, baselines), "",
+        *([f"Skipped folders: {', '.join(skipped)}", ""] if skipped else []),
+        "Every figure is in `results.csv` (one row per run, then the mean and std per arm).", "",
+    ])
+    (out_dir / "README.md").write_text(text)
+    log.info("report for %d runs (%d skipped) -> %s", len(runs), len(skipped), out_dir)
+    return table

@@ -1,0 +1,158 @@
+"""Every metric an arm supports, on the corpus's held-out test split and probes (`slmlab-eval`, and the end
+of `slmlab-train` with `evaluate=true`).
+
+An arm takes part in a metric by implementing its method; a metric it cannot produce stays None (the
+report prints n/a), never zero. Waveforms go in and come out at the task's `sample_rate`.
+
+    transcribe(waveforms) -> texts                     speech -> text (ASR): WER, CER
+    synthesise(text, speaker, max_seconds) -> wav      text -> speech (TTS): the judge's WER, CER; real-time factor
+    score_texts(texts) -> [(nats, tokens)]             text perplexity; lexical and syntactic probes on text
+    score_speech(waveforms, speakers) -> [(nats, n)]   speech loss per second; the probes on speech
+    continue_speech(prompt, seconds, ...) -> wav       style preservation of a continuation
+    resynthesise(wav) -> wav                           the arm's ceiling: its speech tokens and decoder alone
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torchaudio.functional as AF
+
+from slmlab.data.manifest import audio_path, load_audio, read_manifest
+from slmlab.eval.metrics import classification_accuracy, error_rates, pair_accuracy, trivial_error_rates
+
+log = logging.getLogger(__name__)
+
+JUDGE_RATE = 16000
+# metric -> (what it is, which way is better); the report's columns, in order
+METRICS = {
+    "asr_wer": ("speech -> text WER on test audio", "lower"),
+    "asr_cer": ("speech -> text CER on test audio", "lower"),
+    "tts_wer": ("text -> speech: the judge's WER on the generated audio", "lower"),
+    "tts_cer": ("text -> speech: the judge's CER on the generated audio", "lower"),
+    "resynthesis_wer": ("the judge's WER on test audio through the arm's speech tokens and decoder", "lower"),
+    "text_ppl": ("test text perplexity per BPE token", "lower"),
+    "speech_nats_per_second": ("test speech negative log-likelihood, nats per second of audio", "lower"),
+    "lexical_text": ("word vs. non-word accuracy from text likelihoods (chance 0.5)", "higher"),
+    "syntactic_text": ("grammatical vs. ungrammatical accuracy from text likelihoods (chance 0.5)", "higher"),
+    "lexical_speech": ("word vs. non-word accuracy from speech likelihoods (chance 0.5)", "higher"),
+    "syntactic_speech": ("grammatical vs. ungrammatical accuracy from speech likelihoods (chance 0.5)", "higher"),
+    "style_accuracy": ("style of a speech continuation = style of its prompt", "higher"),
+    "generation_rtf": ("seconds of compute per second of generated speech", "lower"),
+}
+
+
+@dataclass
+class Evaluation:
+    """metrics: METRICS' names -> value or None; baselines: what each metric must beat (trivial outputs,
+    chance) and the judges' own figures on real audio; samples: TTS examples for TensorBoard."""
+    metrics: dict[str, float | None]
+    baselines: dict[str, float | str]
+    samples: list[dict] = field(default_factory=list)
+
+
+def _load(record, sample_rate: int) -> torch.Tensor:
+    return load_audio(audio_path(record) if sample_rate > JUDGE_RATE else record.audio_filepath, sample_rate)
+
+
+def _to_judge(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    return AF.resample(wave, sample_rate, JUDGE_RATE) if sample_rate != JUDGE_RATE and len(wave) else wave
+
+
+def _probe_pairs(corpus, name: str, limit: int | None) -> list[tuple[object, object]]:
+    """(good, bad) manifest records of a probe, in file order."""
+    records, _ = read_manifest(corpus.root / "probes" / f"{name}_audio.jsonl", check_audio=False)
+    by_id = {r.id: r for r in records}
+    with open(corpus.probe(name)) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [(by_id[row["good"]], by_id[row["bad"]]) for row in rows[:limit]]
+
+
+class Evaluator:
+    """corpus: the one the arm trained on; judge: `transcribe(16 kHz waveforms)`; style_classifier:
+    `predict(16 kHz waveforms)`. utterances: test utterances for ASR, TTS and likelihoods; style_prompts:
+    prompts of the style probe; probe_pairs: pairs per probe (None: all)."""
+
+    def __init__(self, corpus, judge, style_classifier, utterances: int = 48, style_prompts: int = 32,
+                 probe_pairs: int | None = None, continuation_seconds: float = 2.0, max_seconds: float = 8.0,
+                 tensorboard_samples: int = 2) -> None:
+        self.corpus, self.judge, self.style_classifier = corpus, judge, style_classifier
+        self.utterances, self.style_prompts, self.probe_pairs = utterances, style_prompts, probe_pairs
+        self.continuation_seconds, self.max_seconds, self.tensorboard_samples = continuation_seconds, max_seconds, tensorboard_samples
+        self.test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
+        train, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+        self.train_texts = [r.text for r in train]
+
+    def baselines(self) -> dict[str, float | str]:
+        test = self.test[: self.utterances]
+        trivial = trivial_error_rates([r.text for r in test], self.train_texts)
+        styles = [r.style for r in self.test[: self.style_prompts]]
+        return {"trivial_wer": trivial["wer"], "trivial_cer": trivial["cer"], "trivial_constant": trivial["constant"],
+                "probe_chance": 0.5, "style_chance": classification_accuracy(styles, styles)["chance"],
+                "style_majority": classification_accuracy(styles, styles)["majority"],
+                **{f"judge_{k}": v for k, v in getattr(self.judge, "floor", {}).items() if k in ("wer", "cer")},
+                **{f"style_classifier_{k}": v for k, v in self.style_classifier.report.items() if k == "accuracy"}}
+
+    @torch.no_grad()
+    def __call__(self, task) -> Evaluation:
+        rate = task.sample_rate
+        test = self.test[: self.utterances]
+        texts, speakers = [r.text for r in test], [r.speaker for r in test]
+        metrics: dict[str, float | None] = dict.fromkeys(METRICS)
+        samples: list[dict] = []
+        started = time.perf_counter()
+        needs_audio = any(hasattr(task, m) for m in ("transcribe", "score_speech", "resynthesise"))
+        waves = [_load(r, rate) for r in test] if needs_audio else []
+        if hasattr(task, "transcribe"):
+            hypotheses = [h for i in range(0, len(waves), 16) for h in task.transcribe(waves[i: i + 16])]
+            rates = error_rates(hypotheses, texts)
+            metrics["asr_wer"], metrics["asr_cer"] = rates["wer"], rates["cer"]
+            samples += [{"kind": "asr", "text": t, "hypothesis": h} for t, h in zip(texts, hypotheses)][: self.tensorboard_samples]
+        if hasattr(task, "synthesise"):
+            outputs, seconds = [], 0.0
+            for text, speaker in zip(texts, speakers):
+                t0 = time.perf_counter()
+                outputs.append(_to_judge(task.synthesise(text, speaker, max_seconds=self.max_seconds).float(), rate))
+                seconds += time.perf_counter() - t0
+            rates = error_rates(self.judge.transcribe([_nonempty(w) for w in outputs]), texts)
+            metrics["tts_wer"], metrics["tts_cer"] = rates["wer"], rates["cer"]
+            metrics["generation_rtf"] = seconds / max(sum(len(w) for w in outputs) / JUDGE_RATE, 1e-6)
+            samples += [{"kind": "tts", "text": t, "generated": g, "reference": load_audio(r.audio_filepath, JUDGE_RATE)}
+                        for t, g, r in zip(texts, outputs, test)][: self.tensorboard_samples]
+        if hasattr(task, "resynthesise"):
+            resynthesised = [_nonempty(_to_judge(task.resynthesise(w).float(), rate)) for w in waves]
+            metrics["resynthesis_wer"] = error_rates(self.judge.transcribe(resynthesised), texts)["wer"]
+        if hasattr(task, "score_texts"):
+            scores = task.score_texts(texts)
+            metrics["text_ppl"] = math.exp(-sum(s for s, _ in scores) / sum(n for _, n in scores))
+            for probe in ("lexical", "syntactic"):
+                pairs = _probe_pairs(self.corpus, probe, self.probe_pairs)
+                good, bad = task.score_texts([g.text for g, _ in pairs]), task.score_texts([b.text for _, b in pairs])
+                metrics[f"{probe}_text"] = pair_accuracy([s for s, _ in good], [s for s, _ in bad])
+        if hasattr(task, "score_speech"):
+            scores = task.score_speech(waves, speakers)
+            metrics["speech_nats_per_second"] = -sum(s for s, _ in scores) / sum(len(w) / rate for w in waves)
+            for probe in ("lexical", "syntactic"):
+                pairs = _probe_pairs(self.corpus, probe, self.probe_pairs)
+                good = task.score_speech([_load(g, rate) for g, _ in pairs], [g.speaker for g, _ in pairs])
+                bad = task.score_speech([_load(b, rate) for _, b in pairs], [b.speaker for _, b in pairs])
+                metrics[f"{probe}_speech"] = pair_accuracy([s for s, _ in good], [s for s, _ in bad])
+        if hasattr(task, "continue_speech"):
+            prompts = self.test[: self.style_prompts]
+            continuations = [_to_judge(task.continue_speech(
+                _load(r, rate), seconds=self.continuation_seconds, prompt_text=r.text, speaker=r.speaker,
+                next_text=prompts[(i + 1) % len(prompts)].text).float(), rate) for i, r in enumerate(prompts)]
+            predicted = self.style_classifier.predict([_nonempty(w) for w in continuations])
+            metrics["style_accuracy"] = classification_accuracy(predicted, [r.style for r in prompts])["accuracy"]
+        log.info("evaluated in %.0f s: %s", time.perf_counter() - started,
+                 json.dumps({k: v for k, v in metrics.items() if v is not None}))
+        return Evaluation(metrics, self.baselines(), samples)
+
+
+def _nonempty(wave: torch.Tensor, seconds: float = 0.1) -> torch.Tensor:
+    """An empty output becomes `seconds` of silence, so that it is scored (as wrong), not dropped."""
+    return wave if len(wave) >= seconds * JUDGE_RATE else torch.zeros(int(seconds * JUDGE_RATE))

@@ -1,0 +1,50 @@
+"""The study's metrics on plain Python values, each with the trivial baseline it must beat.
+
+Every function takes model outputs (texts, scores, labels), so each is testable on hand-made cases.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from torchmetrics.functional.text import char_error_rate, word_error_rate
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, letters, apostrophes and single spaces: what WER and CER compare."""
+    return " ".join(re.sub(r"[^a-z' ]+", " ", text.lower()).split())
+
+
+def error_rates(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus WER and CER (torchmetrics: edits summed over utterances / reference words or characters) of
+    normalised texts."""
+    if len(hypotheses) != len(references) or not references:
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    hyps, refs = [normalise_text(h) for h in hypotheses], [normalise_text(r) for r in references]
+    return {"wer": float(word_error_rate(hyps, refs)), "cer": float(char_error_rate(hyps, refs))}
+
+
+def trivial_error_rates(references: list[str], training_texts: list[str]) -> dict[str, float]:
+    """The best WER and CER a system reaches without listening or reading: the better of an empty output
+    (WER 1) and a constant one, the most frequent training word, for every utterance."""
+    words = Counter(w for t in training_texts for w in normalise_text(t).split())
+    constant = words.most_common(1)[0][0] if words else ""
+    rates = error_rates([constant] * len(references), references)
+    return {"wer": min(1.0, rates["wer"]), "cer": min(1.0, rates["cer"]), "constant": constant}
+
+
+def pair_accuracy(good_scores: list[float], bad_scores: list[float]) -> float:
+    """Fraction of probe pairs whose good item scores higher (a tie counts half); chance is 0.5."""
+    if len(good_scores) != len(bad_scores) or not good_scores:
+        raise ValueError(f"{len(good_scores)} good and {len(bad_scores)} bad scores")
+    wins = sum(1.0 if g > b else 0.5 if g == b else 0.0 for g, b in zip(good_scores, bad_scores))
+    return wins / len(good_scores)
+
+
+def classification_accuracy(predicted: list[str], labels: list[str]) -> dict[str, float]:
+    """Accuracy, with chance (one over the classes seen) and the majority-class rate as baselines."""
+    if len(predicted) != len(labels) or not labels:
+        raise ValueError(f"{len(predicted)} predictions for {len(labels)} labels")
+    counts = Counter(labels)
+    return {"accuracy": sum(p == y for p, y in zip(predicted, labels)) / len(labels),
+            "chance": 1 / len(counts), "majority": counts.most_common(1)[0][1] / len(labels)}

@@ -1,0 +1,131 @@
+"""The style classifier of the style-preservation probe (as Spirit LM's STSP classifies sentiment).
+
+Prosody statistics of a clip (pitch level and range, voicing, loudness, spectral change and syllable rate)
+feed a multinomial logistic regression (replaces scikit-learn's `LogisticRegression`), fitted on random
+crops of the corpus's real train audio and cached under `<corpus>/judge/`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+from slmlab.data.manifest import load_audio, read_manifest
+from slmlab.eval.metrics import classification_accuracy
+from slmlab.tokenizers.units import f0_contour
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+_MEL = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=40)
+
+
+def prosody_features(wav: torch.Tensor) -> torch.Tensor:
+    """wav [S] at 16 kHz -> [9]: voiced log-F0 mean, spread, 10-90 % range and slope; voiced fraction;
+    loudness mean and spread (dB) over loud frames; mean spectral change; loudness peaks per second."""
+    f0 = f0_contour(wav)
+    frames = len(f0)
+    energy = 10 * wav[: frames * 160].reshape(frames, 160).pow(2).mean(1).clamp_min(1e-10).log10()
+    loud = energy > energy.max() - 35
+    voiced = f0[f0 > 0].log()
+    if len(voiced) > 2:
+        low, high = torch.quantile(voiced, torch.tensor([0.1, 0.9]))
+        slope = torch.linalg.lstsq(torch.stack([torch.arange(len(voiced)) / 100.0, torch.ones(len(voiced))], 1),
+                                   voiced[:, None]).solution[0, 0]
+        pitch = [voiced.mean(), voiced.std(), high - low, slope.clamp(-5, 5)]
+    else:
+        pitch = [torch.tensor(0.0)] * 4
+    mel = _MEL(wav).clamp_min(1e-6).log()[:, :frames]
+    flux = (mel[:, 1:] - mel[:, :-1]).abs().mean() if mel.shape[1] > 1 else torch.tensor(0.0)
+    envelope = F.avg_pool1d(energy[None, None], 5, 1, 2)[0, 0] if frames >= 5 else energy
+    peaks = ((envelope[1:-1] > envelope[:-2]) & (envelope[1:-1] >= envelope[2:]) & loud[1:-1]).sum() if frames > 2 else 0
+    return torch.stack([*pitch, (f0 > 0).float().mean(), energy[loud].mean(), energy[loud].std().nan_to_num(),
+                        flux, torch.as_tensor(peaks, dtype=torch.float) / max(frames / 100, 1e-3)]).float()
+
+
+class StyleClassifier:
+    """`predict(waveforms at 16 kHz) -> style names`."""
+
+    def __init__(self, styles: list[str], weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+                 std: torch.Tensor) -> None:
+        self.styles, self.weight, self.bias, self.mean, self.std = styles, weight, bias, mean, std
+        self.report: dict = {}
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return ((features - self.mean) / self.std) @ self.weight.T + self.bias
+
+    def predict(self, waveforms: list[torch.Tensor]) -> list[str]:
+        features = torch.stack([prosody_features(w) for w in waveforms])
+        return [self.styles[i] for i in self.logits(features).argmax(-1).tolist()]
+
+    def save(self, path: Path) -> None:
+        torch.save({"styles": self.styles, "weight": self.weight, "bias": self.bias, "mean": self.mean,
+                    "std": self.std, "report": self.report}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "StyleClassifier":
+        state = torch.load(path, weights_only=True)
+        classifier = cls(state["styles"], state["weight"], state["bias"], state["mean"], state["std"])
+        classifier.report = state["report"]
+        return classifier
+
+
+def random_crop(wav: torch.Tensor, seconds: float, generator: torch.Generator) -> torch.Tensor:
+    """A `seconds` long slice of `wav` [S] at a random offset (the whole clip when shorter)."""
+    size = int(seconds * SAMPLE_RATE)
+    if len(wav) <= size:
+        return wav
+    start = int(torch.randint(0, len(wav) - size + 1, (1,), generator=generator))
+    return wav[start: start + size]
+
+
+def fit_style_classifier(waveforms: list[torch.Tensor], labels: list[str], l2: float = 1e-3,
+                         iterations: int = 200) -> StyleClassifier:
+    """Multinomial logistic regression on standardised prosody features, by L-BFGS."""
+    styles = sorted(set(labels))
+    x = torch.stack([prosody_features(w) for w in waveforms])
+    y = torch.tensor([styles.index(s) for s in labels])
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    weight = torch.zeros(len(styles), x.shape[1], requires_grad=True)
+    bias = torch.zeros(len(styles), requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(z @ weight.T + bias, y) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return StyleClassifier(styles, weight.detach(), bias.detach(), mean, std)
+
+
+def load_or_fit_style_classifier(corpus, crop_seconds: float = 2.0, seed: int = 0) -> StyleClassifier:
+    """Fitted on `crop_seconds` crops of the train audio (the length of a continuation) by the first call;
+    its accuracy on crops of the real test audio is in `.report` (the ceiling of the probe)."""
+    key = hashlib.sha1(json.dumps({"crop_seconds": crop_seconds, "seed": seed}).encode()).hexdigest()[:8]
+    path = Path(corpus.root) / "judge" / f"style_{key}.pt"
+    if path.is_file():
+        return StyleClassifier.load(path)
+    generator = torch.Generator().manual_seed(seed)
+
+    def crops(split: str) -> tuple[list[torch.Tensor], list[str]]:
+        records, _ = read_manifest(corpus.manifest(split), check_audio=False)
+        records = [r for r in records if r.style]
+        return ([random_crop(load_audio(r.audio_filepath, SAMPLE_RATE), crop_seconds, generator) for r in records],
+                [r.style for r in records])
+
+    classifier = fit_style_classifier(*crops("train"))
+    test_clips, test_labels = crops("test")
+    classifier.report = {**classification_accuracy(classifier.predict(test_clips), test_labels),
+                         "crop_seconds": crop_seconds, "test_clips": len(test_labels)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    classifier.save(path)
+    log.info("style classifier -> %s; on real test crops %s", path, json.dumps(classifier.report))
+    return classifier
