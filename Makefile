@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= default
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo demo-fit-units demo-fit-codec-judges test bench clean-venv
 
 setup: $(STAMP)
 
@@ -17,13 +17,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/uv pip install --python $(BIN)/python -e .
 	@touch $(STAMP)
 
+# The main job: corpus -> tokenizers and judges -> five arms trained and evaluated -> the comparison report
+# (experiments/compare_tiny/). Fits run two at a time, one CPU thread each; so do the arms (Hydra's joblib
+# launcher). Each step reuses what an earlier run left (corpus, tokenizers, judges).
+DATA := data=synthetic data.preset=$(PRESET)
+
 demo: $(STAMP)
-	$(BIN)/slmlab-prepare data=synthetic data.preset=$(PRESET) model=spiritlm_expressive
-	$(BIN)/slmlab-train experiment=demo_text_lm data.preset=$(PRESET)
-	$(BIN)/slmlab-train experiment=demo_spiritlm_base data.preset=$(PRESET)
-	$(BIN)/slmlab-train experiment=demo_spiritlm_expressive data.preset=$(PRESET)
-	$(BIN)/slmlab-train experiment=demo_csm data.preset=$(PRESET)
-	$(BIN)/slmlab-train experiment=demo_speechlm data.preset=$(PRESET)
+	@echo ">> [1/4] the corpus (eSpeak NG) and the text tokenizer"
+	$(BIN)/slmlab-prepare $(DATA)
+	@echo ">> [2/4] two jobs: speech units and unit vocoder | codec, judge ASR and style classifier"
+	@$(MAKE) --no-print-directory -j2 demo-fit-units demo-fit-codec-judges
+	@echo ">> [3/4] the sweep: five arms trained, tested and evaluated, two at a time"
+	$(BIN)/slmlab-train -m experiment=compare_tiny $(DATA)
+	@echo ">> [4/4] the report"
+	$(BIN)/slmlab-compare
+	@echo ">> done: experiments/compare_tiny/README.md"
+
+demo-fit-units:
+	$(BIN)/slmlab-prepare $(DATA) model=spiritlm_expressive threads=1
+
+demo-fit-codec-judges:
+	$(BIN)/slmlab-prepare $(DATA) model=csm evaluate=true threads=1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
@@ -196,8 +197,9 @@ class SpeechDataModule(L.LightningDataModule):
                 log.info("cache %s was built for another set of records; rebuilding", path)
             values = [field(r) for r in records]
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"ids": [r.id for r in records], "values": values}, path.with_suffix(".partial"))
-            path.with_suffix(".partial").rename(path)
+            partial = path.with_suffix(f".{os.getpid()}.partial")  # jobs of a parallel sweep may build it together
+            torch.save({"ids": [r.id for r in records], "values": values}, partial)
+            partial.rename(path)
             log.info("cached %s/%s for %d records -> %s", split, name, len(values), path)
             cached[name] = values
         return cached

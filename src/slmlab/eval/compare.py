@@ -49,6 +49,7 @@ class Run:
     values: dict[str, float | None]
     baselines: dict
     curve: list[tuple[int, float]] = field(default_factory=list)
+    budget: dict = field(default_factory=dict)
 
 
 def _get(record: dict, path: tuple[str, ...]):
@@ -73,7 +74,9 @@ def read_run(folder: Path) -> Run:
         values[name] = value
     values.update({k: _get(record, ("eval", "metrics", k)) for k in METRICS})
     arm = cfg.model.get("name") or cfg.model.task._target_.rsplit(".", 1)[-1]
-    return Run(folder, arm, int(cfg.seed), values, _get(record, ("eval", "baselines")) or {}, read_curve(folder))
+    budget = {"steps": OmegaConf.select(cfg, "trainer.max_steps"), "batch": OmegaConf.select(cfg, "datamodule.batch_size"),
+              "corpus": OmegaConf.select(cfg, "data.preset"), **(_get(record, ("eval", "settings")) or {})}
+    return Run(folder, arm, int(cfg.seed), values, _get(record, ("eval", "baselines")) or {}, read_curve(folder), budget)
 
 
 def read_curve(folder: Path, tag: str = "val/loss") -> list[tuple[int, float]]:
@@ -232,9 +235,23 @@ def plot_metrics(path: Path, table: dict, baselines: dict) -> None:
     plt.close(figure)
 
 
+def budget_line(runs: list[Run]) -> str:
+    """The training and evaluation budget as the runs' configs state it (and whether the arms share it)."""
+    keys = ("steps", "batch", "corpus", "utterances", "style_prompts", "probe_pairs")
+    values = {k: sorted({str(r.budget.get(k)) for r in runs}) for k in keys}
+    text = {k: " / ".join(v) for k, v in values.items()}
+    shared = all(len(v) == 1 for v in values.values())
+    return (f"Budget, from the runs' configs ({'the same for every arm' if shared else 'NOT the same for every arm'}): "
+            f"{text['steps']} optimisation steps of {text['batch']} utterances on the `{text['corpus']}` corpus; the "
+            f"checkpoint with the best `val/loss` is evaluated on {text['utterances']} test utterances (ASR, TTS, "
+            f"likelihoods), {text['style_prompts']} style prompts and {text['probe_pairs'].replace('None', 'all')} "
+            "pairs per probe.")
+
+
 def write_report(sweep_dir: str | Path, out_dir: str | Path, question: str, commands: list[str],
-                 budget: str = "") -> dict:
-    """Aggregate the runs under `sweep_dir` into `out_dir`; return the aggregated table."""
+                 project_readme: str | Path | None = None) -> dict:
+    """Aggregate the runs under `sweep_dir` into `out_dir` (and its tables into `project_readme`, between
+    markers); return the aggregated table."""
     runs, skipped = find_runs(Path(sweep_dir))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +272,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, question: str, comm
     text = "\n".join([
         f"# {out_dir.name}", "", "## Question", "", question.strip(), "",
         "## Commands", "", "```", *commands, "```", "",
-        f"{budget.strip()}".strip(), "",
+        budget_line(runs), "",
         f"## Results ({len(runs)} runs; seeds {', '.join(map(str, seeds))}; mean ± std over seeds where more than one)", "",
         markdown_tables(table),
         "n/a: the arm cannot produce the metric (it models no such input or output), not a zero. "
@@ -268,4 +285,19 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, question: str, comm
     ])
     (out_dir / "README.md").write_text(text)
     log.info("report for %d runs (%d skipped) -> %s", len(runs), len(skipped), out_dir)
+    if project_readme is not None:
+        copy_into_readme(Path(project_readme), out_dir, markdown_tables(table) + "\n" + floor + trivial)
     return table
+
+
+def copy_into_readme(readme: Path, out_dir: Path, tables: str) -> None:
+    """Replace what lies between `<!-- <study>:start -->` and `<!-- <study>:end -->` in the project README
+    with the report's tables (nothing happens when the markers are absent)."""
+    start, end = f"<!-- {out_dir.name}:start -->", f"<!-- {out_dir.name}:end -->"
+    text = readme.read_text() if readme.is_file() else ""
+    if start not in text or end not in text:
+        log.warning("%s has no %s ... %s markers; its table was not updated", readme, start, end)
+        return
+    head, rest = text.split(start, 1)
+    readme.write_text(f"{head}{start}\n{tables.strip()}\n{end}{rest.split(end, 1)[1]}")
+    log.info("copied the tables into %s", readme)

@@ -99,7 +99,7 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, task) -> Evaluation:
-        rate = task.sample_rate
+        rate = getattr(task, "sample_rate", JUDGE_RATE)  # a text-only arm takes no audio
         test = self.test[: self.utterances]
         texts, speakers = [r.text for r in test], [r.speaker for r in test]
         metrics: dict[str, float | None] = dict.fromkeys(METRICS)

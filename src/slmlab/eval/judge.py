@@ -1,8 +1,9 @@
 """The judge ASR that scores every speech output of the study.
 
-By default a small character CTC recogniser (two stride-2 convolutions, then torchaudio's `Conformer`) is
-fitted once on the corpus's real train audio, frozen and cached under `<corpus>/judge/`; its WER on the
-real test audio is the floor of every speech-output metric. At scale, `eval.judge.pretrained_path` names a
+By default a small character CTC recogniser (a stride-2 convolution, then torchaudio's `Conformer`; greedy
+decoding, then each word snapped to the corpus's lexicon) is fitted once on the corpus's real train audio,
+frozen and cached under `<corpus>/judge/`; its WER on the real test audio is the floor of every
+speech-output metric. At scale, `eval.judge.pretrained_path` names a
 local transformers recogniser (CTC or Whisper) that replaces it.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ class CTCRecognizer(nn.Module):
     convolutions (one gives 50 Hz, enough frames for fast speech's ~20 characters/s), then torchaudio's Conformer."""
 
     def __init__(self, n_mels: int = 80, dim: int = 96, layers: int = 4, heads: int = 4, ffn_dim: int = 384,
-                 kernel_size: int = 15, strides: int = 1, dropout: float = 0.1) -> None:
+                 kernel_size: int = 15, strides: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         convs = [nn.Sequential(nn.Conv1d(n_mels if i == 0 else dim, dim, 3, stride=2, padding=1), nn.GELU())
                  for i in range(strides)]
@@ -153,7 +154,7 @@ def _batches(lengths: list[int], batch_size: int, generator: torch.Generator) ->
 
 
 def fit_ctc_judge(waveforms: list[torch.Tensor], texts: list[str], model: dict, epochs: float = 10.0,
-                  batch_size: int = 32, lr: float = 2e-3, lexicon: bool = True, n_mels: int = 80,
+                  batch_size: int = 32, lr: float = 3e-3, lexicon: bool = True, n_mels: int = 80,
                   seed: int = 0) -> CTCJudge:
     """Fit the CTC recogniser on 16 kHz waveforms [S] and their transcripts for `epochs` passes, with AdamW,
     linear warm-up over the first 10 % of the steps and cosine decay."""
@@ -174,7 +175,6 @@ def fit_ctc_judge(waveforms: list[torch.Tensor], texts: list[str], model: dict, 
     while step < steps:
         for batch in _batches([len(m) for m in mels], batch_size, generator):
             mel, lengths = _pad([mels[i] for i in batch])
-            mel = _mask_time(mel, generator)
             log_probs, out_lengths = recognizer(mel, lengths)
             labels = torch.cat([targets[i] for i in batch])
             loss = ctc(log_probs.transpose(0, 1), labels, out_lengths, torch.tensor([len(targets[i]) for i in batch]))
@@ -192,19 +192,8 @@ def fit_ctc_judge(waveforms: list[torch.Tensor], texts: list[str], model: dict, 
     return CTCJudge(recognizer, {"model": model, "n_mels": n_mels, "lexicon": words})
 
 
-def _mask_time(mel: torch.Tensor, generator: torch.Generator, masks: int = 2, width: int = 20) -> torch.Tensor:
-    """SpecAugment's time masks (two spans of up to 20 frames zeroed per utterance)."""
-    mel = mel.clone()
-    for row in mel:
-        for _ in range(masks):
-            w = int(torch.randint(0, width + 1, (1,), generator=generator))
-            t0 = int(torch.randint(0, max(1, len(row) - w), (1,), generator=generator))
-            row[t0: t0 + w] = 0.0
-    return mel
-
-
 def load_or_fit_judge(corpus, pretrained_path: str | None = None, model: dict | None = None, epochs: float = 10.0,
-                      batch_size: int = 32, lr: float = 2e-3, lexicon: bool = True, seed: int = 0):
+                      batch_size: int = 32, lr: float = 3e-3, lexicon: bool = True, seed: int = 0):
     """The judge for `corpus`: the local recogniser at `pretrained_path`, or the CTC judge fitted on the
     corpus's train audio by the first call (saved under `<corpus>/judge/ctc_<hash>/` with `floor.json`, its
     WER and CER on the real test audio)."""

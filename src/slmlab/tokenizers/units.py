@@ -43,12 +43,18 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Ten
     which fairseq's `learn_kmeans.py` uses for HuBERT units)."""
     generator = torch.Generator().manual_seed(seed)
     k = min(k, len(x))
-    centroids = x[torch.randint(len(x), (1,), generator=generator)]
-    nearest = torch.cdist(x, centroids).squeeze(1) ** 2
+    squared_norms = x.pow(2).sum(1)
+
+    def squared_distances(point: torch.Tensor) -> torch.Tensor:  # to one point, [N], without an [N, D] temporary
+        return (squared_norms - 2 * (x @ point) + point.pow(2).sum()).clamp_min(0)
+
+    first = int(torch.randint(len(x), (1,), generator=generator))
+    centroids, nearest = [x[first]], squared_distances(x[first])
     for _ in range(k - 1):
-        pick = torch.multinomial(nearest.clamp_min(1e-12), 1, generator=generator)
-        centroids = torch.cat([centroids, x[pick]])
-        nearest = torch.minimum(nearest, (torch.cdist(x, x[pick]).squeeze(1)) ** 2)
+        pick = int(torch.multinomial(nearest.clamp_min(1e-12), 1, generator=generator))
+        centroids.append(x[pick])
+        nearest = torch.minimum(nearest, squared_distances(x[pick]))
+    centroids = torch.stack(centroids)
     for _ in range(iters):
         assign = assign_nearest(x, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
