@@ -26,13 +26,16 @@ def test_error_rates_of_known_strings():
         error_rates(["a", "b"], ["a"])
 
 
-def test_the_trivial_output_is_the_better_of_empty_and_the_most_frequent_word():
+def test_the_trivial_output_is_the_best_of_empty_a_constant_and_a_random_sentence():
     references = ["the cat", "the dog", "a bird"]
     trivial = trivial_error_rates(references, ["the cat", "the cow", "the end"])
-    assert trivial["constant"] == "the"
+    assert trivial["wer_output"] == "constant 'the'"
     # "the" against each reference: 1 + 1 + 2 edits over 6 words
     assert trivial["wer"] == pytest.approx(4 / 6)
-    assert trivial_error_rates(["x"], ["the"])["wer"] == 1.0  # never worse than the empty output
+    assert trivial_error_rates(["x y"], ["the"])["wer"] == 1.0  # never worse than the empty output
+    # when the training sentences are the test sentences, a random one is right now and then
+    same = trivial_error_rates(["a b", "a b"], ["a b"])
+    assert same["wer"] == 0.0 and same["wer_output"] == "a random training sentence"
 
 
 def test_probe_accuracy_of_a_model_that_always_prefers_the_first_item():
@@ -177,7 +180,7 @@ def _fake_run(folder: Path, arm: str, seed: int, eval_metrics: dict, val_curve: 
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"seed": seed, "model": {"name": arm, "task": {"_target_": f"x.{arm}"}}}),
                    folder / ".hydra" / "config.yaml")
-    baselines = {"trivial_wer": 0.9, "trivial_cer": 0.8, "trivial_constant": "the", "judge_wer": 0.1,
+    baselines = {"trivial_wer": 0.9, "trivial_cer": 0.8, "trivial_wer_output": "empty", "judge_wer": 0.1,
                  "judge_cer": 0.05, "style_majority": 0.3, "style_chance": 0.25, "style_classifier_accuracy": 0.8}
     (folder / "metrics.json").write_text(json.dumps({
         "parameters": 4_000_000, "train_tokens_per_second": 1000.0 + seed, "peak_memory_bytes": 2 ** 30,
@@ -228,7 +231,7 @@ def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):
     run_cli("slmlab-prepare", *settings, "model=spiritlm_expressive", cwd=tmp_path)
     run_cli("slmlab-prepare", *settings, "model=csm", "evaluate=true", cwd=tmp_path)
     run_cli("slmlab-train", "-m", "experiment=compare_tiny", *settings, "trainer.max_steps=4",
-            "trainer.val_check_interval=2", "trainer.limit_val_batches=1", f"hydra.sweep.dir={sweep}",
+            "trainer.val_check_interval=2", "+trainer.limit_val_batches=1", f"hydra.sweep.dir={sweep}",
             cwd=tmp_path, timeout=1200)
     run_cli("slmlab-compare", f"sweep_dir={sweep}", f"out_dir={tmp_path / 'report'}", cwd=tmp_path)
     readme = (tmp_path / "report" / "README.md").read_text()

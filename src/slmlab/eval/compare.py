@@ -267,8 +267,10 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, question: str, comm
     style = (f"The style classifier is right on {baselines['style_classifier_accuracy']:.3f} of real test crops "
              f"(chance {baselines.get('style_chance', 0):.3f}, majority {baselines.get('style_majority', 0):.3f}). "
              if "style_classifier_accuracy" in baselines else "")
-    trivial = (f"The trivial output (empty, or the constant \"{baselines.get('trivial_constant', '')}\") scores WER "
-               f"{baselines['trivial_wer']:.3f}, CER {baselines.get('trivial_cer', 1.0):.3f}." if "trivial_wer" in baselines else "")
+    trivial = (f"The trivial outputs (empty, the most frequent word, or a random training sentence, for every "
+               f"utterance) score at best WER {baselines['trivial_wer']:.3f} ({baselines.get('trivial_wer_output', '')}) and "
+               f"CER {baselines.get('trivial_cer', 1.0):.3f} ({baselines.get('trivial_cer_output', '')})."
+               if "trivial_wer" in baselines else "")
     text = "\n".join([
         f"# {out_dir.name}", "", "## Question", "", question.strip(), "",
         "## Commands", "", "```", *commands, "```", "",

@@ -78,10 +78,12 @@ class Evaluator:
     prompts of the style probe; probe_pairs: pairs per probe (None: all)."""
 
     def __init__(self, corpus, judge, style_classifier, utterances: int = 48, style_prompts: int = 32,
-                 probe_pairs: int | None = None, continuation_seconds: float = 2.0, max_seconds: float = 8.0,
-                 tensorboard_samples: int = 2) -> None:
+                 probe_pairs: int | None = None, probe_score: str = "mean", continuation_seconds: float = 2.0,
+                 max_seconds: float = 8.0, tensorboard_samples: int = 2) -> None:
+        if probe_score not in ("mean", "sum"):
+            raise ValueError(f"eval.probe_score must be mean or sum; got {probe_score!r}")
         self.corpus, self.judge, self.style_classifier = corpus, judge, style_classifier
-        self.utterances, self.style_prompts, self.probe_pairs = utterances, style_prompts, probe_pairs
+        self.utterances, self.style_prompts, self.probe_pairs, self.probe_score = utterances, style_prompts, probe_pairs, probe_score
         self.continuation_seconds, self.max_seconds, self.tensorboard_samples = continuation_seconds, max_seconds, tensorboard_samples
         self.test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
         train, _ = read_manifest(corpus.manifest("train"), check_audio=False)
@@ -91,7 +93,8 @@ class Evaluator:
         test = self.test[: self.utterances]
         trivial = trivial_error_rates([r.text for r in test], self.train_texts)
         styles = [r.style for r in self.test[: self.style_prompts]]
-        return {"trivial_wer": trivial["wer"], "trivial_cer": trivial["cer"], "trivial_constant": trivial["constant"],
+        return {"trivial_wer": trivial["wer"], "trivial_cer": trivial["cer"], "trivial_wer_output": trivial["wer_output"],
+                "trivial_cer_output": trivial["cer_output"],
                 "probe_chance": 0.5, "style_chance": classification_accuracy(styles, styles)["chance"],
                 "style_majority": classification_accuracy(styles, styles)["majority"],
                 **{f"judge_{k}": v for k, v in getattr(self.judge, "floor", {}).items() if k in ("wer", "cer")},
@@ -132,7 +135,7 @@ class Evaluator:
             for probe in ("lexical", "syntactic"):
                 pairs = _probe_pairs(self.corpus, probe, self.probe_pairs)
                 good, bad = task.score_texts([g.text for g, _ in pairs]), task.score_texts([b.text for _, b in pairs])
-                metrics[f"{probe}_text"] = pair_accuracy([s for s, _ in good], [s for s, _ in bad])
+                metrics[f"{probe}_text"] = pair_accuracy(self._probe_scores(good), self._probe_scores(bad))
         if hasattr(task, "score_speech"):
             scores = task.score_speech(waves, speakers)
             metrics["speech_nats_per_second"] = -sum(s for s, _ in scores) / sum(len(w) / rate for w in waves)
@@ -140,7 +143,7 @@ class Evaluator:
                 pairs = _probe_pairs(self.corpus, probe, self.probe_pairs)
                 good = task.score_speech([_load(g, rate) for g, _ in pairs], [g.speaker for g, _ in pairs])
                 bad = task.score_speech([_load(b, rate) for _, b in pairs], [b.speaker for _, b in pairs])
-                metrics[f"{probe}_speech"] = pair_accuracy([s for s, _ in good], [s for s, _ in bad])
+                metrics[f"{probe}_speech"] = pair_accuracy(self._probe_scores(good), self._probe_scores(bad))
         if hasattr(task, "continue_speech"):
             prompts = self.test[: self.style_prompts]
             continuations = [_to_judge(task.continue_speech(
@@ -151,6 +154,11 @@ class Evaluator:
         log.info("evaluated in %.0f s: %s", time.perf_counter() - started,
                  json.dumps({k: v for k, v in metrics.items() if v is not None}))
         return Evaluation(metrics, self.baselines(), samples)
+
+    def _probe_scores(self, scores: list[tuple[float, int]]) -> list[float]:
+        """An item's log-likelihood, per token (`mean`: items of a pair may differ in length, and a sum
+        favours the shorter one) or in total (`sum`)."""
+        return [s / max(n, 1) if self.probe_score == "mean" else s for s, n in scores]
 
 
 def _nonempty(wave: torch.Tensor, seconds: float = 0.1) -> torch.Tensor:

@@ -4,6 +4,7 @@ Every function takes model outputs (texts, scores, labels), so each is testable 
 """
 from __future__ import annotations
 
+import random
 import re
 from collections import Counter
 
@@ -24,13 +25,19 @@ def error_rates(hypotheses: list[str], references: list[str]) -> dict[str, float
     return {"wer": float(word_error_rate(hyps, refs)), "cer": float(char_error_rate(hyps, refs))}
 
 
-def trivial_error_rates(references: list[str], training_texts: list[str]) -> dict[str, float]:
-    """The best WER and CER a system reaches without listening or reading: the better of an empty output
-    (WER 1) and a constant one, the most frequent training word, for every utterance."""
+def trivial_error_rates(references: list[str], training_texts: list[str], seed: int = 0) -> dict[str, float | str]:
+    """The best WER and CER a system reaches without listening or reading: per metric, the better of an empty
+    output (WER 1), a constant one (the most frequent training word) and a random training sentence (real
+    text of the right kind, which shares characters with any reference), each for every utterance."""
     words = Counter(w for t in training_texts for w in normalise_text(t).split())
     constant = words.most_common(1)[0][0] if words else ""
-    rates = error_rates([constant] * len(references), references)
-    return {"wer": min(1.0, rates["wer"]), "cer": min(1.0, rates["cer"]), "constant": constant}
+    rng = random.Random(seed)
+    candidates = {"empty": {"wer": 1.0, "cer": 1.0}, f"constant '{constant}'": error_rates([constant] * len(references), references)}
+    if training_texts:
+        candidates["a random training sentence"] = error_rates([rng.choice(training_texts) for _ in references], references)
+    best = {metric: min(candidates, key=lambda name: candidates[name][metric]) for metric in ("wer", "cer")}
+    return {"wer": candidates[best["wer"]]["wer"], "cer": candidates[best["cer"]]["cer"],
+            "wer_output": best["wer"], "cer_output": best["cer"]}
 
 
 def pair_accuracy(good_scores: list[float], bad_scores: list[float]) -> float:

@@ -37,6 +37,9 @@ class MetricsJson(L.Callback):
         self.path = Path(output_dir) / "metrics.json"
         self.tokens, self.train_seconds, self._t0, self.start_step = 0, 0.0, None, 0
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        _reset_peak_rss()
+
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step  # > 0 when resumed from a checkpoint
 
@@ -80,8 +83,21 @@ class MetricsJson(L.Callback):
         self.path.write_text(json.dumps(record, indent=2) + "\n")
 
 
+def _reset_peak_rss() -> None:
+    """Start the process's peak-RSS count afresh (Linux): a worker of a parallel sweep runs several jobs."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident memory since the last reset (Linux's VmHWM), else since the process started."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class ProgressLog(L.Callback):
