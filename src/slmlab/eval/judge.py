@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchaudio
 
 from slmlab.data.manifest import load_audio, read_manifest
