@@ -32,7 +32,7 @@ TRAINING = {
 }
 TABLES = {
     "Speech and text generation (judge ASR for speech output)":
-        ["asr_wer", "asr_cer", "tts_wer", "tts_cer", "resynthesis_wer", "style_accuracy"],
+        ["asr_wer", "asr_cer", "tts_wer", "tts_cer", "resynthesis_wer", "style_accuracy", "resynthesis_style_accuracy"],
     "Likelihoods and zero-shot probes": ["text_ppl", "speech_nats_per_second", "lexical_text", "syntactic_text",
                                          "lexical_speech", "syntactic_speech"],
     "Efficiency (this machine)": ["parameters", "train_tokens_per_second", "peak_memory_mb", "train_minutes",
@@ -161,7 +161,7 @@ def reading(table: dict, baselines: dict) -> list[str]:
     trivial = {"asr_wer": baselines.get("trivial_wer"), "asr_cer": baselines.get("trivial_cer"),
                "tts_wer": baselines.get("trivial_wer"), "tts_cer": baselines.get("trivial_cer"),
                "lexical_text": 0.5, "syntactic_text": 0.5, "lexical_speech": 0.5, "syntactic_speech": 0.5,
-               "style_accuracy": baselines.get("style_majority")}
+               "style_accuracy": baselines.get("style_majority"), "resynthesis_style_accuracy": baselines.get("style_majority")}
     lines = []
     for name, base in trivial.items():
         scored = {arm: cells[name] for arm, cells in table.items() if cells[name] is not None}
@@ -205,7 +205,8 @@ def plot_metrics(path: Path, table: dict, baselines: dict) -> None:
 
     names = [n for n in METRICS if any(cells[n] for cells in table.values())]
     lines = {"asr_wer": "trivial_wer", "tts_wer": "trivial_wer", "asr_cer": "trivial_cer", "tts_cer": "trivial_cer",
-             "resynthesis_wer": "trivial_wer", "style_accuracy": "style_majority"}
+             "resynthesis_wer": "trivial_wer", "style_accuracy": "style_majority",
+             "resynthesis_style_accuracy": "style_majority"}
     columns = 4
     rows = max(1, math.ceil(len(names) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False)

@@ -42,6 +42,7 @@ METRICS = {
     "lexical_speech": ("word vs. non-word accuracy from speech likelihoods (chance 0.5)", "higher"),
     "syntactic_speech": ("grammatical vs. ungrammatical accuracy from speech likelihoods (chance 0.5)", "higher"),
     "style_accuracy": ("style of a speech continuation = style of its prompt", "higher"),
+    "resynthesis_style_accuracy": ("style of the prompts through the arm's speech tokens and decoder (the ceiling)", "higher"),
     "generation_rtf": ("seconds of compute per second of generated speech", "lower"),
 }
 
@@ -78,7 +79,7 @@ class Evaluator:
     prompts of the style probe; probe_pairs: pairs per probe (None: all)."""
 
     def __init__(self, corpus, judge, style_classifier, utterances: int = 48, style_prompts: int = 32,
-                 probe_pairs: int | None = None, probe_score: str = "mean", continuation_seconds: float = 2.0,
+                 probe_pairs: int | None = None, probe_score: str = "sum", continuation_seconds: float = 2.0,
                  max_seconds: float = 8.0, tensorboard_samples: int = 2) -> None:
         if probe_score not in ("mean", "sum"):
             raise ValueError(f"eval.probe_score must be mean or sum; got {probe_score!r}")
@@ -151,13 +152,18 @@ class Evaluator:
                 next_text=prompts[(i + 1) % len(prompts)].text).float(), rate) for i, r in enumerate(prompts)]
             predicted = self.style_classifier.predict([_nonempty(w) for w in continuations])
             metrics["style_accuracy"] = classification_accuracy(predicted, [r.style for r in prompts])["accuracy"]
+            if hasattr(task, "resynthesise"):
+                resynthesised = [_nonempty(_to_judge(task.resynthesise(_load(r, rate)).float(), rate)) for r in prompts]
+                metrics["resynthesis_style_accuracy"] = classification_accuracy(
+                    self.style_classifier.predict(resynthesised), [r.style for r in prompts])["accuracy"]
         log.info("evaluated in %.0f s: %s", time.perf_counter() - started,
                  json.dumps({k: v for k, v in metrics.items() if v is not None}))
         return Evaluation(metrics, self.baselines(), samples)
 
     def _probe_scores(self, scores: list[tuple[float, int]]) -> list[float]:
-        """An item's log-likelihood, per token (`mean`: items of a pair may differ in length, and a sum
-        favours the shorter one) or in total (`sum`)."""
+        """An item's log-likelihood in total (`sum`, the convention of BLiMP and ZeroSpeech's sWUGGY / sBLIMP;
+        it favours the shorter item of a pair) or per token (`mean`; with BPE, a non-word split into more
+        pieces gets predictable later pieces)."""
         return [s / max(n, 1) if self.probe_score == "mean" else s for s, n in scores]
 
 
