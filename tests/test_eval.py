@@ -208,7 +208,7 @@ def test_the_report_writer_on_two_fake_runs(tmp_path):
     readme = (out / "README.md").read_text()
     assert "Which arm hears best?" in readme and "slmlab-train -m experiment=x" in readme
     assert "| speechlm | 0.450 ± 0.071 |" in readme and "| text_lm | n/a |" in readme
-    assert "judge ASR's WER on the real test audio is **0.100**" in readme
+    assert "test utterances the arms are scored on is **0.100**" in readme
     assert "speechlm 0.450 (beats it)" in readme  # 0.45 against the trivial 0.9
     assert "no metrics.json" in readme
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -242,7 +242,7 @@ def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):
     assert by_arm["csm"]["tts_wer"] and by_arm["csm"]["lexical_speech"] and not by_arm["csm"]["asr_wer"]
     assert all(by_arm["spiritlm_base"][k] for k in ("asr_wer", "tts_wer", "text_ppl", "lexical_speech", "style_accuracy"))
     assert by_arm["text_lm"]["text_ppl"] and not by_arm["text_lm"]["style_accuracy"]
-    assert "judge ASR's WER on the real test audio" in readme and "n/a" in readme
+    assert "judge ASR's WER on the real audio" in readme and "n/a" in readme
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     csm_run = next(r["run"] for r in rows if r["arm"] == "csm" and r["seed"] == "0")

@@ -7,6 +7,7 @@ import tomllib
 from slmlab.cli import REPO_ROOT
 
 IMPORT_NAMES = {"hydra-core": "hydra", "hydra-submitit-launcher": "hydra_plugins.hydra_submitit_launcher",
+                "hydra-joblib-launcher": "hydra_plugins.hydra_joblib_launcher",
                 "espeakng-loader": "espeakng_loader", "lightning": "lightning.pytorch"}
 
 

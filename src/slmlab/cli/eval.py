@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 
 import hydra
+import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +32,9 @@ def evaluate_run(task, corpus, eval_cfg: DictConfig, run_cfg: DictConfig, output
                 if k not in ("judge", "style_classifier")}
     evaluator = Evaluator(corpus, instantiate(eval_cfg.judge, corpus=corpus),
                           instantiate(eval_cfg.style_classifier, corpus=corpus), **settings)
+    L.seed_everything(run_cfg.seed)  # sampled TTS and continuations repeat on a rerun
+    if torch.cuda.is_available():  # Lightning's teardown leaves the task on the CPU
+        task.to("cuda")
     evaluation = evaluator(task.eval())
     path = Path(output_dir) / "metrics.json"
     record = json.loads(path.read_text()) if path.is_file() else {}
@@ -52,15 +57,17 @@ def log_evaluation(logger: TensorBoardLogger, evaluation: Evaluation, hparams: d
 
     scalars = {f"eval/{k}": v for k, v in evaluation.metrics.items() if v is not None}
     logger.log_hyperparams({k: ("n/a" if v is None else v) for k, v in hparams.items()}, metrics=scalars)
+    logger.log_metrics(scalars, step)  # also at the run's last step, beside the audio
     writer = logger.experiment
     spectrogram = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=80)
-    for i, sample in enumerate(evaluation.samples):
-        if sample["kind"] == "asr":
-            writer.add_text(f"eval/asr_{i}", f"**reference** {sample['text']}  \n**heard** {sample['hypothesis']}", step)
-            continue
+    asr = [x for x in evaluation.samples if x["kind"] == "asr"]
+    for i, sample in enumerate(asr):
+        writer.add_text(f"eval/asr_{i}", f"**reference** {sample['text']}  \n**heard** {sample['hypothesis']}", step)
+    for i, sample in enumerate(x for x in evaluation.samples if x["kind"] == "tts"):
         figure, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
         for axis, name in zip(axes, ("generated", "reference")):
             wave = sample[name].float()
+            wave = wave if len(wave) >= 400 else torch.zeros(1600)  # an empty output shows as 0.1 s of silence
             writer.add_audio(f"eval/tts_{i}_{name}", wave[None].clamp(-1, 1), step, sample_rate=16000)
             axis.imshow(spectrogram(wave).clamp_min(1e-6).log().numpy(), origin="lower", aspect="auto")
             axis.set_title(f"{name}: {sample['text']}", fontsize=9)

@@ -262,9 +262,10 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, question: str, comm
     plot_curves(out_dir / "val_curves.png", runs)
     plot_metrics(out_dir / "metrics.png", table, baselines)
     seeds = sorted({r.seed for r in runs})
-    floor = (f"The judge ASR's WER on the real test audio is **{baselines['judge_wer']:.3f}** (CER "
-             f"{baselines.get('judge_cer', float('nan')):.3f}): no speech output can score below it. "
-             if "judge_wer" in baselines else "No run was evaluated with a judge. ")
+    floor = (f"The judge ASR's WER on the real audio of the {baselines.get('judge_utterances', 'evaluated')} test "
+             f"utterances the arms are scored on is **{baselines['judge_wer']:.3f}** (CER "
+             f"{baselines.get('judge_cer', float('nan')):.3f}): the error of the measuring instrument itself, which "
+             "speech outputs are not expected to beat. " if "judge_wer" in baselines else "No run was evaluated. ")
     style = (f"The style classifier is right on {baselines['style_classifier_accuracy']:.3f} of real test crops "
              f"(chance {baselines.get('style_chance', 0):.3f}, majority {baselines.get('style_majority', 0):.3f}). "
              if "style_classifier_accuracy" in baselines else "")
@@ -279,7 +280,11 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, question: str, comm
         f"## Results ({len(runs)} runs; seeds {', '.join(map(str, seeds))}; mean ± std over seeds where more than one)", "",
         markdown_tables(table),
         "n/a: the arm cannot produce the metric (it models no such input or output), not a zero. "
-        "WER/CER: lower is better; probes and style: accuracy, higher is better.", "",
+        "WER/CER: lower is better; probes and style: accuracy, higher is better. Read across arms with care: "
+        "`speech_nats_per_second` counts each arm's own speech tokens (CSM: every code of every codec frame and "
+        "the end frame; Spirit LM: de-duplicated units, and for Expressive pitch and style tokens); "
+        "`style_accuracy` is a speech continuation for Spirit LM and a new sentence spoken with the prompt as "
+        "context for CSM; train tokens/s counts each arm's own input positions.", "",
         "![validation curves](val_curves.png)", "", "![metrics](metrics.png)", "",
         "## Judge floor and trivial baselines", "", floor + style + trivial, "",
         "## Reading", "", *reading(table, baselines), "",

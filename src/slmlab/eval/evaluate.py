@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torchaudio.functional as AF
@@ -65,18 +66,22 @@ def _to_judge(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
 
 
 def _probe_pairs(corpus, name: str, limit: int | None) -> list[tuple[object, object]]:
-    """(good, bad) manifest records of a probe, in file order."""
-    records, _ = read_manifest(corpus.root / "probes" / f"{name}_audio.jsonl", check_audio=False)
+    """(good, bad) manifest records of a probe, in file order; none when the corpus has no such probe."""
+    rows_path = Path(corpus.root) / "probes" / f"{name}.jsonl"
+    if not rows_path.is_file():
+        return []
+    records, _ = read_manifest(Path(corpus.root) / "probes" / f"{name}_audio.jsonl", check_audio=False)
     by_id = {r.id: r for r in records}
-    with open(corpus.probe(name)) as f:
+    with open(rows_path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return [(by_id[row["good"]], by_id[row["bad"]]) for row in rows[:limit]]
 
 
 class Evaluator:
     """corpus: the one the arm trained on; judge: `transcribe(16 kHz waveforms)`; style_classifier:
-    `predict(16 kHz waveforms)`. utterances: test utterances for ASR, TTS and likelihoods; style_prompts:
-    prompts of the style probe; probe_pairs: pairs per probe (None: all)."""
+    `predict(16 kHz waveforms)`, or None when the corpus has no style labels (no style metrics then).
+    utterances: test utterances for ASR, TTS and likelihoods; style_prompts: prompts of the style probe;
+    probe_pairs: pairs per probe (None: all; a corpus without `probes/` has no probe metrics)."""
 
     def __init__(self, corpus, judge, style_classifier, utterances: int = 48, style_prompts: int = 32,
                  probe_pairs: int | None = None, probe_score: str = "sum", continuation_seconds: float = 2.0,
@@ -91,15 +96,20 @@ class Evaluator:
         self.train_texts = [r.text for r in train]
 
     def baselines(self) -> dict[str, float | str]:
+        """Trivial outputs, chance, and the judges on the same real test items the arms are scored on."""
         test = self.test[: self.utterances]
         trivial = trivial_error_rates([r.text for r in test], self.train_texts)
-        styles = [r.style for r in self.test[: self.style_prompts]]
-        return {"trivial_wer": trivial["wer"], "trivial_cer": trivial["cer"], "trivial_wer_output": trivial["wer_output"],
-                "trivial_cer_output": trivial["cer_output"],
-                "probe_chance": 0.5, "style_chance": classification_accuracy(styles, styles)["chance"],
-                "style_majority": classification_accuracy(styles, styles)["majority"],
-                **{f"judge_{k}": v for k, v in getattr(self.judge, "floor", {}).items() if k in ("wer", "cer")},
-                **{f"style_classifier_{k}": v for k, v in self.style_classifier.report.items() if k == "accuracy"}}
+        judged = error_rates(self.judge.transcribe([load_audio(r.audio_filepath, JUDGE_RATE) for r in test]),
+                             [r.text for r in test])
+        baselines = {"trivial_wer": trivial["wer"], "trivial_cer": trivial["cer"], "trivial_wer_output": trivial["wer_output"],
+                     "trivial_cer_output": trivial["cer_output"], "probe_chance": 0.5,
+                     "judge_wer": judged["wer"], "judge_cer": judged["cer"], "judge_utterances": len(test)}
+        styles = [r.style for r in self.test[: self.style_prompts] if r.style]
+        if self.style_classifier is not None and styles:
+            rates = classification_accuracy(styles, styles)
+            baselines.update({"style_chance": rates["chance"], "style_majority": rates["majority"],
+                              "style_classifier_accuracy": self.style_classifier.report.get("accuracy")})
+        return baselines
 
     @torch.no_grad()
     def __call__(self, task) -> Evaluation:
@@ -116,7 +126,8 @@ class Evaluator:
             rates = error_rates(hypotheses, texts)
             metrics["asr_wer"], metrics["asr_cer"] = rates["wer"], rates["cer"]
             samples += [{"kind": "asr", "text": t, "hypothesis": h} for t, h in zip(texts, hypotheses)][: self.tensorboard_samples]
-        if hasattr(task, "synthesise"):
+        speaks = _speaks(task)
+        if speaks and hasattr(task, "synthesise"):
             outputs, seconds = [], 0.0
             for text, speaker in zip(texts, speakers):
                 t0 = time.perf_counter()
@@ -127,7 +138,7 @@ class Evaluator:
             metrics["generation_rtf"] = seconds / max(sum(len(w) for w in outputs) / JUDGE_RATE, 1e-6)
             samples += [{"kind": "tts", "text": t, "generated": g, "reference": load_audio(r.audio_filepath, JUDGE_RATE)}
                         for t, g, r in zip(texts, outputs, test)][: self.tensorboard_samples]
-        if hasattr(task, "resynthesise"):
+        if speaks and hasattr(task, "resynthesise"):
             resynthesised = [_nonempty(_to_judge(task.resynthesise(w).float(), rate)) for w in waves]
             metrics["resynthesis_wer"] = error_rates(self.judge.transcribe(resynthesised), texts)["wer"]
         if hasattr(task, "score_texts"):
@@ -135,6 +146,8 @@ class Evaluator:
             metrics["text_ppl"] = math.exp(-sum(s for s, _ in scores) / sum(n for _, n in scores))
             for probe in ("lexical", "syntactic"):
                 pairs = _probe_pairs(self.corpus, probe, self.probe_pairs)
+                if not pairs:
+                    continue
                 good, bad = task.score_texts([g.text for g, _ in pairs]), task.score_texts([b.text for _, b in pairs])
                 metrics[f"{probe}_text"] = pair_accuracy(self._probe_scores(good), self._probe_scores(bad))
         if hasattr(task, "score_speech"):
@@ -142,11 +155,13 @@ class Evaluator:
             metrics["speech_nats_per_second"] = -sum(s for s, _ in scores) / sum(len(w) / rate for w in waves)
             for probe in ("lexical", "syntactic"):
                 pairs = _probe_pairs(self.corpus, probe, self.probe_pairs)
+                if not pairs:
+                    continue
                 good = task.score_speech([_load(g, rate) for g, _ in pairs], [g.speaker for g, _ in pairs])
                 bad = task.score_speech([_load(b, rate) for _, b in pairs], [b.speaker for _, b in pairs])
                 metrics[f"{probe}_speech"] = pair_accuracy(self._probe_scores(good), self._probe_scores(bad))
-        if hasattr(task, "continue_speech"):
-            prompts = self.test[: self.style_prompts]
+        if speaks and hasattr(task, "continue_speech") and self.style_classifier is not None:
+            prompts = [r for r in self.test if r.style][: self.style_prompts]
             continuations = [_to_judge(task.continue_speech(
                 _load(r, rate), seconds=self.continuation_seconds, prompt_text=r.text, speaker=r.speaker,
                 next_text=prompts[(i + 1) % len(prompts)].text).float(), rate) for i, r in enumerate(prompts)]
@@ -165,6 +180,11 @@ class Evaluator:
         it favours the shorter item of a pair) or per token (`mean`; with BPE, a non-word split into more
         pieces gets predictable later pieces)."""
         return [s / max(n, 1) if self.probe_score == "mean" else s for s, n in scores]
+
+
+def _speaks(task) -> bool:
+    """Whether the arm can turn its speech tokens into audio (Spirit LM without a unit vocoder cannot)."""
+    return getattr(getattr(task, "speech_tokenizer", None), "decoder", True) is not None
 
 
 def _nonempty(wave: torch.Tensor, seconds: float = 0.1) -> torch.Tensor:

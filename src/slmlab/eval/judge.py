@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -215,9 +217,13 @@ def load_or_fit_judge(corpus, pretrained_path: str | None = None, model: dict | 
     hypotheses = judge.transcribe([load_audio(r.audio_filepath, SAMPLE_RATE) for r in test])
     judge.floor = {**error_rates(hypotheses, [r.text for r in test]), "utterances": len(test),
                    "fit_seconds": round(time.perf_counter() - started, 1)}
-    tmp = folder.with_name(folder.name + ".partial")
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.partial")  # parallel jobs may fit it together
     judge.save(tmp)
     (tmp / "floor.json").write_text(json.dumps(judge.floor, indent=2) + "\n")
-    tmp.rename(folder)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another job finished first: keep its judge
+        shutil.rmtree(tmp)
+        return load_or_fit_judge(corpus, None, model, epochs, batch_size, lr, lexicon, seed)
     log.info("judge ASR -> %s; on the real test audio %s", folder, json.dumps(judge.floor))
     return judge

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -106,13 +107,18 @@ def fit_style_classifier(waveforms: list[torch.Tensor], labels: list[str], l2: f
     return StyleClassifier(styles, weight.detach(), bias.detach(), mean, std)
 
 
-def load_or_fit_style_classifier(corpus, crop_seconds: float = 2.0, seed: int = 0) -> StyleClassifier:
+def load_or_fit_style_classifier(corpus, crop_seconds: float = 2.0, seed: int = 0) -> StyleClassifier | None:
     """Fitted on `crop_seconds` crops of the train audio (the length of a continuation) by the first call;
-    its accuracy on crops of the real test audio is in `.report` (the ceiling of the probe)."""
+    its accuracy on crops of the real test audio is in `.report` (the ceiling of the probe). None when the
+    train records carry no `style` (LibriSpeech, most manifests): there is nothing to classify."""
     key = hashlib.sha1(json.dumps({"crop_seconds": crop_seconds, "seed": seed}).encode()).hexdigest()[:8]
     path = Path(corpus.root) / "judge" / f"style_{key}.pt"
     if path.is_file():
         return StyleClassifier.load(path)
+    train, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+    if not any(r.style for r in train):
+        log.info("no style labels in %s: no style classifier, no style metrics", corpus.manifest("train"))
+        return None
     generator = torch.Generator().manual_seed(seed)
 
     def crops(split: str) -> tuple[list[torch.Tensor], list[str]]:
@@ -126,6 +132,8 @@ def load_or_fit_style_classifier(corpus, crop_seconds: float = 2.0, seed: int = 
     classifier.report = {**classification_accuracy(classifier.predict(test_clips), test_labels),
                          "crop_seconds": crop_seconds, "test_clips": len(test_labels)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    classifier.save(path)
+    partial = path.with_suffix(f".{os.getpid()}.partial")  # parallel jobs: whole files only
+    classifier.save(partial)
+    partial.replace(path)
     log.info("style classifier -> %s; on real test crops %s", path, json.dumps(classifier.report))
     return classifier

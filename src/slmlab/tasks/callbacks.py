@@ -39,6 +39,8 @@ class MetricsJson(L.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         _reset_peak_rss()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step  # > 0 when resumed from a checkpoint
