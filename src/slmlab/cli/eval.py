@@ -67,7 +67,6 @@ def log_evaluation(logger: TensorBoardLogger, evaluation: Evaluation, hparams: d
         figure, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
         for axis, name in zip(axes, ("generated", "reference")):
             wave = sample[name].float()
-            wave = wave if len(wave) >= 400 else torch.zeros(1600)  # an empty output shows as 0.1 s of silence
             writer.add_audio(f"eval/tts_{i}_{name}", wave[None].clamp(-1, 1), step, sample_rate=16000)
             axis.imshow(spectrogram(wave).clamp_min(1e-6).log().numpy(), origin="lower", aspect="auto")
             axis.set_title(f"{name}: {sample['text']}", fontsize=9)

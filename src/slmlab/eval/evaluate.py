@@ -62,6 +62,8 @@ def _load(record, sample_rate: int) -> torch.Tensor:
 
 
 def _to_judge(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """An arm's output waveform -> float32 at the judges' 16 kHz."""
+    wave = wave.float()
     return AF.resample(wave, sample_rate, JUDGE_RATE) if sample_rate != JUDGE_RATE and len(wave) else wave
 
 
@@ -131,15 +133,15 @@ class Evaluator:
             outputs, seconds = [], 0.0
             for text, speaker in zip(texts, speakers):
                 t0 = time.perf_counter()
-                outputs.append(_to_judge(task.synthesise(text, speaker, max_seconds=self.max_seconds).float(), rate))
+                outputs.append(_to_judge(task.synthesise(text, speaker, max_seconds=self.max_seconds), rate))
                 seconds += time.perf_counter() - t0
             rates = error_rates(self.judge.transcribe([_nonempty(w) for w in outputs]), texts)
             metrics["tts_wer"], metrics["tts_cer"] = rates["wer"], rates["cer"]
             metrics["generation_rtf"] = seconds / max(sum(len(w) for w in outputs) / JUDGE_RATE, 1e-6)
-            samples += [{"kind": "tts", "text": t, "generated": g, "reference": load_audio(r.audio_filepath, JUDGE_RATE)}
+            samples += [{"kind": "tts", "text": t, "generated": _nonempty(g), "reference": load_audio(r.audio_filepath, JUDGE_RATE)}
                         for t, g, r in zip(texts, outputs, test)][: self.tensorboard_samples]
         if speaks and hasattr(task, "resynthesise"):
-            resynthesised = [_nonempty(_to_judge(task.resynthesise(w).float(), rate)) for w in waves]
+            resynthesised = [_nonempty(_to_judge(task.resynthesise(w), rate)) for w in waves]
             metrics["resynthesis_wer"] = error_rates(self.judge.transcribe(resynthesised), texts)["wer"]
         if hasattr(task, "score_texts"):
             scores = task.score_texts(texts)
@@ -162,13 +164,13 @@ class Evaluator:
                 metrics[f"{probe}_speech"] = pair_accuracy(self._probe_scores(good), self._probe_scores(bad))
         if speaks and hasattr(task, "continue_speech") and self.style_classifier is not None:
             prompts = [r for r in self.test if r.style][: self.style_prompts]
-            continuations = [_to_judge(task.continue_speech(
+            continuations = [_nonempty(_to_judge(task.continue_speech(
                 _load(r, rate), seconds=self.continuation_seconds, prompt_text=r.text, speaker=r.speaker,
-                next_text=prompts[(i + 1) % len(prompts)].text).float(), rate) for i, r in enumerate(prompts)]
-            predicted = self.style_classifier.predict([_nonempty(w) for w in continuations])
+                next_text=prompts[(i + 1) % len(prompts)].text), rate)) for i, r in enumerate(prompts)]
+            predicted = self.style_classifier.predict(continuations)
             metrics["style_accuracy"] = classification_accuracy(predicted, [r.style for r in prompts])["accuracy"]
             if hasattr(task, "resynthesise"):
-                resynthesised = [_nonempty(_to_judge(task.resynthesise(_load(r, rate)).float(), rate)) for r in prompts]
+                resynthesised = [_nonempty(_to_judge(task.resynthesise(_load(r, rate)), rate)) for r in prompts]
                 metrics["resynthesis_style_accuracy"] = classification_accuracy(
                     self.style_classifier.predict(resynthesised), [r.style for r in prompts])["accuracy"]
         log.info("evaluated in %.0f s: %s", time.perf_counter() - started,

@@ -115,17 +115,16 @@ def load_or_fit_style_classifier(corpus, crop_seconds: float = 2.0, seed: int = 
     path = Path(corpus.root) / "judge" / f"style_{key}.pt"
     if path.is_file():
         return StyleClassifier.load(path)
-    train, _ = read_manifest(corpus.manifest("train"), check_audio=False)
-    if not any(r.style for r in train):
+    styled = {split: [r for r in read_manifest(corpus.manifest(split), check_audio=False)[0] if r.style]
+              for split in ("train", "test")}
+    if not styled["train"]:
         log.info("no style labels in %s: no style classifier, no style metrics", corpus.manifest("train"))
         return None
     generator = torch.Generator().manual_seed(seed)
 
     def crops(split: str) -> tuple[list[torch.Tensor], list[str]]:
-        records, _ = read_manifest(corpus.manifest(split), check_audio=False)
-        records = [r for r in records if r.style]
-        return ([random_crop(load_audio(r.audio_filepath, SAMPLE_RATE), crop_seconds, generator) for r in records],
-                [r.style for r in records])
+        return ([random_crop(load_audio(r.audio_filepath, SAMPLE_RATE), crop_seconds, generator) for r in styled[split]],
+                [r.style for r in styled[split]])
 
     classifier = fit_style_classifier(*crops("train"))
     test_clips, test_labels = crops("test")

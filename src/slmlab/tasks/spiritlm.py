@@ -12,7 +12,7 @@ from slmlab.data.batching import pad_stack
 from slmlab.models.spiritlm import generate_in_modality
 from slmlab.tasks.base import SLMTask
 from slmlab.tokenizers.interleaved import InterleavedSequences, InterleavedVocabulary
-from slmlab.tokenizers.units import KIND_OF, SAMPLE_RATE
+from slmlab.tokenizers.units import KIND_OF, RATES, SAMPLE_RATE
 
 LOSS_NAMES = {"Hu": "unit_loss", "Pi": "pitch_loss", "St": "style_loss"}
 
@@ -218,8 +218,7 @@ class SpiritLMTask(SLMTask):
 
     def _speech_budget(self, seconds: float) -> int:
         """Speech tokens in `seconds` before de-duplication: units at 25 Hz (+ pitch at 12.5 Hz, style at 1 Hz)."""
-        rates = {"units": 25.0, "pitch": 12.5, "style": 1.0}
-        return int(seconds * sum(rates[s] for s in self.streams))
+        return int(seconds * sum(RATES[KIND_OF[s]] for s in self.streams))
 
     def respond(self, text: str | None = None, audio: torch.Tensor | None = None, modality: str = "ARBITRARY",
                 **generation) -> dict:
