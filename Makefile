@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= default
 
-.PHONY: setup demo demo-fit-units demo-fit-codec-judges test bench clean-venv
+.PHONY: setup demo demo-fit-units demo-fit-codec-judges test lint format bench clean-venv
 
 setup: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@echo ">> setting up $(VENV) (one-off; later runs reuse it)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv==0.9.5
-	$(BIN)/uv pip install --python $(BIN)/python -e .
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
 	@touch $(STAMP)
 
 # The main job: corpus -> tokenizers and judges -> five arms trained and evaluated -> the comparison report
@@ -39,8 +39,17 @@ demo-fit-units:
 demo-fit-codec-judges:
 	$(BIN)/slmlab-prepare $(DATA) model=csm evaluate=true threads=1
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q
+
+# ruff's settings are in pyproject.toml; `make format` rewrites the files, `make lint` only checks them
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
 	$(BIN)/slmlab-bench

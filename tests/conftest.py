@@ -1,4 +1,5 @@
 """Shared fixtures: one tiny embedded corpus per test session, and config composition."""
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,14 @@ def fit_on_tiny_corpus(cfg) -> tuple:
     from slmlab.cli.train import build
 
     datamodule, task = build(cfg)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
-                          enable_progress_bar=False, limit_val_batches=1)
+    trainer = instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=1,
+    )
     before = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
     trainer.fit(task, datamodule=datamodule)
     return task, before, {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -59,6 +66,10 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
     """Run a console script of this venv the way a user does; fail with its output on error."""
     exe = Path(sys.executable).parent / args[0]
     env = {**os.environ, "SLMLAB_ROOT": str(REPO_ROOT)}
-    proc = subprocess.run([str(exe), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    proc = subprocess.run(
+        [str(exe), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, (
+        f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     return proc

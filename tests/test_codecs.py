@@ -1,4 +1,5 @@
 """Codecs for CSM: the built-in RVQ codec fitted on the tiny corpus, and Mimi loaded from a local file."""
+
 from __future__ import annotations
 
 import json
@@ -30,17 +31,25 @@ def test_builtin_codec_round_trip_shapes_rate_and_reload(tiny_corpus, clip, tmp_
     assert audio.shape == (frames * 1920,) and audio.abs().max() > 0
     codec.save(tmp_path / "codec")
     assert torch.equal(BuiltinCodec.load(tmp_path / "codec").encode(clip), codes)
-    report = json.loads(next((tiny_corpus.root / "tokenizers").glob("codec_4x32_*/resynthesis.json")).read_text())
+    report = json.loads(
+        next((tiny_corpus.root / "tokenizers").glob("codec_4x32_*/resynthesis.json")).read_text()
+    )
     by_k = list(report["mel_l1_by_codebooks"].values())
-    assert all(later < earlier for earlier, later in zip(by_k, by_k[1:]))  # each codebook refines the last
+    assert all(
+        later < earlier for earlier, later in zip(by_k, by_k[1:])
+    )  # each codebook refines the last
 
 
 def test_mimi_round_trip_with_random_weights_from_a_local_file(tmp_path, clip, make_cfg):
     from moshi.models.loaders import get_mimi
 
     save_file(get_mimi(None).state_dict(), str(tmp_path / "mimi.safetensors"))
-    cfg = make_cfg("model=csm", "tokenizer/speech=codec_mimi", f"tokenizer.speech.weights_path={tmp_path / 'mimi.safetensors'}",
-                   "tokenizer.speech.num_codebooks=8")
+    cfg = make_cfg(
+        "model=csm",
+        "tokenizer/speech=codec_mimi",
+        f"tokenizer.speech.weights_path={tmp_path / 'mimi.safetensors'}",
+        "tokenizer.speech.num_codebooks=8",
+    )
     codec = instantiate(cfg.tokenizer.speech, corpus=None)  # as `slmlab-train` builds it
     second = clip[:24000]
     codes = codec.encode(second)

@@ -1,4 +1,5 @@
 """Every option of every config group composes, and the scale switches say what they should."""
+
 from pathlib import Path
 
 import pytest
@@ -8,15 +9,29 @@ from omegaconf import OmegaConf
 
 from slmlab.cli import CONF_DIR
 
-GROUPS = ["paths", "data", "tokenizer/text", "tokenizer/speech", "model", "trainer", "precision", "strategy", "callbacks",
-          "logger", "experiment"]
+GROUPS = [
+    "paths",
+    "data",
+    "tokenizer/text",
+    "tokenizer/speech",
+    "model",
+    "trainer",
+    "precision",
+    "strategy",
+    "callbacks",
+    "logger",
+    "experiment",
+]
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 
-ALL = [(g, o) for g in GROUPS for o in options(g)] + [("hydra/launcher", "basic"), ("hydra/launcher", "slurm")]
+ALL = [(g, o) for g in GROUPS for o in options(g)] + [
+    ("hydra/launcher", "basic"),
+    ("hydra/launcher", "slurm"),
+]
 
 
 def test_groups_exist_with_the_documented_options():
@@ -29,15 +44,28 @@ def test_groups_exist_with_the_documented_options():
     assert set(options("model/spiritlm/size")) == {"tiny", "demo", "7b"}
     assert {"codec_builtin", "codec_mimi"} <= set(options("tokenizer/speech"))
     assert set(options("model/csm/size")) == {"tiny", "demo", "1b"}
-    assert set(options("model/speechlm/encoder")) == {"whisper_tiny", "wav2vec2_tiny", "hubert_tiny", "pretrained"}
-    assert set(options("model/speechlm/decoder")) == {"qwen2_tiny", "llama_tiny", "gpt2_tiny", "pretrained"}
+    assert set(options("model/speechlm/encoder")) == {
+        "whisper_tiny",
+        "wav2vec2_tiny",
+        "hubert_tiny",
+        "pretrained",
+    }
+    assert set(options("model/speechlm/decoder")) == {
+        "qwen2_tiny",
+        "llama_tiny",
+        "gpt2_tiny",
+        "pretrained",
+    }
 
 
 @pytest.mark.parametrize("group,option", ALL, ids=[f"{g}={o}" for g, o in ALL])
 def test_every_option_composes(group, option, tmp_path):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"{group}={option}", f"paths.output_dir={tmp_path}"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[f"{group}={option}", f"paths.output_dir={tmp_path}"],
+            return_hydra_config=True,
+        )
     # every value that needs no user input resolves (??? marks a required user value, e.g. data.source)
     for key in ("trainer", "model", "datamodule", "callbacks", "logger"):
         OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=False)
@@ -45,7 +73,9 @@ def test_every_option_composes(group, option, tmp_path):
         assert cfg.trainer.precision == {"fp32": "32-true"}.get(option, option)
 
 
-SPEECHLM = [(g, o) for g in ("model/speechlm/encoder", "model/speechlm/decoder") for o in options(g)]
+SPEECHLM = [
+    (g, o) for g in ("model/speechlm/encoder", "model/speechlm/decoder") for o in options(g)
+]
 
 
 @pytest.mark.parametrize("group,option", SPEECHLM, ids=[f"{g}={o}" for g, o in SPEECHLM])
@@ -53,7 +83,9 @@ def test_every_speechlm_preset_composes(group, option):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["model=speechlm", f"{group}={option}"])
     part = cfg.model.task.net[group.rsplit("/", 1)[1]]
-    assert ("model_type" in part) != (option == "pretrained")  # a preset has sizes, `pretrained` a path
+    assert ("model_type" in part) != (
+        option == "pretrained"
+    )  # a preset has sizes, `pretrained` a path
     assert OmegaConf.is_missing(part, "pretrained_path") == (option == "pretrained")
 
 
@@ -61,26 +93,47 @@ def test_every_speechlm_preset_composes(group, option):
 @pytest.mark.parametrize("model", ["spiritlm_base", "spiritlm_expressive"])
 def test_every_spiritlm_size_composes_with_its_speech_tokenizer(model, size):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", f"model/spiritlm/size={size}"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[f"model={model}", f"model/spiritlm/size={size}"],
+            return_hydra_config=True,
+        )
     assert cfg.hydra.runtime.choices["tokenizer/speech"] == "units_mfcc"
-    assert list(cfg.model.task.speech_streams) == (["units"] if model == "spiritlm_base" else ["units", "pitch", "style"])
+    assert list(cfg.model.task.speech_streams) == (
+        ["units"] if model == "spiritlm_base" else ["units", "pitch", "style"]
+    )
     assert (cfg.model.task.net.init_device == "meta") == (size == "7b")
 
 
 @pytest.mark.parametrize("size", options("model/csm/size"))
 def test_every_csm_size_composes_with_a_codec(size):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["model=csm", f"model/csm/size={size}"], return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=["model=csm", f"model/csm/size={size}"], return_hydra_config=True
+        )
     assert cfg.hydra.runtime.choices["tokenizer/speech"] == "codec_builtin"
-    assert set(cfg.model.task.net.backbone) == set(cfg.model.task.net.decoder) >= {"num_layers", "embed_dim"}
+    assert (
+        set(cfg.model.task.net.backbone)
+        == set(cfg.model.task.net.decoder)
+        >= {"num_layers", "embed_dim"}
+    )
     assert (cfg.model.task.net.init_device == "meta") == (size == "1b")
 
 
 def test_slurm_launcher_follows_the_trainer():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2",
-                                          "hydra.launcher.partition=gpu", "hydra.launcher.account=speech",
-                                          "hydra.launcher.timeout_min=600"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[
+                "hydra/launcher=slurm",
+                "trainer.devices=4",
+                "trainer.num_nodes=2",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.account=speech",
+                "hydra.launcher.timeout_min=600",
+            ],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
@@ -91,11 +144,24 @@ def test_slurm_submission_script_carries_the_layout(tmp_path):
     """No SLURM controller here: we check the sbatch script submitit would submit (mocking sbatch)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    script = _make_sbatch_string(command="python train.py", folder=str(tmp_path), job_name="slmlab",
-                                 partition="gpu", account="speech", nodes=2, ntasks_per_node=4,
-                                 gpus_per_node=4, time=600)
-    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
-                 "#SBATCH --partition=gpu", "#SBATCH --account=speech"):
+    script = _make_sbatch_string(
+        command="python train.py",
+        folder=str(tmp_path),
+        job_name="slmlab",
+        partition="gpu",
+        account="speech",
+        nodes=2,
+        ntasks_per_node=4,
+        gpus_per_node=4,
+        time=600,
+    )
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=speech",
+    ):
         assert line in script
 
 

@@ -1,4 +1,5 @@
 """The embedded corpus: grammar, voices, styles, timings, rates, held-out test text, probes, determinism."""
+
 import json
 import random
 from collections import Counter
@@ -44,7 +45,10 @@ def test_nonwords_are_unknown_and_of_the_same_length():
 
 def test_tiny_corpus_layout(tiny_corpus):
     summary = json.loads((tiny_corpus.root / "corpus.json").read_text())
-    splits = {s: read_manifest(tiny_corpus.manifest(s), sample_rate=16000)[0] for s in ("train", "val", "test")}
+    splits = {
+        s: read_manifest(tiny_corpus.manifest(s), sample_rate=16000)[0]
+        for s in ("train", "val", "test")
+    }
     assert [len(splits[s]) for s in ("train", "val", "test")] == [160, 24, 24]
     train = splits["train"]
     assert len({r.speaker for r in train}) >= 4
@@ -64,15 +68,21 @@ def test_tiny_corpus_layout(tiny_corpus):
 
 
 def test_probe_sets(tiny_corpus):
-    lexical = [json.loads(l) for l in tiny_corpus.probe("lexical").read_text().splitlines()]
-    syntactic = [json.loads(l) for l in tiny_corpus.probe("syntactic").read_text().splitlines()]
+    lexical = [json.loads(line) for line in tiny_corpus.probe("lexical").read_text().splitlines()]
+    syntactic = [
+        json.loads(line) for line in tiny_corpus.probe("syntactic").read_text().splitlines()
+    ]
     assert len(lexical) >= 12 and len(syntactic) == 16
     known = vocabulary()
     for pair in lexical:
         assert pair["good_text"] in known and pair["bad_text"] not in known
         assert len(pair["good_text"]) == len(pair["bad_text"])
-        assert (tiny_corpus.root / pair["good_audio"]).is_file() and (tiny_corpus.root / pair["bad_audio"]).is_file()
-    train_texts = {r.text for r in read_manifest(tiny_corpus.manifest("train"), check_audio=False)[0]}
+        assert (tiny_corpus.root / pair["good_audio"]).is_file() and (
+            tiny_corpus.root / pair["bad_audio"]
+        ).is_file()
+    train_texts = {
+        r.text for r in read_manifest(tiny_corpus.manifest("train"), check_audio=False)[0]
+    }
     for pair in syntactic:
         assert pair["good_text"] not in train_texts
         assert len(pair["good_text"].split()) == len(pair["bad_text"].split())
@@ -81,8 +91,13 @@ def test_probe_sets(tiny_corpus):
 def test_same_seed_gives_the_same_corpus_byte_for_byte(tiny_corpus, tmp_path):
     again = SyntheticCorpus(str(tmp_path / "again"), preset="tiny", seed=0, workers=1)
     again.prepare()
-    original = sorted(p.relative_to(tiny_corpus.root) for p in tiny_corpus.root.rglob("*")
-                      if p.is_file() and "cache" not in p.parts and "tokenizers" not in p.parts)
-    assert original == sorted(p.relative_to(again.root) for p in again.root.rglob("*") if p.is_file())
+    original = sorted(
+        p.relative_to(tiny_corpus.root)
+        for p in tiny_corpus.root.rglob("*")
+        if p.is_file() and "cache" not in p.parts and "tokenizers" not in p.parts
+    )
+    assert original == sorted(
+        p.relative_to(again.root) for p in again.root.rglob("*") if p.is_file()
+    )
     for rel in original:
         assert (tiny_corpus.root / rel).read_bytes() == (again.root / rel).read_bytes(), rel

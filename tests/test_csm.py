@@ -1,20 +1,25 @@
 """CSM: the amortised loss, cached generation, the published architecture, training and the CLI."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-from conftest import fit_on_tiny_corpus
 import torch
 import torch.nn.functional as F
+from conftest import fit_on_tiny_corpus
 from hydra.utils import instantiate
 
 from slmlab.cli.train import build
 from slmlab.models.csm import CSM
 
 K, CARD, TEXT = 4, 32, 100
-BACKBONE = dict(num_layers=2, num_heads=2, num_kv_heads=1, embed_dim=64, intermediate_dim=128, max_seq_len=256)
-DECODER = dict(num_layers=1, num_heads=2, num_kv_heads=1, embed_dim=32, intermediate_dim=64, max_seq_len=K)
+BACKBONE = dict(
+    num_layers=2, num_heads=2, num_kv_heads=1, embed_dim=64, intermediate_dim=128, max_seq_len=256
+)
+DECODER = dict(
+    num_layers=1, num_heads=2, num_kv_heads=1, embed_dim=32, intermediate_dim=64, max_seq_len=K
+)
 
 
 def make_model(seed: int = 0) -> CSM:
@@ -43,48 +48,76 @@ def test_the_amortised_loss_equals_the_full_loss_at_fraction_one():
         for t in range(5, n):  # audio frames 5..n-1 are predicted from positions 4..n-2
             codes = tokens[b, t, :K]
             c0.append(F.cross_entropy(model.codebook0_head(h[b, t - 1]), codes[0]))
-            inputs = torch.stack([h[b, t - 1], *(model.embed_audio(k, codes[k]) for k in range(K - 1))])[None]
+            inputs = torch.stack(
+                [h[b, t - 1], *(model.embed_audio(k, codes[k]) for k in range(K - 1))]
+            )[None]
             with torch.no_grad():
                 out = model.decoder(model.projection(inputs))[0]
-            decoder += [F.cross_entropy(out[k] @ model.audio_head[k - 1], codes[k]) for k in range(1, K)]
+            decoder += [
+                F.cross_entropy(out[k] @ model.audio_head[k - 1], codes[k]) for k in range(1, K)
+            ]
     assert full.target_frames == full.decoder_frames == 15 + 10
     assert torch.allclose(full.c0_loss, torch.stack(c0).mean(), atol=1e-5)
     assert torch.allclose(full.decoder_loss, torch.stack(decoder).mean(), atol=1e-5)
-    amortised = model(tokens, mask, lengths, decoder_fraction=1 / 16, generator=torch.Generator().manual_seed(0))
-    assert amortised.decoder_frames == 2 and torch.allclose(amortised.c0_loss, full.c0_loss)  # round(25 / 16)
+    amortised = model(
+        tokens, mask, lengths, decoder_fraction=1 / 16, generator=torch.Generator().manual_seed(0)
+    )
+    assert amortised.decoder_frames == 2 and torch.allclose(
+        amortised.c0_loss, full.c0_loss
+    )  # round(25 / 16)
 
 
 def test_cached_generation_returns_the_frames_of_uncached_generation():
     model, (tokens, mask, _) = make_model(), make_frames()
     prompt = (tokens[:1, :8], mask[:1, :8])
-    cached = model.generate(*prompt, max_frames=30, use_cache=True, generator=torch.Generator().manual_seed(3))
-    uncached = model.generate(*prompt, max_frames=30, use_cache=False, generator=torch.Generator().manual_seed(3))
+    cached = model.generate(
+        *prompt, max_frames=30, use_cache=True, generator=torch.Generator().manual_seed(3)
+    )
+    uncached = model.generate(
+        *prompt, max_frames=30, use_cache=False, generator=torch.Generator().manual_seed(3)
+    )
     assert cached.shape == (K, 30) and torch.equal(cached, uncached)
-    assert not model.backbone.caches_are_setup() and not model.decoder.caches_are_setup()  # caches were temporary
+    assert (
+        not model.backbone.caches_are_setup() and not model.decoder.caches_are_setup()
+    )  # caches were temporary
     frames = iter([torch.ones(1, K, dtype=torch.long)] * 3 + [torch.zeros(1, K, dtype=torch.long)])
-    model.sample_frame = lambda *args, **kwargs: next(frames)  # three frames, then the all-zero end frame
+    model.sample_frame = lambda *args, **kwargs: next(
+        frames
+    )  # three frames, then the all-zero end frame
     assert torch.equal(model.generate(*prompt, max_frames=30), torch.ones(K, 3, dtype=torch.long))
 
 
 def csm_1b_parameters() -> int:
     """CSM-1B: llama-1B backbone and llama-100M decoder without their token embeddings and outputs, text and
     code embeddings, projection, codebook-0 head and the per-codebook audio head (32 codebooks of 2051)."""
+
     def llama(layers, dim, heads, kv_heads, ffn):
         head = dim // heads
         attention = dim * dim * 2 + dim * kv_heads * head * 2
         return layers * (attention + 3 * dim * ffn + 2 * dim) + dim
+
     backbone, decoder = llama(16, 2048, 32, 8, 8192), llama(4, 1024, 8, 2, 8192)
-    return (backbone + decoder + 128_256 * 2048 + 2051 * 32 * 2048 + 2048 * 1024 + 2048 * 2051
-            + 31 * 1024 * 2051)
+    return (
+        backbone
+        + decoder
+        + 128_256 * 2048
+        + 2051 * 32 * 2048
+        + 2048 * 1024
+        + 2048 * 2051
+        + 31 * 1024 * 2051
+    )
 
 
 def test_the_published_scale_preset_is_csm_1b(make_cfg):
     cfg = make_cfg("model=csm", "model/csm/size=1b")
-    model = instantiate(cfg.model.task.net)(text_vocab_size=128_256, cardinality=cfg.model.task.audio_vocab_size,
-                                            num_codebooks=32)
+    model = instantiate(cfg.model.task.net)(
+        text_vocab_size=128_256, cardinality=cfg.model.task.audio_vocab_size, num_codebooks=32
+    )
     assert model.audio_head.device.type == "meta"
     assert sum(p.numel() for p in model.parameters()) == csm_1b_parameters()
-    assert sum(p.numel() for p in model.backbone.parameters()) == 973_146_112  # Llama-3.2-1B less its embedding
+    assert (
+        sum(p.numel() for p in model.backbone.parameters()) == 973_146_112
+    )  # Llama-3.2-1B less its embedding
 
 
 def test_training_on_the_tiny_corpus_lowers_both_losses(tiny_corpus, make_cfg):
@@ -92,7 +125,9 @@ def test_training_on_the_tiny_corpus_lowers_both_losses(tiny_corpus, make_cfg):
     task, before, after = fit_on_tiny_corpus(cfg)
     for name in ("val/c0_loss", "val/decoder_loss"):
         assert after[name] < 0.9 * before[name], (name, before, after)
-    assert after["train/decoder_frames"] < 0.5 * 16 * 30  # a quarter of the audio frames reach the decoder
+    assert (
+        after["train/decoder_frames"] < 0.5 * 16 * 30
+    )  # a quarter of the audio frames reach the decoder
     with pytest.raises(ValueError, match="writes SPEECH"):
         task.respond(text="the dog", modality="TEXT")
 
@@ -102,37 +137,68 @@ def test_previous_turns_of_a_conversation_precede_the_utterance(tiny_corpus, mak
     from slmlab.data.manifest import read_manifest
 
     records, _ = read_manifest(tiny_corpus.manifest("val"), check_audio=False)
-    for i, record in enumerate(records[:6]):  # two conversations of three turns, in shuffled manifest order
+    for i, record in enumerate(
+        records[:6]
+    ):  # two conversations of three turns, in shuffled manifest order
         record.extra.update({"conversation": f"c{i % 2}", "turn": i // 2})
     codes = [torch.full((3 + i, 4), i) for i in range(len(records))]
     dataset = UtteranceDataset(records, {"codes": codes}, {"codes": None}, context_turns=2)
-    assert [turn["id"] for turn in dataset[4]["context"]] == [records[0].id, records[2].id]  # c0 turns 0 and 1
+    assert [turn["id"] for turn in dataset[4]["context"]] == [
+        records[0].id,
+        records[2].id,
+    ]  # c0 turns 0 and 1
     assert dataset[1]["context"] == [] and dataset[3]["context"][0]["id"] == records[1].id
-    assert UtteranceDataset(records, {"codes": codes}, {"codes": None})[4]["context"] == []  # off by default
+    assert (
+        UtteranceDataset(records, {"codes": codes}, {"codes": None})[4]["context"] == []
+    )  # off by default
 
     cfg = make_cfg("experiment=tiny_csm")
     _, task = build(cfg)
-    batch = {"text": [records[4].text], "speaker": [records[4].speaker], "codes": codes[4][None],
-             "codes_lengths": torch.tensor([len(codes[4])]), "context": [dataset[4]["context"]]}
+    batch = {
+        "text": [records[4].text],
+        "speaker": [records[4].speaker],
+        "codes": codes[4][None],
+        "codes_lengths": torch.tensor([len(codes[4])]),
+        "context": [dataset[4]["context"]],
+    }
     tokens, mask, lengths = task.batch_frames(batch)
-    alone = [len(task.segment(r.text, r.speaker, c)[0]) for r, c in ((records[0], codes[0]), (records[2], codes[2]),
-                                                                       (records[4], codes[4]))]
+    alone = [
+        len(task.segment(r.text, r.speaker, c)[0])
+        for r, c in ((records[0], codes[0]), (records[2], codes[2]), (records[4], codes[4]))
+    ]
     assert int(lengths[0]) == sum(alone)
     audio_frames = mask[0, :, :-1].any(-1)
-    assert int(audio_frames.sum()) == sum(len(codes[i]) + 1 for i in (0, 2, 4))  # each turn ends with its end frame
+    assert int(audio_frames.sum()) == sum(
+        len(codes[i]) + 1 for i in (0, 2, 4)
+    )  # each turn ends with its end frame
 
 
 def test_cli_trains_and_speaks_a_text(tiny_corpus, data_dir, tmp_path):
     from conftest import run_cli
 
     run = tmp_path / "run"
-    run_cli("slmlab-train", "experiment=tiny_csm", f"paths.data_dir={data_dir}", "trainer.max_steps=10",
-            "trainer.val_check_interval=10", f"hydra.run.dir={run}", cwd=tmp_path)
+    run_cli(
+        "slmlab-train",
+        "experiment=tiny_csm",
+        f"paths.data_dir={data_dir}",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=10",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
     assert {"val/c0_loss", "val/decoder_loss", "test/c0_loss", "train/decoder_loss"} <= set(metrics)
     out = tmp_path / "generated"
-    run_cli("slmlab-generate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "text=the dog runs",
-            "modality=SPEECH", "speaker=us_m3", "generation.max_seconds=1.0", f"hydra.run.dir={out}", cwd=tmp_path)
+    run_cli(
+        "slmlab-generate",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "text=the dog runs",
+        "modality=SPEECH",
+        "speaker=us_m3",
+        "generation.max_seconds=1.0",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
     assert (out / "output.wav").is_file()
 
 
@@ -141,18 +207,35 @@ def test_the_backbone_loads_a_local_hugging_face_llama(tmp_path):
 
     from slmlab.models.csm import build_csm
 
-    config = LlamaConfig(vocab_size=TEXT, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, rope_theta=500_000.0, max_position_embeddings=8192,
-                         rms_norm_eps=1e-5,
-                         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=TEXT,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        rope_theta=500_000.0,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     llama = LlamaForCausalLM(config).eval()
     llama.save_pretrained(tmp_path / "llama")
-    model = build_csm(TEXT, CARD, K, BACKBONE, DECODER, pretrained_backbone=str(tmp_path / "llama")).eval()
+    model = build_csm(
+        TEXT, CARD, K, BACKBONE, DECODER, pretrained_backbone=str(tmp_path / "llama")
+    ).eval()
     ids = torch.randint(0, TEXT, (1, 12))
-    with torch.no_grad():  # the same text through both: torchtune's backbone now computes what the Llama does
+    with (
+        torch.no_grad()
+    ):  # the same text through both: torchtune's backbone now computes what the Llama does
         ours = model.backbone(model.text_embeddings(ids))
         reference = llama.model(input_ids=ids).last_hidden_state
     assert torch.allclose(ours, reference, atol=1e-4)

@@ -1,4 +1,5 @@
 """The shared DataModule: fields, on-disk cache keyed by the tokenizer, length buckets, DDP split."""
+
 from collections import Counter
 
 import pytest
@@ -10,7 +11,9 @@ from slmlab.tokenizers.text import load_or_fit_bpe
 
 
 def make(corpus, fields=("text_ids",), vocab_size=512):
-    return SpeechDataModule(corpus, {"text": load_or_fit_bpe(corpus, vocab_size)}, list(fields), batch_size=8)
+    return SpeechDataModule(
+        corpus, {"text": load_or_fit_bpe(corpus, vocab_size)}, list(fields), batch_size=8
+    )
 
 
 def test_batches_hold_the_fields_the_arm_names(tiny_corpus):
@@ -20,9 +23,11 @@ def test_batches_hold_the_fields_the_arm_names(tiny_corpus):
     batch = next(iter(dm.train_dataloader()))
     B = len(batch["id"])
     assert batch["text_ids"].shape[0] == B and batch["text_ids_lengths"].shape == (B,)
-    assert batch["audio"].dim() == 2 and int(batch["audio_lengths"].max()) == batch["audio"].shape[1]
+    assert (
+        batch["audio"].dim() == 2 and int(batch["audio_lengths"].max()) == batch["audio"].shape[1]
+    )
     lengths = batch["text_ids_lengths"]
-    assert (batch["text_ids"][0, lengths[0]:] == dm.tokenizers["text"].pad_id).all()
+    assert (batch["text_ids"][0, lengths[0] :] == dm.tokenizers["text"].pad_id).all()
 
 
 def test_second_run_reads_the_cache(tiny_corpus, monkeypatch):
@@ -68,7 +73,10 @@ def test_max_tokens_caps_the_padded_batch():
 @pytest.mark.parametrize("n", [100, 101, 103])
 def test_ddp_ranks_get_disjoint_equal_shares(n):
     lengths = list(range(1, n + 1))
-    ranks = [list(LengthBucketBatchSampler(lengths, batch_size=4, num_replicas=2, rank=r)) for r in (0, 1)]
+    ranks = [
+        list(LengthBucketBatchSampler(lengths, batch_size=4, num_replicas=2, rank=r))
+        for r in (0, 1)
+    ]
     assert len(ranks[0]) == len(ranks[1])
     covered = {i for rank in ranks for b in rank for i in b}
     assert covered == set(range(n))

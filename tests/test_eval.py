@@ -1,4 +1,5 @@
 """The study's metrics on hand-made cases, the judges, the evaluator's n/a rule and the report writer."""
+
 from __future__ import annotations
 
 import csv
@@ -8,8 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from slmlab.eval.metrics import (classification_accuracy, error_rates, normalise_text, pair_accuracy,
-                                 trivial_error_rates)
+from slmlab.eval.metrics import (
+    classification_accuracy,
+    error_rates,
+    normalise_text,
+    pair_accuracy,
+    trivial_error_rates,
+)
 
 
 def test_error_rates_of_known_strings():
@@ -40,8 +46,8 @@ def test_the_trivial_output_is_the_best_of_empty_a_constant_and_a_random_sentenc
 
 def test_probe_accuracy_of_a_model_that_always_prefers_the_first_item():
     first, second = [1.0] * 10, [0.0] * 10
-    assert pair_accuracy(first, second) == 1.0   # the good item is always first: perfect
-    assert pair_accuracy(second, first) == 0.0   # always second: never right
+    assert pair_accuracy(first, second) == 1.0  # the good item is always first: perfect
+    assert pair_accuracy(second, first) == 0.0  # always second: never right
     assert pair_accuracy([0.0] * 4, [0.0] * 4) == 0.5  # ties are chance
     assert pair_accuracy([2.0, 0.0], [1.0, 1.0]) == 0.5
 
@@ -51,7 +57,9 @@ def test_style_accuracy_of_a_perfect_and_of_a_constant_classifier():
     perfect = classification_accuracy(labels, labels)
     constant = classification_accuracy(["sad"] * 4, labels)
     assert perfect == {"accuracy": 1.0, "chance": pytest.approx(1 / 3), "majority": 0.5}
-    assert constant["accuracy"] == 0.5 == constant["majority"]  # a constant classifier reaches the majority rate
+    assert (
+        constant["accuracy"] == 0.5 == constant["majority"]
+    )  # a constant classifier reaches the majority rate
 
 
 def test_judge_asr_fits_on_the_tiny_corpus_and_reloads(tiny_corpus):
@@ -65,13 +73,24 @@ def test_judge_asr_fits_on_the_tiny_corpus_and_reloads(tiny_corpus):
     assert json.loads((folder / "floor.json").read_text())["utterances"] == 24
     test, _ = read_manifest(tiny_corpus.manifest("test"), check_audio=False)
     waves = [load_audio(r.audio_filepath, 16000) for r in test[:3]]
-    again = load_or_fit_judge(tiny_corpus, model=model, epochs=4)  # from the cache: the same transcripts
-    assert again.transcribe(waves) == judge.transcribe(waves) == CTCJudge.load(folder).transcribe(waves)
+    again = load_or_fit_judge(
+        tiny_corpus, model=model, epochs=4
+    )  # from the cache: the same transcripts
+    assert (
+        again.transcribe(waves)
+        == judge.transcribe(waves)
+        == CTCJudge.load(folder).transcribe(waves)
+    )
 
 
 def test_a_local_transformers_recogniser_replaces_the_judge(tmp_path):
-    from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
-                              Wav2Vec2Processor)
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
 
     from slmlab.eval.judge import load_or_fit_judge
 
@@ -79,9 +98,18 @@ def test_a_local_transformers_recogniser_replaces_the_judge(tmp_path):
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
     tokenizer = Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), word_delimiter_token="|")
     processor = Wav2Vec2Processor(Wav2Vec2FeatureExtractor(sampling_rate=16000), tokenizer)
-    config = Wav2Vec2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                            intermediate_size=64, conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 4),
-                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    config = Wav2Vec2Config(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 4),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
     Wav2Vec2ForCTC(config).save_pretrained(tmp_path / "asr")
     processor.save_pretrained(tmp_path / "asr")
     judge = load_or_fit_judge(corpus=None, pretrained_path=str(tmp_path / "asr"))
@@ -102,6 +130,7 @@ def test_the_style_classifier_separates_styles_and_reports_its_ceiling(tiny_corp
 
 class _TextOnlyArm:
     """An arm with only text likelihoods, preferring shorter texts: no speech metric may appear."""
+
     sample_rate = 16000
 
     def eval(self):
@@ -142,6 +171,7 @@ class _EchoArm(_TextOnlyArm):
 
 class _Judge:
     """Transcribes the test split's own audio perfectly, anything else as nothing."""
+
     floor = {"wer": 0.0, "cer": 0.0}
 
     def __init__(self, corpus):
@@ -161,30 +191,63 @@ class _Styles:
 def test_the_evaluator_reports_what_an_arm_supports_and_nothing_else(tiny_corpus):
     from slmlab.eval.evaluate import METRICS, Evaluator
 
-    evaluator = Evaluator(tiny_corpus, _Judge(tiny_corpus), _Styles(), utterances=6, style_prompts=4, probe_pairs=5)
+    evaluator = Evaluator(
+        tiny_corpus, _Judge(tiny_corpus), _Styles(), utterances=6, style_prompts=4, probe_pairs=5
+    )
     text_only = evaluator(_TextOnlyArm())
     assert set(text_only.metrics) == set(METRICS)
-    assert {k for k, v in text_only.metrics.items() if v is not None} == {"text_ppl", "lexical_text", "syntactic_text"}
-    assert text_only.baselines["probe_chance"] == 0.5 and 0 < text_only.baselines["trivial_wer"] <= 1
+    assert {k for k, v in text_only.metrics.items() if v is not None} == {
+        "text_ppl",
+        "lexical_text",
+        "syntactic_text",
+    }
+    assert (
+        text_only.baselines["probe_chance"] == 0.5 and 0 < text_only.baselines["trivial_wer"] <= 1
+    )
 
     echo = evaluator(_EchoArm(tiny_corpus)).metrics
     assert echo["asr_wer"] == 0.0 and echo["asr_cer"] == 0.0
     assert echo["tts_wer"] == 0.0  # the judge hears the replayed reference
-    assert echo["generation_rtf"] >= 0 and echo["style_accuracy"] is None and echo["speech_nats_per_second"] is None
+    assert (
+        echo["generation_rtf"] >= 0
+        and echo["style_accuracy"] is None
+        and echo["speech_nats_per_second"] is None
+    )
 
 
-def _fake_run(folder: Path, arm: str, seed: int, eval_metrics: dict, val_curve: list[float]) -> None:
+def _fake_run(
+    folder: Path, arm: str, seed: int, eval_metrics: dict, val_curve: list[float]
+) -> None:
     from omegaconf import OmegaConf
     from torch.utils.tensorboard import SummaryWriter
 
     (folder / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"seed": seed, "model": {"name": arm, "task": {"_target_": f"x.{arm}"}}}),
-                   folder / ".hydra" / "config.yaml")
-    baselines = {"trivial_wer": 0.9, "trivial_cer": 0.8, "trivial_wer_output": "empty", "judge_wer": 0.1,
-                 "judge_cer": 0.05, "style_majority": 0.3, "style_chance": 0.25, "style_classifier_accuracy": 0.8}
-    (folder / "metrics.json").write_text(json.dumps({
-        "parameters": 4_000_000, "train_tokens_per_second": 1000.0 + seed, "peak_memory_bytes": 2 ** 30,
-        "train_seconds": 120.0, "metrics": {"test/loss": 3.0}, "eval": {"metrics": eval_metrics, "baselines": baselines}}))
+    OmegaConf.save(
+        OmegaConf.create({"seed": seed, "model": {"name": arm, "task": {"_target_": f"x.{arm}"}}}),
+        folder / ".hydra" / "config.yaml",
+    )
+    baselines = {
+        "trivial_wer": 0.9,
+        "trivial_cer": 0.8,
+        "trivial_wer_output": "empty",
+        "judge_wer": 0.1,
+        "judge_cer": 0.05,
+        "style_majority": 0.3,
+        "style_chance": 0.25,
+        "style_classifier_accuracy": 0.8,
+    }
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "parameters": 4_000_000,
+                "train_tokens_per_second": 1000.0 + seed,
+                "peak_memory_bytes": 2**30,
+                "train_seconds": 120.0,
+                "metrics": {"test/loss": 3.0},
+                "eval": {"metrics": eval_metrics, "baselines": baselines},
+            }
+        )
+    )
     writer = SummaryWriter(str(folder / "tensorboard"))
     for step, value in zip((200, 400, 600), val_curve):
         writer.add_scalar("val/loss", value, step)
@@ -196,13 +259,33 @@ def test_the_report_writer_on_two_fake_runs(tmp_path):
     from slmlab.eval.evaluate import METRICS
 
     none = dict.fromkeys(METRICS)
-    _fake_run(tmp_path / "sweep" / "0", "speechlm", 0, {**none, "asr_wer": 0.40, "asr_cer": 0.2}, [3.0, 2.0, 1.5])
-    _fake_run(tmp_path / "sweep" / "1", "speechlm", 1, {**none, "asr_wer": 0.50, "asr_cer": 0.3}, [3.1, 2.2, 1.6])
-    _fake_run(tmp_path / "sweep" / "2", "text_lm", 0, {**none, "text_ppl": 12.0, "lexical_text": 0.7}, [4.0, 3.0, 2.9])
+    _fake_run(
+        tmp_path / "sweep" / "0",
+        "speechlm",
+        0,
+        {**none, "asr_wer": 0.40, "asr_cer": 0.2},
+        [3.0, 2.0, 1.5],
+    )
+    _fake_run(
+        tmp_path / "sweep" / "1",
+        "speechlm",
+        1,
+        {**none, "asr_wer": 0.50, "asr_cer": 0.3},
+        [3.1, 2.2, 1.6],
+    )
+    _fake_run(
+        tmp_path / "sweep" / "2",
+        "text_lm",
+        0,
+        {**none, "text_ppl": 12.0, "lexical_text": 0.7},
+        [4.0, 3.0, 2.9],
+    )
     (tmp_path / "sweep" / "3" / ".hydra").mkdir(parents=True)  # a job that failed: no metrics.json
     (tmp_path / "sweep" / "3" / ".hydra" / "config.yaml").write_text("seed: 0\n")
     out = tmp_path / "experiments" / "study"
-    table = write_report(tmp_path / "sweep", out, "Which arm hears best?", ["slmlab-train -m experiment=x"])
+    table = write_report(
+        tmp_path / "sweep", out, "Which arm hears best?", ["slmlab-train -m experiment=x"]
+    )
     assert table["speechlm"]["asr_wer"] == (pytest.approx(0.45), pytest.approx(0.0707, abs=1e-3), 2)
     assert table["text_lm"]["asr_wer"] is None and table["speechlm"]["text_ppl"] is None
     readme = (out / "README.md").read_text()
@@ -212,10 +295,16 @@ def test_the_report_writer_on_two_fake_runs(tmp_path):
     assert "speechlm 0.450 (beats it)" in readme  # 0.45 against the trivial 0.9
     assert "no metrics.json" in readme
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [(r["arm"], r["seed"]) for r in rows[:3]] == [("speechlm", "0"), ("speechlm", "1"), ("text_lm", "0")]
+    assert [(r["arm"], r["seed"]) for r in rows[:3]] == [
+        ("speechlm", "0"),
+        ("speechlm", "1"),
+        ("text_lm", "0"),
+    ]
     mean = next(r for r in rows if r["arm"] == "speechlm" and r["seed"].startswith("mean"))
     assert mean["seed"] == "mean of 2" and float(mean["asr_wer"]) == pytest.approx(0.45)
-    assert (out / "val_curves.png").stat().st_size > 1000 and (out / "metrics.png").stat().st_size > 1000
+    assert (out / "val_curves.png").stat().st_size > 1000 and (
+        out / "metrics.png"
+    ).stat().st_size > 1000
 
 
 def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):
@@ -224,31 +313,65 @@ def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):
     from conftest import run_cli
 
     sweep = tmp_path / "sweep"
-    settings = [f"paths.data_dir={data_dir}", "data.preset=tiny", "eval.utterances=3", "eval.style_prompts=2",
-                "eval.probe_pairs=3", "eval.max_seconds=1.0", "eval.continuation_seconds=0.5", "eval.judge.epochs=2",
-                "eval.judge.model={dim: 32, layers: 1, heads: 2, ffn_dim: 64, kernel_size: 7}"]
+    settings = [
+        f"paths.data_dir={data_dir}",
+        "data.preset=tiny",
+        "eval.utterances=3",
+        "eval.style_prompts=2",
+        "eval.probe_pairs=3",
+        "eval.max_seconds=1.0",
+        "eval.continuation_seconds=0.5",
+        "eval.judge.epochs=2",
+        "eval.judge.model={dim: 32, layers: 1, heads: 2, ffn_dim: 64, kernel_size: 7}",
+    ]
     # as make demo does: fit the tokenizers and judges first, so that the parallel jobs only read them
     run_cli("slmlab-prepare", *settings, "model=spiritlm_expressive", cwd=tmp_path)
     run_cli("slmlab-prepare", *settings, "model=csm", "evaluate=true", cwd=tmp_path)
-    run_cli("slmlab-train", "-m", "experiment=compare_tiny", *settings, "trainer.max_steps=4",
-            "trainer.val_check_interval=2", "+trainer.limit_val_batches=1", f"hydra.sweep.dir={sweep}",
-            cwd=tmp_path, timeout=1200)
+    run_cli(
+        "slmlab-train",
+        "-m",
+        "experiment=compare_tiny",
+        *settings,
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "+trainer.limit_val_batches=1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=1200,
+    )
     run_cli("slmlab-compare", f"sweep_dir={sweep}", f"out_dir={tmp_path / 'report'}", cwd=tmp_path)
     readme = (tmp_path / "report" / "README.md").read_text()
     rows = list(csv.DictReader(open(tmp_path / "report" / "results.csv")))
-    assert {r["arm"] for r in rows} == {"text_lm", "spiritlm_base", "spiritlm_expressive", "csm", "speechlm"}
+    assert {r["arm"] for r in rows} == {
+        "text_lm",
+        "spiritlm_base",
+        "spiritlm_expressive",
+        "csm",
+        "speechlm",
+    }
     by_arm = {r["arm"]: r for r in rows if r["seed"] == "0"}
     assert by_arm["speechlm"]["asr_wer"] and not by_arm["speechlm"]["tts_wer"]
-    assert by_arm["csm"]["tts_wer"] and by_arm["csm"]["lexical_speech"] and not by_arm["csm"]["asr_wer"]
-    assert all(by_arm["spiritlm_base"][k] for k in ("asr_wer", "tts_wer", "text_ppl", "lexical_speech", "style_accuracy"))
+    assert (
+        by_arm["csm"]["tts_wer"]
+        and by_arm["csm"]["lexical_speech"]
+        and not by_arm["csm"]["asr_wer"]
+    )
+    assert all(
+        by_arm["spiritlm_base"][k]
+        for k in ("asr_wer", "tts_wer", "text_ppl", "lexical_speech", "style_accuracy")
+    )
     assert by_arm["text_lm"]["text_ppl"] and not by_arm["text_lm"]["style_accuracy"]
     assert "judge ASR's WER on the real audio" in readme and "n/a" in readme
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     csm_run = next(r["run"] for r in rows if r["arm"] == "csm" and r["seed"] == "0")
-    events = EventAccumulator(str(Path(csm_run) / "tensorboard"), size_guidance={"audio": 0, "images": 0})
+    events = EventAccumulator(
+        str(Path(csm_run) / "tensorboard"), size_guidance={"audio": 0, "images": 0}
+    )
     events.Reload()
     tags = events.Tags()
-    assert {"eval/tts_0_generated", "eval/tts_0_reference"} <= set(tags["audio"])  # the same sentence, both ways
+    assert {"eval/tts_0_generated", "eval/tts_0_reference"} <= set(
+        tags["audio"]
+    )  # the same sentence, both ways
     assert "eval/tts_0_spectrograms" in tags["images"] and "eval/tts_wer" in tags["scalars"]
     assert events.PluginTagToContent("hparams"), "the hparams table, with the eval metrics"

@@ -1,14 +1,20 @@
 """Every pinned package installs at its pinned version and imports together."""
+
 import importlib
 import importlib.metadata as md
 import re
+
 import tomllib
 
 from slmlab.cli import REPO_ROOT
 
-IMPORT_NAMES = {"hydra-core": "hydra", "hydra-submitit-launcher": "hydra_plugins.hydra_submitit_launcher",
-                "hydra-joblib-launcher": "hydra_plugins.hydra_joblib_launcher",
-                "espeakng-loader": "espeakng_loader", "lightning": "lightning.pytorch"}
+IMPORT_NAMES = {
+    "hydra-core": "hydra",
+    "hydra-submitit-launcher": "hydra_plugins.hydra_submitit_launcher",
+    "hydra-joblib-launcher": "hydra_plugins.hydra_joblib_launcher",
+    "espeakng-loader": "espeakng_loader",
+    "lightning": "lightning.pytorch",
+}
 
 
 def pins() -> dict[str, str]:
@@ -17,8 +23,11 @@ def pins() -> dict[str, str]:
 
 
 def test_every_pinned_package_is_installed_at_its_pin():
-    wrong = {name: (version, md.version(name)) for name, version in pins().items()
-             if md.version(name).split("+")[0] != version}
+    wrong = {
+        name: (version, md.version(name))
+        for name, version in pins().items()
+        if md.version(name).split("+")[0] != version
+    }
     assert not wrong, f"installed versions differ from pyproject pins: {wrong}"
 
 

@@ -1,30 +1,77 @@
 """SpeechLM: output lengths and masks follow the real encoders, labels, freezing, LoRA, save/load, training."""
+
 import json
 
 import pytest
-from conftest import fit_on_tiny_corpus
 import torch
+from conftest import fit_on_tiny_corpus
 from transformers import AutoModelForCausalLM, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
-from slmlab.models.speechlm import (AUDIO_TOKEN, CTC_ALPHABET, SpeechLM, build_feature_extractor, build_speechlm,
-                                    ctc_character_ids, extract_features, prompt_batch)
+from slmlab.models.speechlm import (
+    AUDIO_TOKEN,
+    CTC_ALPHABET,
+    SpeechLM,
+    build_feature_extractor,
+    build_speechlm,
+    ctc_character_ids,
+    extract_features,
+    prompt_batch,
+)
 from slmlab.tokenizers.text import fit_bpe
 
 ENCODERS = {
-    "whisper": {"model_type": "whisper", "num_mel_bins": 80, "d_model": 32, "encoder_layers": 2,
-                "encoder_attention_heads": 2, "encoder_ffn_dim": 64, "max_source_positions": 1500},
-    "wav2vec2": {"model_type": "wav2vec2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                 "intermediate_size": 64, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
-                 "num_conv_pos_embedding_groups": 4, "feat_extract_norm": "layer", "do_stable_layer_norm": True},
-    "hubert": {"model_type": "hubert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "intermediate_size": 64, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
-               "num_conv_pos_embedding_groups": 4, "feat_extract_norm": "layer", "do_stable_layer_norm": True},
+    "whisper": {
+        "model_type": "whisper",
+        "num_mel_bins": 80,
+        "d_model": 32,
+        "encoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "max_source_positions": 1500,
+    },
+    "wav2vec2": {
+        "model_type": "wav2vec2",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "conv_dim": [16] * 7,
+        "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4,
+        "feat_extract_norm": "layer",
+        "do_stable_layer_norm": True,
+    },
+    "hubert": {
+        "model_type": "hubert",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "conv_dim": [16] * 7,
+        "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4,
+        "feat_extract_norm": "layer",
+        "do_stable_layer_norm": True,
+    },
 }
 DECODERS = {
-    "qwen2": {"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "num_key_value_heads": 1, "intermediate_size": 64, "tie_word_embeddings": False},
-    "llama": {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "num_key_value_heads": 2, "intermediate_size": 64},
+    "qwen2": {
+        "model_type": "qwen2",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 64,
+        "tie_word_embeddings": False,
+    },
+    "llama": {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "intermediate_size": 64,
+    },
     "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 256},
 }
 LENGTHS = [3201, 16000, 23457]  # samples at 16 kHz, odd on purpose
@@ -32,16 +79,27 @@ LENGTHS = [3201, 16000, 23457]  # samples at 16 kHz, odd on purpose
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = fit_bpe(["the dog runs", "a small cat sleeps on the red mat", "three birds sing"] * 20, vocab_size=300)
+    tok = fit_bpe(
+        ["the dog runs", "a small cat sleeps on the red mat", "three birds sing"] * 20,
+        vocab_size=300,
+    )
     tok.add_special_tokens([AUDIO_TOKEN])
     return tok
 
 
 def make_model(tokenizer, encoder="whisper", decoder="qwen2", **kwargs) -> SpeechLM:
     torch.manual_seed(0)
-    model = build_speechlm(len(tokenizer), tokenizer.hf.convert_tokens_to_ids(AUDIO_TOKEN), ENCODERS[encoder],
-                           DECODERS[decoder], stack_factor=3, pad_token_id=tokenizer.pad_id,
-                           bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, **kwargs)
+    model = build_speechlm(
+        len(tokenizer),
+        tokenizer.hf.convert_tokens_to_ids(AUDIO_TOKEN),
+        ENCODERS[encoder],
+        DECODERS[decoder],
+        stack_factor=3,
+        pad_token_id=tokenizer.pad_id,
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.eos_id,
+        **kwargs,
+    )
     return model.eval()
 
 
@@ -53,8 +111,13 @@ def waveforms(lengths=LENGTHS):
 def inputs_for(model, tokenizer, wavs, targets=None, padding_side="right"):
     extractor = build_feature_extractor(model.config.audio_config)
     features, lengths = extract_features(extractor, wavs, 16000)
-    prompts = prompt_batch(tokenizer, f"{AUDIO_TOKEN} transcribe:", model.audio_output_lengths(lengths).tolist(),
-                           targets, padding_side)
+    prompts = prompt_batch(
+        tokenizer,
+        f"{AUDIO_TOKEN} transcribe:",
+        model.audio_output_lengths(lengths).tolist(),
+        targets,
+        padding_side,
+    )
     return {**prompts, "features": features, "feature_lengths": lengths}
 
 
@@ -67,7 +130,7 @@ def test_output_lengths_and_masks_follow_the_real_encoder(tokenizer, encoder):
     for i, wav in enumerate(waveforms()):
         alone = extract_features(extractor, [wav], 16000)[0]
         states = model.encoder(**{model.input_name: alone}).last_hidden_state
-        assert model.encoder_output_lengths(lengths[i:i + 1]).item() == states.shape[1]
+        assert model.encoder_output_lengths(lengths[i : i + 1]).item() == states.shape[1]
         assert batched_lengths[i].item() == -(-states.shape[1] // 3)  # stacking by 3 rounds up
         # the padded batch gives this utterance exactly what it gets alone, and zeros after its end
         single = model.projector(states)
@@ -76,17 +139,24 @@ def test_output_lengths_and_masks_follow_the_real_encoder(tokenizer, encoder):
     assert abs(model.encoder_output_lengths(ten_seconds).item() - 500) <= 1  # 50 Hz for all three
 
 
-@pytest.mark.parametrize("encoder,decoder", [("whisper", "qwen2"), ("wav2vec2", "llama"), ("hubert", "gpt2")])
+@pytest.mark.parametrize(
+    "encoder,decoder", [("whisper", "qwen2"), ("wav2vec2", "llama"), ("hubert", "gpt2")]
+)
 def test_mixed_audio_lengths_give_each_utterance_its_own_loss(tokenizer, encoder, decoder):
     model = make_model(tokenizer, encoder, decoder)
-    targets = [tokenizer.encode(t)[1:] for t in ("the dog runs", "a small cat sleeps on the red mat", "three birds")]
+    targets = [
+        tokenizer.encode(t)[1:]
+        for t in ("the dog runs", "a small cat sleeps on the red mat", "three birds")
+    ]
     batch = inputs_for(model, tokenizer, waveforms(), targets)
     batch_logits = model(**batch).logits
     for i, wav in enumerate(waveforms()):
         alone = inputs_for(model, tokenizer, [wav], [targets[i]])
         width = alone["input_ids"].shape[1]
         assert torch.equal(batch["input_ids"][i, :width], alone["input_ids"][0])
-        torch.testing.assert_close(batch_logits[i, :width], model(**alone).logits[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            batch_logits[i, :width], model(**alone).logits[0], atol=1e-4, rtol=1e-4
+        )
 
 
 def test_labels_are_the_transcript_only(tokenizer):
@@ -95,11 +165,17 @@ def test_labels_are_the_transcript_only(tokenizer):
     audio_id = tokenizer.hf.convert_tokens_to_ids(AUDIO_TOKEN)
     prompt_len = len(tokenizer.encode(" transcribe:", bos=False, eos=False)) + 1  # + bos
     for row, n_audio, tgt in ((0, 5, target), (1, 2, target[:2])):
-        ids, labels, mask = batch["input_ids"][row], batch["labels"][row], batch["attention_mask"][row]
+        ids, labels, mask = (
+            batch["input_ids"][row],
+            batch["labels"][row],
+            batch["attention_mask"][row],
+        )
         assert int((ids == audio_id).sum()) == n_audio
         scored = labels != -100
         assert labels[scored].tolist() == tgt  # loss on transcript + eos, nothing else
-        assert scored.nonzero().min().item() == prompt_len + n_audio  # bos, audio and prompt are never scored
+        assert (
+            scored.nonzero().min().item() == prompt_len + n_audio
+        )  # bos, audio and prompt are never scored
         assert not scored[mask == 0].any()  # padding is never scored
     left = prompt_batch(tokenizer, f"{AUDIO_TOKEN} transcribe:", [5, 2], padding_side="left")
     assert left["attention_mask"][1, :3].sum() == 0 and left["attention_mask"][:, -1].all()
@@ -133,13 +209,21 @@ def names(model, prefix) -> set[str]:
 @pytest.mark.parametrize("decoder", ["qwen2", "gpt2"])
 def test_each_freezing_mode_leaves_exactly_the_intended_parameters_trainable(tokenizer, decoder):
     fresh = make_model(tokenizer, "whisper", decoder)
-    encoder = names(fresh, "encoder.") - {"encoder.embed_positions.weight"}  # Whisper keeps positions frozen
+    encoder = names(fresh, "encoder.") - {
+        "encoder.embed_positions.weight"
+    }  # Whisper keeps positions frozen
     projector, whole_decoder = names(fresh, "projector."), names(fresh, "decoder.")
     head_weight = fresh.get_output_embeddings().weight
-    head = {n for n, p in fresh.named_parameters() if p is head_weight}  # GPT-2: the tied input embedding
+    head = {
+        n for n, p in fresh.named_parameters() if p is head_weight
+    }  # GPT-2: the tied input embedding
     assert trainable(fresh) == encoder | projector | whole_decoder
-    expected = {"encoder": projector | whole_decoder, "projector": encoder | whole_decoder,
-                "decoder": encoder | projector, "decoder_except_head": encoder | projector | head}
+    expected = {
+        "encoder": projector | whole_decoder,
+        "projector": encoder | whole_decoder,
+        "decoder": encoder | projector,
+        "decoder_except_head": encoder | projector | head,
+    }
     for part, want in expected.items():
         model = make_model(tokenizer, "whisper", decoder)
         model.freeze([part])
@@ -165,9 +249,13 @@ def test_lora_trains_only_the_adapters(tokenizer):
         model.freeze(["decoder"])
 
 
-@pytest.mark.parametrize("decoder,lora", [("qwen2", None), ("gpt2", None),
-                                          ("llama", {"r": 2, "target_modules": ["q_proj"]})])
-def test_save_pretrained_and_from_pretrained_give_identical_logits(tokenizer, decoder, lora, tmp_path):
+@pytest.mark.parametrize(
+    "decoder,lora",
+    [("qwen2", None), ("gpt2", None), ("llama", {"r": 2, "target_modules": ["q_proj"]})],
+)
+def test_save_pretrained_and_from_pretrained_give_identical_logits(
+    tokenizer, decoder, lora, tmp_path
+):
     model = make_model(tokenizer, "whisper", decoder, lora=lora, ctc_weight=0.3)
     batch = inputs_for(model, tokenizer, waveforms(), [tokenizer.encode("the dog")[1:]] * 3)
     model.save_pretrained(tmp_path)
@@ -180,27 +268,52 @@ def test_save_pretrained_and_from_pretrained_give_identical_logits(tokenizer, de
 
 def test_pretrained_encoder_and_decoder_load_from_local_folders(tokenizer, tmp_path):
     """No hub: a tiny Whisper and a tiny Qwen2 saved to disk are loaded through the same code as real ones."""
-    whisper = WhisperModel(WhisperConfig(**{k: v for k, v in ENCODERS["whisper"].items() if k != "model_type"},
-                                         decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64))
+    whisper = WhisperModel(
+        WhisperConfig(
+            **{k: v for k, v in ENCODERS["whisper"].items() if k != "model_type"},
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=64,
+        )
+    )
     whisper.save_pretrained(tmp_path / "whisper")
     WhisperFeatureExtractor(feature_size=80).save_pretrained(tmp_path / "whisper")
     qwen = make_model(tokenizer, "whisper", "qwen2").decoder
     qwen.config.vocab_size = qwen.get_input_embeddings().num_embeddings - 1
-    AutoModelForCausalLM.from_config(qwen.config).save_pretrained(tmp_path / "qwen2")  # one token short
+    AutoModelForCausalLM.from_config(qwen.config).save_pretrained(
+        tmp_path / "qwen2"
+    )  # one token short
 
-    model = build_speechlm(len(tokenizer), 5, {"pretrained_path": str(tmp_path / "whisper")},
-                           {"pretrained_path": str(tmp_path / "qwen2")}, stack_factor=2)
+    model = build_speechlm(
+        len(tokenizer),
+        5,
+        {"pretrained_path": str(tmp_path / "whisper")},
+        {"pretrained_path": str(tmp_path / "qwen2")},
+        stack_factor=2,
+    )
     torch.testing.assert_close(model.encoder.conv1.weight, whisper.encoder.conv1.weight)
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)  # resized for <|audio|>
-    assert isinstance(build_feature_extractor(model.config.audio_config, str(tmp_path / "whisper")), WhisperFeatureExtractor)
+    assert isinstance(
+        build_feature_extractor(model.config.audio_config, str(tmp_path / "whisper")),
+        WhisperFeatureExtractor,
+    )
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        build_speechlm(len(tokenizer), 5, {"pretrained_path": "openai/whisper-tiny"}, DECODERS["qwen2"])
+        build_speechlm(
+            len(tokenizer), 5, {"pretrained_path": "openai/whisper-tiny"}, DECODERS["qwen2"]
+        )
 
 
-@pytest.mark.parametrize("encoder,decoder", [("whisper_tiny", "qwen2_tiny"), ("hubert_tiny", "gpt2_tiny")])
+@pytest.mark.parametrize(
+    "encoder,decoder", [("whisper_tiny", "qwen2_tiny"), ("hubert_tiny", "gpt2_tiny")]
+)
 def test_training_on_the_tiny_corpus_lowers_the_loss(tiny_corpus, make_cfg, encoder, decoder):
-    cfg = make_cfg("experiment=tiny_speechlm", f"model/speechlm/encoder={encoder}", f"model/speechlm/decoder={decoder}",
-                   "trainer.max_steps=40", "model.task.generation.max_new_tokens=4")
+    cfg = make_cfg(
+        "experiment=tiny_speechlm",
+        f"model/speechlm/encoder={encoder}",
+        f"model/speechlm/decoder={decoder}",
+        "trainer.max_steps=40",
+        "model.task.generation.max_new_tokens=4",
+    )
     task, before, after = fit_on_tiny_corpus(cfg)
     assert after["val/loss"] < 0.8 * before["val/loss"], (before, after)
     assert after["val/token_accuracy"] > before["val/token_accuracy"]
@@ -216,7 +329,11 @@ def test_greedy_beam_and_sampling_generation(tokenizer):
     model = make_model(tokenizer)
     batch = inputs_for(model, tokenizer, waveforms(), padding_side="left")
     batch.pop("labels")
-    common = {"max_new_tokens": 5, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    common = {
+        "max_new_tokens": 5,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.pad_id,
+    }
     greedy = model.generate(**batch, do_sample=False, **common)
     assert torch.equal(greedy, model.generate(**batch, do_sample=False, **common))  # deterministic
     beams = model.generate(**batch, num_beams=3, do_sample=False, **common)
@@ -234,15 +351,41 @@ def test_cli_trains_exports_and_generates_from_a_wav(tiny_corpus, data_dir, tmp_
     from conftest import run_cli
 
     run = tmp_path / "run"
-    run_cli("slmlab-train", "experiment=tiny_speechlm", f"paths.data_dir={data_dir}", "trainer.max_steps=10",
-            "trainer.val_check_interval=10", "model.task.generation.max_new_tokens=4", f"hydra.run.dir={run}", cwd=tmp_path)
+    run_cli(
+        "slmlab-train",
+        "experiment=tiny_speechlm",
+        f"paths.data_dir={data_dir}",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=10",
+        "model.task.generation.max_new_tokens=4",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
-    assert {"val/wer", "val/cer", "val/token_accuracy", "test/wer", "train/audio_tokens_per_s"} <= set(metrics)
+    assert {
+        "val/wer",
+        "val/cer",
+        "val/token_accuracy",
+        "test/wer",
+        "train/audio_tokens_per_s",
+    } <= set(metrics)
     assert SpeechLM.from_pretrained(run / "pretrained").config.stack_factor == 4
-    assert (run / "pretrained" / "preprocessor_config.json").is_file() and (run / "pretrained" / "tokenizer.json").is_file()
+    assert (run / "pretrained" / "preprocessor_config.json").is_file() and (
+        run / "pretrained" / "tokenizer.json"
+    ).is_file()
 
-    wav = tiny_corpus.root / "wav16k" / sorted(p.name for p in (tiny_corpus.root / "wav16k").glob("*.wav"))[0]
+    wav = (
+        tiny_corpus.root
+        / "wav16k"
+        / sorted(p.name for p in (tiny_corpus.root / "wav16k").glob("*.wav"))[0]
+    )
     out = tmp_path / "generated"
-    proc = run_cli("slmlab-generate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"audio={wav}",
-                   "generation.num_beams=2", f"hydra.run.dir={out}", cwd=tmp_path)
+    proc = run_cli(
+        "slmlab-generate",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"audio={wav}",
+        "generation.num_beams=2",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
     assert (out / "output.txt").read_text().strip() in proc.stdout

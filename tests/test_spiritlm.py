@@ -1,4 +1,5 @@
 """Spirit LM: speech tokens, the interleaved vocabulary and sequences, modality-masked generation, training."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import random
 import re
 
 import pytest
-from conftest import fit_on_tiny_corpus
 import torch
+from conftest import fit_on_tiny_corpus
 from hydra.utils import instantiate
 from transformers import HubertConfig, HubertModel, SpeechT5HifiGan, SpeechT5HifiGanConfig
 
@@ -15,7 +16,12 @@ from slmlab.cli.train import check_speech_tokenizer
 from slmlab.data.manifest import load_audio, read_manifest
 from slmlab.models.llama import build_llama_lm
 from slmlab.tasks.spiritlm import SpiritLMTask
-from slmlab.tokenizers.interleaved import InterleavedSequences, InterleavedVocabulary, draw_spans, word_boundaries
+from slmlab.tokenizers.interleaved import (
+    InterleavedSequences,
+    InterleavedVocabulary,
+    draw_spans,
+    word_boundaries,
+)
 from slmlab.tokenizers.text import load_or_fit_bpe
 from slmlab.tokenizers.unit_vocoder import UnitVocoder
 from slmlab.tokenizers.units import dedup, fit_speech_tokenizer, load_or_fit_speech_tokenizer
@@ -37,7 +43,9 @@ def waveform(tiny_corpus):
 
 @pytest.fixture
 def vocab(tiny_corpus, speech_tokenizer):
-    return InterleavedVocabulary(load_or_fit_bpe(tiny_corpus, vocab_size=256), speech_tokenizer, ("Hu", "Pi", "St"))
+    return InterleavedVocabulary(
+        load_or_fit_bpe(tiny_corpus, vocab_size=256), speech_tokenizer, ("Hu", "Pi", "St")
+    )
 
 
 def test_units_round_trip_through_strings_and_vocabulary_ids(speech_tokenizer, vocab, waveform):
@@ -48,7 +56,9 @@ def test_units_round_trip_through_strings_and_vocabulary_ids(speech_tokenizer, v
     merged = speech_tokenizer.merge(speech_tokenizer.encode_streams(waveform))
     assert speech_tokenizer.parse(speech_tokenizer.to_string(merged)) == merged
     assert vocab.speech_tokens(vocab.speech_ids(merged)) == merged
-    with pytest.raises(ValueError, match="already holds"):  # a tokenizer extended once cannot be extended again
+    with pytest.raises(
+        ValueError, match="already holds"
+    ):  # a tokenizer extended once cannot be extended again
         InterleavedVocabulary(vocab.text, speech_tokenizer, ("Hu",))
     with pytest.raises(ValueError, match="out of range"):
         speech_tokenizer.parse("[Hu50]")
@@ -61,24 +71,39 @@ def test_streams_have_their_rates_and_dedup_merges_repeats(speech_tokenizer, wav
     seconds = len(waveform) / 16000
     assert len(streams["units"]) == len(waveform) // 640  # 25 Hz
     assert len(streams["pitch"]) == len(waveform) // 1280  # 12.5 Hz
-    assert len(streams["style"]) == -(-len(waveform) // 16000) == round(seconds + 0.5)  # one per started second
+    assert (
+        len(streams["style"]) == -(-len(waveform) // 16000) == round(seconds + 0.5)
+    )  # one per started second
     units = speech_tokenizer.encode(waveform)
     assert torch.equal(units, torch.unique_consecutive(streams["units"]))
     assert (units[1:] != units[:-1]).all() and len(units) < len(streams["units"])
     values, counts = dedup(torch.tensor([3, 3, 3, 7, 7, 3]))
     assert values.tolist() == [3, 7, 3] and counts.tolist() == [3, 2, 1]
-    merged = speech_tokenizer.merge({"units": streams["units"], "pitch": streams["pitch"], "style": streams["style"]})
+    merged = speech_tokenizer.merge(
+        {"units": streams["units"], "pitch": streams["pitch"], "style": streams["style"]}
+    )
     kinds = [kind for kind, _ in merged]
-    assert kinds[0] == "St" and kinds.count("St") == len(dedup(streams["style"])[0])  # leads; repeats merged
+    assert kinds[0] == "St" and kinds.count("St") == len(
+        dedup(streams["style"])[0]
+    )  # leads; repeats merged
     units_only = [value for kind, value in merged if kind == "Hu"]
     assert units_only == units.tolist()
 
 
 def test_word_boundaries_and_spans_on_a_known_alignment(vocab):
-    words = [{"word": w, "start": s, "end": e} for w, s, e in
-             [("the", 0.0, 0.2), ("dog", 0.3, 0.6), ("runs", 0.6, 1.0), ("fast", 1.2, 1.6)]]
+    words = [
+        {"word": w, "start": s, "end": e}
+        for w, s, e in [
+            ("the", 0.0, 0.2),
+            ("dog", 0.3, 0.6),
+            ("runs", 0.6, 1.0),
+            ("fast", 1.2, 1.6),
+        ]
+    ]
     assert word_boundaries(words, 1.68) == pytest.approx([0.0, 0.25, 0.6, 1.1, 1.68])
-    units = torch.arange(42) % vocab.speech.n_units  # 42 frames at 25 Hz = 1.68 s, every frame a new unit
+    units = (
+        torch.arange(42) % vocab.speech.n_units
+    )  # 42 frames at 25 Hz = 1.68 s, every frame a new unit
     sequences = InterleavedSequences(vocab, text_span_words=(1, 2), speech_span_words=(1, 2))
     rng, cut_frames = random.Random(0), [0, 6.25, 15, 27.5, 42]
     for _ in range(50):
@@ -86,13 +111,25 @@ def test_word_boundaries_and_spans_on_a_known_alignment(vocab):
         replay.setstate(rng.getstate())
         spans = draw_spans(4, replay, (1, 2), (1, 2))  # the spans `build` is about to draw
         assert len(spans) >= 2 and spans[0][1] == 0 and spans[-1][2] == 4
-        assert all(a[2] == b[1] and a[0] != b[0] for a, b in zip(spans, spans[1:]))  # contiguous, alternating
-        ids, _ = sequences.build("the dog runs fast", words, {"units": units}, rng, kind="interleaved")
+        assert all(
+            a[2] == b[1] and a[0] != b[0] for a, b in zip(spans, spans[1:])
+        )  # contiguous, alternating
+        ids, _ = sequences.build(
+            "the dog runs fast", words, {"units": units}, rng, kind="interleaved"
+        )
         expected = [vocab.text.bos_id]
-        for modality, first, last in spans:  # speech spans hold exactly the frames between their cut points
+        for (
+            modality,
+            first,
+            last,
+        ) in spans:  # speech spans hold exactly the frames between their cut points
             if modality == "TEXT":
-                expected += [vocab.text_id, *vocab.text.encode(" ".join(w["word"] for w in words[first:last]),
-                                                               bos=False, eos=False)]
+                expected += [
+                    vocab.text_id,
+                    *vocab.text.encode(
+                        " ".join(w["word"] for w in words[first:last]), bos=False, eos=False
+                    ),
+                ]
             else:
                 frames = [f for f in range(42) if cut_frames[first] <= f < cut_frames[last]]
                 expected += [vocab.speech_id, *vocab.speech_ids([("Hu", f) for f in frames])]
@@ -103,31 +140,44 @@ def test_word_boundaries_and_spans_on_a_known_alignment(vocab):
 def test_sequence_kinds_follow_the_configured_ratios(vocab):
     words = [{"word": "the", "start": 0.0, "end": 0.2}, {"word": "dog", "start": 0.3, "end": 0.6}]
     streams = {"units": torch.arange(16)}
-    for ratios, expected in [({"speech": 1, "text": 1, "interleaved": 1}, (1 / 3, 1 / 3, 1 / 3)),
-                             ({"speech": 2, "text": 1, "interleaved": 1}, (0.5, 0.25, 0.25))]:
+    for ratios, expected in [
+        ({"speech": 1, "text": 1, "interleaved": 1}, (1 / 3, 1 / 3, 1 / 3)),
+        ({"speech": 2, "text": 1, "interleaved": 1}, (0.5, 0.25, 0.25)),
+    ]:
         sequences = InterleavedSequences(vocab, ratios=ratios)
         rng = random.Random(1)
         kinds = [sequences.build("the dog", words, streams, rng)[1] for _ in range(3000)]
         for kind, share in zip(("speech", "text", "interleaved"), expected):
             assert kinds.count(kind) / len(kinds) == pytest.approx(share, abs=0.03)
     sequences = InterleavedSequences(vocab)  # no word timings: never interleaved, and counted
-    kinds = {sequences.build("the dog", None, streams, random.Random(2), kind="interleaved")[1] for _ in range(20)}
-    assert kinds <= {"speech", "text"} and sequences.counts["interleaved_without_word_timings"] == 20
+    kinds = {
+        sequences.build("the dog", None, streams, random.Random(2), kind="interleaved")[1]
+        for _ in range(20)
+    }
+    assert (
+        kinds <= {"speech", "text"} and sequences.counts["interleaved_without_word_timings"] == 20
+    )
 
 
 def make_task(tokenizer, speech_tokenizer, streams=("units", "pitch", "style")) -> SpiritLMTask:
     net = lambda **kw: build_llama_lm(hidden_size=32, num_layers=1, num_heads=2, **kw)  # noqa: E731
-    return SpiritLMTask(net, tokenizer, speech_tokenizer, optimizer=None, speech_streams=list(streams)).eval()
+    return SpiritLMTask(
+        net, tokenizer, speech_tokenizer, optimizer=None, speech_streams=list(streams)
+    ).eval()
 
 
 @pytest.mark.parametrize("modality", ["TEXT", "SPEECH"])
-def test_logit_masking_never_generates_the_other_modality(tiny_corpus, speech_tokenizer, waveform, modality):
+def test_logit_masking_never_generates_the_other_modality(
+    tiny_corpus, speech_tokenizer, waveform, modality
+):
     task = make_task(load_or_fit_bpe(tiny_corpus, vocab_size=256), speech_tokenizer)
     torch.manual_seed(0)
     pieces = [("TEXT", "the dog"), ("SPEECH", waveform)]
     pieces = pieces if modality == "TEXT" else pieces[::-1]  # the prompt ends in the other modality
     prompt = task.prompt_ids(pieces, modality)
-    out = task.generate(pieces, modality, do_sample=True, temperature=3.0, top_p=1.0, max_new_tokens=150)
+    out = task.generate(
+        pieces, modality, do_sample=True, temperature=3.0, top_p=1.0, max_new_tokens=150
+    )
     assert prompt[-1] == (task.vocab.text_id if modality == "TEXT" else task.vocab.speech_id)
     # an untrained LM at temperature 3 samples the whole vocabulary unless the mask holds
     kinds = {m for m, _ in out["pieces"]}
@@ -136,52 +186,94 @@ def test_logit_masking_never_generates_the_other_modality(tiny_corpus, speech_to
         assert out["text"] == "" and out["audio"] is not None and out["audio"].abs().sum() > 0
     else:
         assert out["speech_tokens"] == "" and out["audio"] is None and out["text"]
-    unmasked = task.generate([("TEXT", "the dog")], "ARBITRARY", do_sample=True, temperature=3.0, top_p=1.0,
-                             min_new_tokens=150, max_new_tokens=150)
+    unmasked = task.generate(
+        [("TEXT", "the dog")],
+        "ARBITRARY",
+        do_sample=True,
+        temperature=3.0,
+        top_p=1.0,
+        min_new_tokens=150,
+        max_new_tokens=150,
+    )
     assert {m for m, _ in unmasked["pieces"]} == {"TEXT", "SPEECH"}  # without the mask both appear
 
 
-def test_a_pretrained_text_lm_continues_with_its_embeddings_resized(tiny_corpus, speech_tokenizer, tmp_path):
+def test_a_pretrained_text_lm_continues_with_its_embeddings_resized(
+    tiny_corpus, speech_tokenizer, tmp_path
+):
     text_tokenizer = load_or_fit_bpe(tiny_corpus, vocab_size=256)
     text_size = len(text_tokenizer)
     pretrained = build_llama_lm(text_size, hidden_size=32, num_layers=1, num_heads=2).eval()
     pretrained.save_pretrained(tmp_path / "llama")
     net = lambda **kw: build_llama_lm(pretrained_path=str(tmp_path / "llama"), **kw)  # noqa: E731
     task = SpiritLMTask(net, text_tokenizer, speech_tokenizer, optimizer=None).eval()
-    assert task.net.get_input_embeddings().num_embeddings == len(task.vocab) == text_size + 2 + speech_tokenizer.n_units
+    assert (
+        task.net.get_input_embeddings().num_embeddings
+        == len(task.vocab)
+        == text_size + 2 + speech_tokenizer.n_units
+    )
     ids = torch.tensor([text_tokenizer.encode("the dog")])
     with torch.no_grad():  # the text it knew reads exactly as before
-        assert torch.allclose(task.net(ids).logits[..., :text_size], pretrained(ids).logits, atol=1e-5)
+        assert torch.allclose(
+            task.net(ids).logits[..., :text_size], pretrained(ids).logits, atol=1e-5
+        )
     with pytest.raises(FileNotFoundError, match="never downloads"):
         build_llama_lm(10, pretrained_path="meta-llama/Llama-2-7b-hf")
 
 
 def test_hubert_features_load_from_a_tiny_local_checkpoint(tmp_path, waveform):
-    config = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                          conv_dim=(16, 16, 16, 16, 16, 16, 16), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    config = HubertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16, 16, 16, 16, 16),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
     HubertModel(config).save_pretrained(tmp_path / "hubert")
-    tokenizer = fit_speech_tokenizer([waveform, waveform[:20000]], features="hubert", n_units=8, n_styles=2,
-                                     hubert_path=str(tmp_path / "hubert"), hubert_layer=2)
+    tokenizer = fit_speech_tokenizer(
+        [waveform, waveform[:20000]],
+        features="hubert",
+        n_units=8,
+        n_styles=2,
+        hubert_path=str(tmp_path / "hubert"),
+        hubert_layer=2,
+    )
     assert tokenizer.unit_centroids.shape == (8, 32)
     units = tokenizer.encode_streams(waveform, ("units",))["units"]
     assert len(units) == len(waveform) // 640 and units.max() < 8
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        fit_speech_tokenizer([waveform], features="hubert", hubert_path="facebook/hubert-base-ls960")
+        fit_speech_tokenizer(
+            [waveform], features="hubert", hubert_path="facebook/hubert-base-ls960"
+        )
 
 
-def test_the_unit_vocoder_speaks_and_reports_its_resynthesis(speech_tokenizer, tiny_corpus, waveform):
+def test_the_unit_vocoder_speaks_and_reports_its_resynthesis(
+    speech_tokenizer, tiny_corpus, waveform
+):
     merged = speech_tokenizer.merge(speech_tokenizer.encode_streams(waveform))
     audio = speech_tokenizer.decode(speech_tokenizer.to_string(merged))
     assert abs(len(audio) - len(waveform)) < 0.5 * len(waveform) and audio.abs().max() > 0
-    report_files = list((tiny_corpus.root / "tokenizers").glob("speech_mfcc_50_*/vocoder_*/resynthesis.json"))
+    report_files = list(
+        (tiny_corpus.root / "tokenizers").glob("speech_mfcc_50_*/vocoder_*/resynthesis.json")
+    )
     report = json.loads(report_files[0].read_text())["test"]
-    assert report["utterances"] == 24 and 0 <= report["unit_error_rate"] < report["unit_error_rate_silence"]
+    assert (
+        report["utterances"] == 24
+        and 0 <= report["unit_error_rate"] < report["unit_error_rate_silence"]
+    )
 
 
 def test_a_hifigan_from_a_local_folder_replaces_griffin_lim(speech_tokenizer, tmp_path, waveform):
-    config = SpeechT5HifiGanConfig(model_in_dim=80, upsample_initial_channel=32, upsample_rates=[5, 4, 4, 2],
-                                   upsample_kernel_sizes=[10, 8, 8, 4], resblock_kernel_sizes=[3],
-                                   resblock_dilation_sizes=[[1, 3]])  # upsamples x160: the mel hop
+    config = SpeechT5HifiGanConfig(
+        model_in_dim=80,
+        upsample_initial_channel=32,
+        upsample_rates=[5, 4, 4, 2],
+        upsample_kernel_sizes=[10, 8, 8, 4],
+        resblock_kernel_sizes=[3],
+        resblock_dilation_sizes=[[1, 3]],
+    )  # upsamples x160: the mel hop
     SpeechT5HifiGan(config).save_pretrained(tmp_path / "hifigan")
     fitted = speech_tokenizer.decoder
     vocoder = UnitVocoder(fitted.model, fitted.mel, vocoder_path=str(tmp_path / "hifigan"))
@@ -200,24 +292,39 @@ def test_training_on_the_tiny_corpus_lowers_text_and_speech_losses(tiny_corpus, 
     for name in ("val/text_loss", "val/speech_loss", "val/interleaved_loss"):
         assert after[name] < 0.9 * before[name], (name, before, after)
     expressive = {"val/unit_loss", "val/pitch_loss", "val/style_loss"}
-    assert expressive <= set(after) if model == "spiritlm_expressive" else not expressive & set(after)
+    assert (
+        expressive <= set(after) if model == "spiritlm_expressive" else not expressive & set(after)
+    )
     assert {"train/text_loss", "train/speech_loss", "train/sequences_interleaved"} <= set(after)
 
 
 def test_a_tokenizer_the_model_cannot_use_is_refused_by_name(make_cfg):
     cfg = make_cfg("model=spiritlm_base")
     check_speech_tokenizer(cfg, "units_hubert", "spiritlm_base")
-    with pytest.raises(ValueError, match=re.escape("tokenizer/speech=codec_builtin does not fit model=spiritlm_base; "
-                                                   "it accepts tokenizer/speech=units_mfcc | units_hubert")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "tokenizer/speech=codec_builtin does not fit model=spiritlm_base; "
+            "it accepts tokenizer/speech=units_mfcc | units_hubert"
+        ),
+    ):
         check_speech_tokenizer(cfg, "codec_builtin", "spiritlm_base")
-    with pytest.raises(ValueError, match=re.escape("accepts tokenizer/speech=codec_builtin | codec_mimi")):
+    with pytest.raises(
+        ValueError, match=re.escape("accepts tokenizer/speech=codec_builtin | codec_mimi")
+    ):
         check_speech_tokenizer(make_cfg("model=csm"), "units_mfcc", "csm")
 
 
-def llama2_parameters(vocab_size: int, hidden: int = 4096, layers: int = 32, ffn: int = 11008) -> int:
+def llama2_parameters(
+    vocab_size: int, hidden: int = 4096, layers: int = 32, ffn: int = 11008
+) -> int:
     """Llama-2-7B: untied input and output embeddings, per layer 4 attention projections, 3 SwiGLU
     matrices and 2 RMSNorms, and a final RMSNorm."""
-    return 2 * vocab_size * hidden + layers * (4 * hidden * hidden + 3 * hidden * ffn + 2 * hidden) + hidden
+    return (
+        2 * vocab_size * hidden
+        + layers * (4 * hidden * hidden + 3 * hidden * ffn + 2 * hidden)
+        + hidden
+    )
 
 
 def test_the_published_scale_preset_is_llama2_7b_with_the_extended_vocabulary(make_cfg):
@@ -234,13 +341,32 @@ def test_cli_trains_exports_and_generates_speech_from_text(tiny_corpus, data_dir
     from conftest import run_cli
 
     run = tmp_path / "run"
-    run_cli("slmlab-train", "experiment=tiny_spiritlm_expressive", f"paths.data_dir={data_dir}", "trainer.max_steps=10",
-            "trainer.val_check_interval=10", f"hydra.run.dir={run}", cwd=tmp_path)
+    run_cli(
+        "slmlab-train",
+        "experiment=tiny_spiritlm_expressive",
+        f"paths.data_dir={data_dir}",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=10",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"val/text_loss", "val/speech_loss", "test/speech_loss"} <= set(metrics["metrics"])
     assert metrics["train_tokens_per_second"] > 0
-    assert (run / "pretrained" / "speech_tokenizer.pt").is_file() and (run / "pretrained" / "model.safetensors").is_file()
+    assert (run / "pretrained" / "speech_tokenizer.pt").is_file() and (
+        run / "pretrained" / "model.safetensors"
+    ).is_file()
     out = tmp_path / "generated"
-    run_cli("slmlab-generate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "text=the dog", "modality=SPEECH",
-            "generation.max_new_tokens=60", "generation.min_new_tokens=10", f"hydra.run.dir={out}", cwd=tmp_path)
-    assert (out / "output.wav").is_file() and (out / "output.speech_tokens.txt").read_text().startswith("[")
+    run_cli(
+        "slmlab-generate",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "text=the dog",
+        "modality=SPEECH",
+        "generation.max_new_tokens=60",
+        "generation.min_new_tokens=10",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert (out / "output.wav").is_file() and (
+        out / "output.speech_tokens.txt"
+    ).read_text().startswith("[")

@@ -1,4 +1,5 @@
 """The shared text tokenizer: BPE fitted on the corpus, special tokens, a pretrained one from a local path."""
+
 import pytest
 from transformers import PreTrainedTokenizerFast
 
@@ -32,7 +33,9 @@ def test_bpe_is_fitted_once_and_saved_next_to_the_corpus(tiny_corpus):
 def test_pretrained_tokenizer_from_a_local_folder(tmp_path):
     """A Llama-style tokenizer (no pad token) saved with save_pretrained loads through our loader."""
     backend = fit_bpe(TEXTS, vocab_size=300).hf.backend_tokenizer
-    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>").save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>"
+    ).save_pretrained(tmp_path)
     tok = load_pretrained(str(tmp_path))
     assert isinstance(tok, TextTokenizer) and tok.pad_id is not None
     assert tok.decode(tok.encode("two red birds")) == "two red birds"

@@ -1,18 +1,24 @@
 """Training text_lm end to end: the loss falls, runs resume, DDP on CPU, Hydra sweeps."""
+
 import json
 from pathlib import Path
 
+from conftest import run_cli
 from hydra.utils import instantiate
 
-from conftest import run_cli
 from slmlab.cli.train import build
 
 
 def test_text_lm_validation_loss_falls(tiny_corpus, make_cfg):
     cfg = make_cfg("experiment=tiny_text_lm", "trainer.max_steps=60")
     datamodule, task = build(cfg)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
-                          enable_progress_bar=False)
+    trainer = instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
     before = trainer.validate(task, datamodule=datamodule, verbose=False)[0]["val/loss"]
     trainer.fit(task, datamodule=datamodule)
     after = float(trainer.callback_metrics["val/loss"])
@@ -25,8 +31,13 @@ def overrides(data_dir, log_dir):
 
 
 def test_cli_run_writes_metrics_and_resumes_from_a_checkpoint(tiny_corpus, data_dir, tmp_path):
-    run_cli("slmlab-train", *overrides(data_dir, tmp_path), "trainer.max_steps=40", "hydra.run.dir=" + str(tmp_path / "first"),
-            cwd=tmp_path)
+    run_cli(
+        "slmlab-train",
+        *overrides(data_dir, tmp_path),
+        "trainer.max_steps=40",
+        "hydra.run.dir=" + str(tmp_path / "first"),
+        cwd=tmp_path,
+    )
     first = json.loads((tmp_path / "first" / "metrics.json").read_text())
     assert first["global_step"] == 40 and first["start_step"] == 0
     assert {"val/loss", "val/ppl", "test/loss", "train/loss"} <= set(first["metrics"])
@@ -35,23 +46,43 @@ def test_cli_run_writes_metrics_and_resumes_from_a_checkpoint(tiny_corpus, data_
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     assert last.is_file()
 
-    run_cli("slmlab-train", *overrides(data_dir, tmp_path), "trainer.max_steps=60", f"ckpt_path={last}",
-            "hydra.run.dir=" + str(tmp_path / "resumed"), cwd=tmp_path)
+    run_cli(
+        "slmlab-train",
+        *overrides(data_dir, tmp_path),
+        "trainer.max_steps=60",
+        f"ckpt_path={last}",
+        "hydra.run.dir=" + str(tmp_path / "resumed"),
+        cwd=tmp_path,
+    )
     resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert resumed["start_step"] == 40 and resumed["global_step"] == 60
 
 
 def test_ddp_cpu_trains_with_two_processes(tiny_corpus, data_dir, tmp_path):
-    run_cli("slmlab-train", *overrides(data_dir, tmp_path), "strategy=ddp_cpu", "test=false",
-            "hydra.run.dir=" + str(tmp_path / "ddp"), cwd=tmp_path)
+    run_cli(
+        "slmlab-train",
+        *overrides(data_dir, tmp_path),
+        "strategy=ddp_cpu",
+        "test=false",
+        "hydra.run.dir=" + str(tmp_path / "ddp"),
+        cwd=tmp_path,
+    )
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["global_step"] == 60
     assert (tmp_path / "ddp" / "train_ddp_process_1.log").is_file()  # the second rank ran
 
 
 def test_multirun_sweep_over_learning_rate(tiny_corpus, data_dir, tmp_path):
-    run_cli("slmlab-train", "-m", *overrides(data_dir, tmp_path), "trainer.max_steps=10", "test=false",
-            "model.task.optimizer.lr=1e-3,3e-3", "hydra.sweep.dir=" + str(tmp_path / "sweep"), cwd=tmp_path)
+    run_cli(
+        "slmlab-train",
+        "-m",
+        *overrides(data_dir, tmp_path),
+        "trainer.max_steps=10",
+        "test=false",
+        "model.task.optimizer.lr=1e-3,3e-3",
+        "hydra.sweep.dir=" + str(tmp_path / "sweep"),
+        cwd=tmp_path,
+    )
     jobs = sorted(Path(tmp_path / "sweep").glob("[0-9]*"))
     assert [j.name for j in jobs] == ["0", "1"]
     lrs = []

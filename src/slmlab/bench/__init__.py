@@ -3,11 +3,12 @@
 A benchmark is a function `(steps: int) -> list[dict]` returning rows
 `{"benchmark", "setting", "ours", "baseline", "unit", "ratio", ...}`; `ratio` > 1 means ours is better.
 """
+
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 BENCHMARKS = {
     "speechlm_train_step": "slmlab.bench.speechlm:train_step_vs_qwen2_audio",
@@ -18,7 +19,9 @@ BENCHMARKS = {
 }
 
 
-def median_seconds(candidates: dict[str, Callable[[], None]], steps: int, warmup: int = 2) -> dict[str, float]:
+def median_seconds(
+    candidates: dict[str, Callable[[], None]], steps: int, warmup: int = 2
+) -> dict[str, float]:
     """Median wall time of each callable, run in alternation (A B A B ...) so drift hits all alike."""
     for fn in candidates.values():
         for _ in range(warmup):

@@ -10,6 +10,7 @@ transformers' `CsmForConditionalGeneration` built with the same backbone and dep
   caches, transformers' `generate` (its caches), and ours without caches; frames per second and the
   real-time factor (compute seconds per second of audio, < 1 is faster than real time).
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,16 @@ from slmlab.bench import median_seconds
 from slmlab.cli import CONF_DIR
 from slmlab.models.csm import CSM
 
-K, CARD, TEXT, BATCH, TEXT_FRAMES, AUDIO_FRAMES, FRACTION, NEW_FRAMES = 8, 256, 1024, 16, 5, 28, 1 / 16, 100
+K, CARD, TEXT, BATCH, TEXT_FRAMES, AUDIO_FRAMES, FRACTION, NEW_FRAMES = (
+    8,
+    256,
+    1024,
+    16,
+    5,
+    28,
+    1 / 16,
+    100,
+)
 
 
 def _demo_sizes() -> tuple[dict, dict]:
@@ -34,20 +44,40 @@ def _models(backbone: dict, decoder: dict) -> tuple[CSM, CsmForConditionalGenera
     torch.manual_seed(0)
     ours = CSM(TEXT, CARD, K, backbone, decoder)
     config = CsmConfig(
-        num_codebooks=K, vocab_size=CARD, text_vocab_size=TEXT, hidden_size=backbone["embed_dim"],
-        intermediate_size=backbone["intermediate_dim"], num_hidden_layers=backbone["num_layers"],
-        num_attention_heads=backbone["num_heads"], num_key_value_heads=backbone["num_kv_heads"],
-        max_position_embeddings=backbone["max_seq_len"], pad_token_id=0, bos_token_id=1, audio_token_id=TEXT - 2,
-        audio_eos_token_id=TEXT - 1, codebook_pad_token_id=CARD - 1, codebook_eos_token_id=0,
-        depth_decoder_config={"num_codebooks": K, "backbone_hidden_size": backbone["embed_dim"], "vocab_size": CARD,
-                              "hidden_size": decoder["embed_dim"], "intermediate_size": decoder["intermediate_dim"],
-                              "num_hidden_layers": decoder["num_layers"], "num_attention_heads": decoder["num_heads"],
-                              "num_key_value_heads": decoder["num_kv_heads"], "max_position_embeddings": K + 1})
+        num_codebooks=K,
+        vocab_size=CARD,
+        text_vocab_size=TEXT,
+        hidden_size=backbone["embed_dim"],
+        intermediate_size=backbone["intermediate_dim"],
+        num_hidden_layers=backbone["num_layers"],
+        num_attention_heads=backbone["num_heads"],
+        num_key_value_heads=backbone["num_kv_heads"],
+        max_position_embeddings=backbone["max_seq_len"],
+        pad_token_id=0,
+        bos_token_id=1,
+        audio_token_id=TEXT - 2,
+        audio_eos_token_id=TEXT - 1,
+        codebook_pad_token_id=CARD - 1,
+        codebook_eos_token_id=0,
+        depth_decoder_config={
+            "num_codebooks": K,
+            "backbone_hidden_size": backbone["embed_dim"],
+            "vocab_size": CARD,
+            "hidden_size": decoder["embed_dim"],
+            "intermediate_size": decoder["intermediate_dim"],
+            "num_hidden_layers": decoder["num_layers"],
+            "num_attention_heads": decoder["num_heads"],
+            "num_key_value_heads": decoder["num_kv_heads"],
+            "max_position_embeddings": K + 1,
+        },
+    )
     return ours, CsmForConditionalGeneration(config)
 
 
 def _parameters(model) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("codec_model"))
+    return sum(
+        p.numel() for name, p in model.named_parameters() if not name.startswith("codec_model")
+    )
 
 
 def train_step_vs_transformers(steps: int = 10) -> list[dict]:
@@ -59,7 +89,9 @@ def train_step_vs_transformers(steps: int = 10) -> list[dict]:
     mask = torch.zeros_like(tokens, dtype=torch.bool)
     mask[:, :TEXT_FRAMES, -1], mask[:, TEXT_FRAMES:, :-1] = True, True
     tokens, lengths = tokens * mask, torch.full((BATCH,), frames)
-    codes = torch.where(mask[..., :-1], tokens[..., :-1], tokens[..., -1:])  # text frames as codes for transformers
+    codes = torch.where(
+        mask[..., :-1], tokens[..., :-1], tokens[..., -1:]
+    )  # text frames as codes for transformers
     labels = codes.clone()
     labels[:, :TEXT_FRAMES] = -100
     targets = BATCH * (AUDIO_FRAMES + 1)
@@ -67,7 +99,9 @@ def train_step_vs_transformers(steps: int = 10) -> list[dict]:
     def their_labels():  # the decoder on 1/16 of the audio frames, as ours
         audio = torch.arange(BATCH * frames).view(BATCH, frames)[:, TEXT_FRAMES:].reshape(-1)
         keep = torch.zeros(BATCH * frames, dtype=torch.bool)
-        keep[audio[torch.randperm(len(audio), generator=generator)[: round(FRACTION * targets)]]] = True
+        keep[
+            audio[torch.randperm(len(audio), generator=generator)[: round(FRACTION * targets)]]
+        ] = True
         amortised = labels.clone()
         amortised[..., 1:][~keep.view(BATCH, frames)] = -100
         return amortised
@@ -79,16 +113,29 @@ def train_step_vs_transformers(steps: int = 10) -> list[dict]:
             optimizer.zero_grad(set_to_none=True)
             loss().backward()
             optimizer.step()
+
         return run
 
-    seconds = median_seconds({
-        "ours": step(ours, lambda: ours(tokens, mask, lengths, FRACTION, generator).loss),
-        "theirs": step(theirs, lambda: theirs(input_ids=codes, labels=their_labels()).loss)}, steps)
-    return [{"benchmark": "csm_train_step", "setting": f"batch {BATCH} x {frames} frames, decoder on 1/16",
-             "unit": "ms/step", "ours": 1000 * seconds["ours"], "baseline": 1000 * seconds["theirs"],
-             "ratio": seconds["theirs"] / seconds["ours"],
-             "baseline_name": "transformers CsmForConditionalGeneration (same sizes)",
-             "parameters_ours": _parameters(ours), "parameters_baseline": _parameters(theirs)}]
+    seconds = median_seconds(
+        {
+            "ours": step(ours, lambda: ours(tokens, mask, lengths, FRACTION, generator).loss),
+            "theirs": step(theirs, lambda: theirs(input_ids=codes, labels=their_labels()).loss),
+        },
+        steps,
+    )
+    return [
+        {
+            "benchmark": "csm_train_step",
+            "setting": f"batch {BATCH} x {frames} frames, decoder on 1/16",
+            "unit": "ms/step",
+            "ours": 1000 * seconds["ours"],
+            "baseline": 1000 * seconds["theirs"],
+            "ratio": seconds["theirs"] / seconds["ours"],
+            "baseline_name": "transformers CsmForConditionalGeneration (same sizes)",
+            "parameters_ours": _parameters(ours),
+            "parameters_baseline": _parameters(theirs),
+        }
+    ]
 
 
 def generation_vs_transformers(steps: int = 3) -> list[dict]:
@@ -103,27 +150,54 @@ def generation_vs_transformers(steps: int = 3) -> list[dict]:
 
     @torch.no_grad()
     def transformers_generate():
-        out = theirs.generate(input_ids=text, max_new_tokens=NEW_FRAMES, min_new_tokens=NEW_FRAMES, do_sample=True,
-                              top_k=50, temperature=0.9, depth_decoder_do_sample=True, depth_decoder_top_k=50,
-                              depth_decoder_temperature=0.9)
+        out = theirs.generate(
+            input_ids=text,
+            max_new_tokens=NEW_FRAMES,
+            min_new_tokens=NEW_FRAMES,
+            do_sample=True,
+            top_k=50,
+            temperature=0.9,
+            depth_decoder_do_sample=True,
+            depth_decoder_top_k=50,
+            depth_decoder_temperature=0.9,
+        )
         assert out.shape[1] == NEW_FRAMES, out.shape
 
     def ours_generate(use_cache: bool):
         def run():
             out = ours.generate(tokens, mask, NEW_FRAMES, use_cache=use_cache, **sampling)
-            assert out.shape[1] == NEW_FRAMES, out.shape  # random weights never sample the all-zero frame
+            assert out.shape[1] == NEW_FRAMES, (
+                out.shape
+            )  # random weights never sample the all-zero frame
+
         return run
 
-    seconds = median_seconds({"ours": ours_generate(True), "transformers": transformers_generate,
-                              "uncached": ours_generate(False)}, steps, warmup=1)
+    seconds = median_seconds(
+        {
+            "ours": ours_generate(True),
+            "transformers": transformers_generate,
+            "uncached": ours_generate(False),
+        },
+        steps,
+        warmup=1,
+    )
     audio_seconds = NEW_FRAMES / 12.5
     rows = []
     for baseline in ("transformers", "uncached"):
-        rows.append({"benchmark": "csm_generate", "setting": f"{NEW_FRAMES} frames vs {baseline}", "unit": "frames/s",
-                     "ours": NEW_FRAMES / seconds["ours"], "baseline": NEW_FRAMES / seconds[baseline],
-                     "ratio": seconds[baseline] / seconds["ours"],
-                     "baseline_name": {"transformers": "transformers CsmForConditionalGeneration.generate",
-                                       "uncached": "our generation without KV caches"}[baseline],
-                     "real_time_factor_ours": seconds["ours"] / audio_seconds,
-                     "real_time_factor_baseline": seconds[baseline] / audio_seconds})
+        rows.append(
+            {
+                "benchmark": "csm_generate",
+                "setting": f"{NEW_FRAMES} frames vs {baseline}",
+                "unit": "frames/s",
+                "ours": NEW_FRAMES / seconds["ours"],
+                "baseline": NEW_FRAMES / seconds[baseline],
+                "ratio": seconds[baseline] / seconds["ours"],
+                "baseline_name": {
+                    "transformers": "transformers CsmForConditionalGeneration.generate",
+                    "uncached": "our generation without KV caches",
+                }[baseline],
+                "real_time_factor_ours": seconds["ours"] / audio_seconds,
+                "real_time_factor_baseline": seconds[baseline] / audio_seconds,
+            }
+        )
     return rows

@@ -5,6 +5,7 @@ the demo's Whisper-style encoder sizes and Qwen2 decoder sizes (read from `conf/
 (Qwen2-Audio: stride-2 convolution + average pooling by 2; ours: stride-2 convolution + stacking by 2)
 and the same transcript targets. A step is forward, backward and an AdamW update.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,9 @@ def _batch(seed: int = 0) -> dict:
     seconds = 1.5 + 2.0 * torch.rand(BATCH, generator=generator)
     mel_frames = (seconds * 100).long()
     width = int(mel_frames.max())
-    features = torch.randn(BATCH, 80, width, generator=generator) * frame_mask(mel_frames, width)[:, None]
+    features = (
+        torch.randn(BATCH, 80, width, generator=generator) * frame_mask(mel_frames, width)[:, None]
+    )
     targets = torch.randint(3, AUDIO_ID, (BATCH, TARGET_TOKENS), generator=generator)
     return {"mel_frames": mel_frames, "features": features, "targets": targets}
 
@@ -46,28 +49,45 @@ def _demo_sizes() -> tuple[dict, dict]:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         net = compose("train", overrides=["model=speechlm"]).model.task.net
     encoder, decoder = (OmegaConf.to_container(net[part]) for part in ("encoder", "decoder"))
-    return ({k: v for k, v in encoder.items() if k != "pretrained_path"},
-            {k: v for k, v in decoder.items() if k != "pretrained_path"})
+    return (
+        {k: v for k, v in encoder.items() if k != "pretrained_path"},
+        {k: v for k, v in decoder.items() if k != "pretrained_path"},
+    )
 
 
 def _ours(batch: dict, encoder: dict, decoder: dict):
-    model = build_speechlm(VOCAB, AUDIO_ID, encoder, decoder, stack_factor=2, projector="mlp", pad_token_id=PAD_ID)
-    inputs = {**_rows(model.audio_output_lengths(batch["mel_frames"]), batch["targets"]),
-              "features": batch["features"], "feature_lengths": batch["mel_frames"]}
+    model = build_speechlm(
+        VOCAB, AUDIO_ID, encoder, decoder, stack_factor=2, projector="mlp", pad_token_id=PAD_ID
+    )
+    inputs = {
+        **_rows(model.audio_output_lengths(batch["mel_frames"]), batch["targets"]),
+        "features": batch["features"],
+        "feature_lengths": batch["mel_frames"],
+    }
     return model, inputs
 
 
 def _qwen2_audio(batch: dict, encoder: dict, decoder: dict, pad_to_frames: int):
     """Qwen2-Audio's encoder needs exactly 2 x max_source_positions mel frames: the batch is padded to them."""
-    audio = {k: v for k, v in encoder.items() if k != "model_type"} | {"max_source_positions": pad_to_frames // 2}
-    config = Qwen2AudioConfig(audio_config={"model_type": "qwen2_audio_encoder", **audio},
-                              text_config={**decoder, "vocab_size": VOCAB, "pad_token_id": PAD_ID},
-                              audio_token_index=AUDIO_ID)
+    audio = {k: v for k, v in encoder.items() if k != "model_type"} | {
+        "max_source_positions": pad_to_frames // 2
+    }
+    config = Qwen2AudioConfig(
+        audio_config={"model_type": "qwen2_audio_encoder", **audio},
+        text_config={**decoder, "vocab_size": VOCAB, "pad_token_id": PAD_ID},
+        audio_token_index=AUDIO_ID,
+    )
     model = Qwen2AudioForConditionalGeneration(config)
-    features = torch.nn.functional.pad(batch["features"], (0, pad_to_frames - batch["features"].shape[-1]))
+    features = torch.nn.functional.pad(
+        batch["features"], (0, pad_to_frames - batch["features"].shape[-1])
+    )
     feature_mask = frame_mask(batch["mel_frames"], pad_to_frames).long()
     audio_tokens = model.audio_tower._get_feat_extract_output_lengths(batch["mel_frames"])[1]
-    inputs = {**_rows(audio_tokens, batch["targets"]), "input_features": features, "feature_attention_mask": feature_mask}
+    inputs = {
+        **_rows(audio_tokens, batch["targets"]),
+        "input_features": features,
+        "feature_attention_mask": feature_mask,
+    }
     return model, inputs
 
 
@@ -78,6 +98,7 @@ def _step(model, inputs):
         optimizer.zero_grad(set_to_none=True)
         model(**inputs).loss.backward()
         optimizer.step()
+
     return step
 
 
@@ -87,16 +108,28 @@ def train_step_vs_qwen2_audio(steps: int = 10) -> list[dict]:
     encoder, decoder = _demo_sizes()
     ours, our_inputs = _ours(batch, encoder, decoder)
     rows = []
-    settings = {"same padded batch": int(batch["features"].shape[-1]) + int(batch["features"].shape[-1]) % 2,
-                "Qwen2-Audio as shipped (30 s padding)": 3000}
+    settings = {
+        "same padded batch": int(batch["features"].shape[-1])
+        + int(batch["features"].shape[-1]) % 2,
+        "Qwen2-Audio as shipped (30 s padding)": 3000,
+    }
     for setting, frames in settings.items():
         theirs, their_inputs = _qwen2_audio(batch, encoder, decoder, frames)
-        seconds = median_seconds({"ours": _step(ours, our_inputs), "theirs": _step(theirs, their_inputs)}, steps)
-        rows.append({"benchmark": "speechlm_train_step", "setting": setting, "unit": "ms/step",
-                     "ours": 1000 * seconds["ours"], "baseline": 1000 * seconds["theirs"],
-                     "ratio": seconds["theirs"] / seconds["ours"],
-                     "baseline_name": "transformers Qwen2AudioForConditionalGeneration",
-                     "parameters_ours": sum(p.numel() for p in ours.parameters()),
-                     "parameters_baseline": sum(p.numel() for p in theirs.parameters()),
-                     "batch": f"{BATCH} utterances, 1.5-3.5 s, {TARGET_TOKENS} target tokens"})
+        seconds = median_seconds(
+            {"ours": _step(ours, our_inputs), "theirs": _step(theirs, their_inputs)}, steps
+        )
+        rows.append(
+            {
+                "benchmark": "speechlm_train_step",
+                "setting": setting,
+                "unit": "ms/step",
+                "ours": 1000 * seconds["ours"],
+                "baseline": 1000 * seconds["theirs"],
+                "ratio": seconds["theirs"] / seconds["ours"],
+                "baseline_name": "transformers Qwen2AudioForConditionalGeneration",
+                "parameters_ours": sum(p.numel() for p in ours.parameters()),
+                "parameters_baseline": sum(p.numel() for p in theirs.parameters()),
+                "batch": f"{BATCH} utterances, 1.5-3.5 s, {TARGET_TOKENS} target tokens",
+            }
+        )
     return rows

@@ -7,6 +7,7 @@
   from frame-level streams, forward, backward, AdamW) against the same LM step on sequences built
   beforehand, so the ratio is the cost of building sequences on the fly; LM tokens per second.
 """
+
 from __future__ import annotations
 
 import time
@@ -26,8 +27,14 @@ UTTERANCES = 8
 def _demo_task():
     """The demo's datamodule and task, built on the tiny corpus (synthesised on first use) without a vocoder."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=demo_spiritlm_expressive", "data.preset=tiny",
-                                          "tokenizer.speech.decoder=null"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=demo_spiritlm_expressive",
+                "data.preset=tiny",
+                "tokenizer.speech.decoder=null",
+            ],
+        )
     datamodule, task = build(cfg)
     datamodule.prepare_data()
     datamodule.setup()
@@ -39,7 +46,9 @@ def tokenization_vs_hubert(steps: int = 10) -> list[dict]:
     records, _ = read_manifest(datamodule.corpus.manifest("val"), check_audio=False)
     waves = [load_audio(r.audio_filepath, 16000) for r in records[:UTTERANCES]]
     seconds_of_audio = sum(len(w) for w in waves) / 16000
-    hubert = HubertModel(HubertConfig(num_hidden_layers=11)).eval()  # HuBERT-base sizes up to layer 11 (mHuBERT-25Hz)
+    hubert = HubertModel(
+        HubertConfig(num_hidden_layers=11)
+    ).eval()  # HuBERT-base sizes up to layer 11 (mHuBERT-25Hz)
     centroids = torch.randn(500, hubert.config.hidden_size)
 
     def ours():
@@ -53,11 +62,18 @@ def tokenization_vs_hubert(steps: int = 10) -> list[dict]:
             torch.cdist(hidden, centroids).argmin(1)
 
     seconds = median_seconds({"ours": ours, "reference": reference}, steps, warmup=1)
-    return [{"benchmark": "spiritlm_tokenize", "setting": f"units+pitch+style, {UTTERANCES} utterances",
-             "unit": "audio s/s", "ours": seconds_of_audio / seconds["ours"],
-             "baseline": seconds_of_audio / seconds["reference"], "ratio": seconds["reference"] / seconds["ours"],
-             "baseline_name": "HuBERT-base to layer 11 + 500-centroid assignment (the reference's unit extractor)",
-             "audio_seconds": round(seconds_of_audio, 2)}]
+    return [
+        {
+            "benchmark": "spiritlm_tokenize",
+            "setting": f"units+pitch+style, {UTTERANCES} utterances",
+            "unit": "audio s/s",
+            "ours": seconds_of_audio / seconds["ours"],
+            "baseline": seconds_of_audio / seconds["reference"],
+            "ratio": seconds["reference"] / seconds["ours"],
+            "baseline_name": "HuBERT-base to layer 11 + 500-centroid assignment (the reference's unit extractor)",
+            "audio_seconds": round(seconds_of_audio, 2),
+        }
+    ]
 
 
 def train_step_vs_prebuilt(steps: int = 10) -> list[dict]:
@@ -66,8 +82,12 @@ def train_step_vs_prebuilt(steps: int = 10) -> list[dict]:
     optimizer = torch.optim.AdamW(task.parameters(), lr=1e-4)
 
     def sequences():
-        return [task.sequences.build(batch["text"][i], batch["words"][i], task.item_streams(batch, i), task.rng)[0]
-                for i in range(len(batch["id"]))]
+        return [
+            task.sequences.build(
+                batch["text"][i], batch["words"][i], task.item_streams(batch, i), task.rng
+            )[0]
+            for i in range(len(batch["id"]))
+        ]
 
     prebuilt = sequences()
 
@@ -80,9 +100,20 @@ def train_step_vs_prebuilt(steps: int = 10) -> list[dict]:
     start = time.perf_counter()
     tokens = sum(len(s) for _ in range(20) for s in sequences()) / 20
     build_ms = (time.perf_counter() - start) / 20 * 1000
-    seconds = median_seconds({"ours": lambda: lm_step(sequences()), "prebuilt": lambda: lm_step(prebuilt)}, steps)
-    return [{"benchmark": "spiritlm_train_step", "setting": f"batch {len(batch['id'])}, built each step",
-             "unit": "tokens/s", "ours": tokens / seconds["ours"], "baseline": tokens / seconds["prebuilt"],
-             "ratio": seconds["prebuilt"] / seconds["ours"], "baseline_name": "the same LM step on prebuilt sequences",
-             "tokens_per_step": tokens, "sequence_build_ms": round(build_ms, 2),
-             "parameters": sum(p.numel() for p in task.parameters())}]
+    seconds = median_seconds(
+        {"ours": lambda: lm_step(sequences()), "prebuilt": lambda: lm_step(prebuilt)}, steps
+    )
+    return [
+        {
+            "benchmark": "spiritlm_train_step",
+            "setting": f"batch {len(batch['id'])}, built each step",
+            "unit": "tokens/s",
+            "ours": tokens / seconds["ours"],
+            "baseline": tokens / seconds["prebuilt"],
+            "ratio": seconds["prebuilt"] / seconds["ours"],
+            "baseline_name": "the same LM step on prebuilt sequences",
+            "tokens_per_step": tokens,
+            "sequence_build_ms": round(build_ms, 2),
+            "parameters": sum(p.numel() for p in task.parameters()),
+        }
+    ]

@@ -1,4 +1,5 @@
 """Entry points. They only compose configs (Hydra) and hand them to `tasks`."""
+
 import os
 from pathlib import Path
 

@@ -1,8 +1,9 @@
 """slmlab-bench: run the benchmarks (all, or those named) and write outputs/bench/<time>.json.
 
-    slmlab-bench                          every benchmark
-    slmlab-bench speechlm_train_step --steps 20
+slmlab-bench                          every benchmark
+slmlab-bench speechlm_train_step --steps 20
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,12 @@ from slmlab.cli import REPO_ROOT
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="slmlab-bench", description=__doc__.split("\n")[0])
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
-    parser.add_argument("--steps", type=int, default=10, help="timed repetitions per candidate (median reported)")
+    parser.add_argument(
+        "names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=10, help="timed repetitions per candidate (median reported)"
+    )
     parser.add_argument("--out", type=Path, default=Path(REPO_ROOT) / "outputs" / "bench")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(BENCHMARKS))
@@ -30,8 +35,10 @@ def main(argv: list[str] | None = None) -> None:
         rows += getattr(importlib.import_module(module), function)(steps=args.steps)
     print(f"{'benchmark':24} {'setting':40} {'ours':>10} {'baseline':>10} {'unit':>8} {'ratio':>7}")
     for row in rows:
-        print(f"{row['benchmark']:24} {row['setting']:40} {row['ours']:10.1f} {row['baseline']:10.1f} {row['unit']:>8} "
-              f"{row['ratio']:7.2f}")
+        print(
+            f"{row['benchmark']:24} {row['setting']:40} {row['ours']:10.1f} {row['baseline']:10.1f} {row['unit']:>8} "
+            f"{row['ratio']:7.2f}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / time.strftime("%Y-%m-%d_%H-%M-%S.json")
     path.write_text(json.dumps(rows, indent=2))

@@ -1,8 +1,9 @@
 """slmlab-compare: a sweep's run folders -> the study's report (slmlab.eval.compare).
 
-    slmlab-compare                                   (the latest compare_tiny sweep -> experiments/compare_tiny/)
-    slmlab-compare sweep_dir=outputs/compare_tiny/multiruns/<time> study=compare_tiny
+slmlab-compare                                   (the latest compare_tiny sweep -> experiments/compare_tiny/)
+slmlab-compare sweep_dir=outputs/compare_tiny/multiruns/<time> study=compare_tiny
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,10 @@ from slmlab.eval.compare import write_report
 def latest_sweep(log_dir: str, study: str) -> Path:
     sweeps = sorted((Path(log_dir) / study / "multiruns").glob("*"))
     if not sweeps:
-        raise FileNotFoundError(f"no sweep under {Path(log_dir) / study / 'multiruns'}; run "
-                                f"`slmlab-train -m experiment={study}` first, or pass sweep_dir=")
+        raise FileNotFoundError(
+            f"no sweep under {Path(log_dir) / study / 'multiruns'}; run "
+            f"`slmlab-train -m experiment={study}` first, or pass sweep_dir="
+        )
     return sweeps[-1]
 
 

@@ -1,9 +1,10 @@
 """slmlab-prepare: synthesise or convert the corpus, fit the tokenizers, fill the token cache.
 
-    slmlab-prepare data=synthetic data.preset=default
-    slmlab-prepare data=librispeech data.source=/data/LibriSpeech
-    slmlab-prepare model=csm evaluate=true      (also fit the codec, the judge ASR and the style classifier)
+slmlab-prepare data=synthetic data.preset=default
+slmlab-prepare data=librispeech data.source=/data/LibriSpeech
+slmlab-prepare model=csm evaluate=true      (also fit the codec, the judge ASR and the style classifier)
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,11 @@ def main(cfg: DictConfig) -> None:
     if cfg.get("evaluate"):  # the judges of slmlab-eval, fitted once per corpus
         instantiate(cfg.eval.judge, corpus=datamodule.corpus)
         instantiate(cfg.eval.style_classifier, corpus=datamodule.corpus)
-    summary = {"corpus": str(datamodule.corpus.root), "seconds": round(time.perf_counter() - started, 1),
-               "data": datamodule.summary()}
+    summary = {
+        "corpus": str(datamodule.corpus.root),
+        "seconds": round(time.perf_counter() - started, 1),
+        "data": datamodule.summary(),
+    }
     log.info("prepared: %s", json.dumps(summary))
     print(json.dumps(summary, indent=2))
 

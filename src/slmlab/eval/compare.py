@@ -5,6 +5,7 @@ A run folder holds `.hydra/config.yaml`, `metrics.json` (training figures, and `
 one per arm with mean and spread), `README.md` (question, commands, tables, reading, judge floor),
 `val_curves.png` and `metrics.png`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,12 +32,30 @@ TRAINING = {
     "test_loss": ("test loss (own units)", ("metrics", "test/loss")),
 }
 TABLES = {
-    "Speech and text generation (judge ASR for speech output)":
-        ["asr_wer", "asr_cer", "tts_wer", "tts_cer", "resynthesis_wer", "style_accuracy", "resynthesis_style_accuracy"],
-    "Likelihoods and zero-shot probes": ["text_ppl", "speech_nats_per_second", "lexical_text", "syntactic_text",
-                                         "lexical_speech", "syntactic_speech"],
-    "Efficiency (this machine)": ["parameters", "train_tokens_per_second", "peak_memory_mb", "train_minutes",
-                                  "generation_rtf"],
+    "Speech and text generation (judge ASR for speech output)": [
+        "asr_wer",
+        "asr_cer",
+        "tts_wer",
+        "tts_cer",
+        "resynthesis_wer",
+        "style_accuracy",
+        "resynthesis_style_accuracy",
+    ],
+    "Likelihoods and zero-shot probes": [
+        "text_ppl",
+        "speech_nats_per_second",
+        "lexical_text",
+        "syntactic_text",
+        "lexical_speech",
+        "syntactic_speech",
+    ],
+    "Efficiency (this machine)": [
+        "parameters",
+        "train_tokens_per_second",
+        "peak_memory_mb",
+        "train_minutes",
+        "generation_rtf",
+    ],
 }
 LABELS = {**{k: k for k in METRICS}, **{k: label for k, (label, _) in TRAINING.items()}}
 
@@ -68,15 +87,27 @@ def read_run(folder: Path) -> Run:
     for name, (_, path) in TRAINING.items():
         value = _get(record, path)
         if value is not None and name == "peak_memory_mb":
-            value = value / 2 ** 20
+            value = value / 2**20
         if value is not None and name == "train_minutes":
             value = value / 60
         values[name] = value
     values.update({k: _get(record, ("eval", "metrics", k)) for k in METRICS})
     arm = cfg.model.get("name") or cfg.model.task._target_.rsplit(".", 1)[-1]
-    budget = {"steps": OmegaConf.select(cfg, "trainer.max_steps"), "batch": OmegaConf.select(cfg, "datamodule.batch_size"),
-              "corpus": OmegaConf.select(cfg, "data.preset"), **(_get(record, ("eval", "settings")) or {})}
-    return Run(folder, arm, int(cfg.seed), values, _get(record, ("eval", "baselines")) or {}, read_curve(folder), budget)
+    budget = {
+        "steps": OmegaConf.select(cfg, "trainer.max_steps"),
+        "batch": OmegaConf.select(cfg, "datamodule.batch_size"),
+        "corpus": OmegaConf.select(cfg, "data.preset"),
+        **(_get(record, ("eval", "settings")) or {}),
+    }
+    return Run(
+        folder,
+        arm,
+        int(cfg.seed),
+        values,
+        _get(record, ("eval", "baselines")) or {},
+        read_curve(folder),
+        budget,
+    )
 
 
 def read_curve(folder: Path, tag: str = "val/loss") -> list[tuple[int, float]]:
@@ -103,21 +134,33 @@ def find_runs(sweep_dir: Path) -> tuple[list[Run], list[str]]:
             continue
         runs.append(read_run(folder))
     if not runs:
-        raise FileNotFoundError(f"no finished runs (with .hydra/config.yaml and metrics.json) under {sweep_dir}")
+        raise FileNotFoundError(
+            f"no finished runs (with .hydra/config.yaml and metrics.json) under {sweep_dir}"
+        )
     return runs, skipped
 
 
 def aggregate(runs: list[Run]) -> dict[str, dict[str, tuple[float, float, int] | None]]:
     """arm -> metric -> (mean, sample standard deviation (0 for one seed), seeds) or None (not applicable)."""
-    arms = sorted({r.arm for r in runs}, key=lambda a: (ARM_ORDER.index(a) if a in ARM_ORDER else len(ARM_ORDER), a))
+    arms = sorted(
+        {r.arm for r in runs},
+        key=lambda a: (ARM_ORDER.index(a) if a in ARM_ORDER else len(ARM_ORDER), a),
+    )
     table = {}
     for arm in arms:
         of_arm = [r for r in runs if r.arm == arm]
         table[arm] = {}
         for name in LABELS:
             values = [r.values[name] for r in of_arm if r.values.get(name) is not None]
-            table[arm][name] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0,
-                                len(values)) if values else None
+            table[arm][name] = (
+                (
+                    statistics.fmean(values),
+                    statistics.stdev(values) if len(values) > 1 else 0.0,
+                    len(values),
+                )
+                if values
+                else None
+            )
     return table
 
 
@@ -127,7 +170,13 @@ def format_cell(name: str, cell: tuple[float, float, int] | None) -> str:
     mean, spread, n = cell
     if name == "parameters":
         return f"{mean / 1e6:.2f} M"
-    digits = 0 if name in ("train_tokens_per_second", "peak_memory_mb") else 1 if name in ("train_minutes", "text_ppl") else 3
+    digits = (
+        0
+        if name in ("train_tokens_per_second", "peak_memory_mb")
+        else 1
+        if name in ("train_minutes", "text_ppl")
+        else 3
+    )
     text = f"{mean:,.{digits}f}"
     return f"{text} ± {spread:,.{digits}f}" if n > 1 else text
 
@@ -138,11 +187,22 @@ def write_csv(path: Path, runs: list[Run], table: dict) -> None:
         writer = csv.writer(f)
         writer.writerow(["arm", "seed", "run", *names])
         for r in sorted(runs, key=lambda r: (r.arm, r.seed)):
-            writer.writerow([r.arm, r.seed, str(r.folder), *["" if r.values.get(n) is None else r.values[n] for n in names]])
+            writer.writerow(
+                [
+                    r.arm,
+                    r.seed,
+                    str(r.folder),
+                    *["" if r.values.get(n) is None else r.values[n] for n in names],
+                ]
+            )
         for arm, cells in table.items():
             n = max((c[2] for c in cells.values() if c), default=0)
-            writer.writerow([arm, f"mean of {n}", "", *["" if cells[k] is None else cells[k][0] for k in names]])
-            writer.writerow([arm, f"std of {n}", "", *["" if cells[k] is None else cells[k][1] for k in names]])
+            writer.writerow(
+                [arm, f"mean of {n}", "", *["" if cells[k] is None else cells[k][0] for k in names]]
+            )
+            writer.writerow(
+                [arm, f"std of {n}", "", *["" if cells[k] is None else cells[k][1] for k in names]]
+            )
 
 
 def markdown_tables(table: dict) -> str:
@@ -151,39 +211,64 @@ def markdown_tables(table: dict) -> str:
         parts.append(f"**{title}**\n")
         parts.append("| arm | " + " | ".join(LABELS[n] for n in names) + " |")
         parts.append("|---" * (len(names) + 1) + "|")
-        parts += [f"| {arm} | " + " | ".join(format_cell(n, cells[n]) for n in names) + " |" for arm, cells in table.items()]
+        parts += [
+            f"| {arm} | " + " | ".join(format_cell(n, cells[n]) for n in names) + " |"
+            for arm, cells in table.items()
+        ]
         parts.append("")
     return "\n".join(parts)
 
 
 def reading(table: dict, baselines: dict) -> list[str]:
     """One line per speech metric: the best arm, and whether each arm beats the metric's trivial baseline."""
-    trivial = {"asr_wer": baselines.get("trivial_wer"), "asr_cer": baselines.get("trivial_cer"),
-               "tts_wer": baselines.get("trivial_wer"), "tts_cer": baselines.get("trivial_cer"),
-               "lexical_text": 0.5, "syntactic_text": 0.5, "lexical_speech": 0.5, "syntactic_speech": 0.5,
-               "style_accuracy": baselines.get("style_majority"), "resynthesis_style_accuracy": baselines.get("style_majority")}
+    trivial = {
+        "asr_wer": baselines.get("trivial_wer"),
+        "asr_cer": baselines.get("trivial_cer"),
+        "tts_wer": baselines.get("trivial_wer"),
+        "tts_cer": baselines.get("trivial_cer"),
+        "lexical_text": 0.5,
+        "syntactic_text": 0.5,
+        "lexical_speech": 0.5,
+        "syntactic_speech": 0.5,
+        "style_accuracy": baselines.get("style_majority"),
+        "resynthesis_style_accuracy": baselines.get("style_majority"),
+    }
     lines = []
     for name, base in trivial.items():
         scored = {arm: cells[name] for arm, cells in table.items() if cells[name] is not None}
         if not scored or base is None:
             continue
         lower = METRICS[name][1] == "lower"
-        margin = 0.05  # "clearly better": by more than 0.05 and more than twice the spread over seeds
+        margin = (
+            0.05  # "clearly better": by more than 0.05 and more than twice the spread over seeds
+        )
         verdicts = []
         for arm, (mean, spread, _) in scored.items():
             gain = (base - mean) if lower else (mean - base)
-            verdicts.append(f"{arm} {mean:.3f} ({'beats' if gain > max(margin, 2 * spread) else 'does not clearly beat'} it)")
+            verdicts.append(
+                f"{arm} {mean:.3f} ({'beats' if gain > max(margin, 2 * spread) else 'does not clearly beat'} it)"
+            )
         best = (min if lower else max)(scored, key=lambda a: scored[a][0])
-        lines.append(f"- **{name}** (trivial {base:.3f}): best {best}; " + ", ".join(verdicts) + ".")
+        lines.append(
+            f"- **{name}** (trivial {base:.3f}): best {best}; " + ", ".join(verdicts) + "."
+        )
     return lines
 
 
 def plot_curves(path: Path, runs: list[Run]) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = list(dict.fromkeys(r.arm for r in sorted(runs, key=lambda r: ARM_ORDER.index(r.arm) if r.arm in ARM_ORDER else 99)))
+    arms = list(
+        dict.fromkeys(
+            r.arm
+            for r in sorted(
+                runs, key=lambda r: ARM_ORDER.index(r.arm) if r.arm in ARM_ORDER else 99
+            )
+        )
+    )
     figure, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3), squeeze=False)
     for axis, arm in zip(axes[0], arms):
         for r in (r for r in runs if r.arm == arm):
@@ -200,13 +285,20 @@ def plot_curves(path: Path, runs: list[Run]) -> None:
 
 def plot_metrics(path: Path, table: dict, baselines: dict) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [n for n in METRICS if any(cells[n] for cells in table.values())]
-    lines = {"asr_wer": "trivial_wer", "tts_wer": "trivial_wer", "asr_cer": "trivial_cer", "tts_cer": "trivial_cer",
-             "resynthesis_wer": "trivial_wer", "style_accuracy": "style_majority",
-             "resynthesis_style_accuracy": "style_majority"}
+    lines = {
+        "asr_wer": "trivial_wer",
+        "tts_wer": "trivial_wer",
+        "asr_cer": "trivial_cer",
+        "tts_cer": "trivial_cer",
+        "resynthesis_wer": "trivial_wer",
+        "style_accuracy": "style_majority",
+        "resynthesis_style_accuracy": "style_majority",
+    }
     columns = 4
     rows = max(1, math.ceil(len(names) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False)
@@ -218,19 +310,35 @@ def plot_metrics(path: Path, table: dict, baselines: dict) -> None:
         for bar, arm in zip(bars, arms):
             if table[arm][name] is None:
                 bar.set_alpha(0)
-                axis.text(bar.get_x() + bar.get_width() / 2, 0, "n/a", ha="center", va="bottom", fontsize=7)
-        baseline = 0.5 if name.startswith(("lexical", "syntactic")) else baselines.get(lines.get(name, ""))
+                axis.text(
+                    bar.get_x() + bar.get_width() / 2,
+                    0,
+                    "n/a",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+        baseline = (
+            0.5 if name.startswith(("lexical", "syntactic")) else baselines.get(lines.get(name, ""))
+        )
         if baseline is not None:
             axis.axhline(baseline, color="tab:red", linestyle="--", linewidth=1)
-        floor = baselines.get("judge_" + name.split("_")[-1]) if name.startswith(("tts", "resynthesis")) else None
+        floor = (
+            baselines.get("judge_" + name.split("_")[-1])
+            if name.startswith(("tts", "resynthesis"))
+            else None
+        )
         if floor is not None:
             axis.axhline(floor, color="tab:green", linestyle=":", linewidth=1)
         axis.set_xticks(range(len(arms)), arms, rotation=35, ha="right", fontsize=7)
         axis.set_title(name, fontsize=9)
-    for axis in list(axes.flat)[len(names):]:
+    for axis in list(axes.flat)[len(names) :]:
         axis.axis("off")
-    figure.suptitle("mean ± std over seeds; red dashes: the trivial baseline (chance, majority style, empty or "
-                    "constant output); green dots: the judge's WER/CER on real audio", fontsize=9)
+    figure.suptitle(
+        "mean ± std over seeds; red dashes: the trivial baseline (chance, majority style, empty or "
+        "constant output); green dots: the judge's WER/CER on real audio",
+        fontsize=9,
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -242,15 +350,22 @@ def budget_line(runs: list[Run]) -> str:
     values = {k: sorted({str(r.budget.get(k)) for r in runs}) for k in keys}
     text = {k: " / ".join(v) for k, v in values.items()}
     shared = all(len(v) == 1 for v in values.values())
-    return (f"Budget, from the runs' configs ({'the same for every arm' if shared else 'NOT the same for every arm'}): "
-            f"{text['steps']} optimisation steps of {text['batch']} utterances on the `{text['corpus']}` corpus; the "
-            f"checkpoint with the best `val/loss` is evaluated on {text['utterances']} test utterances (ASR, TTS, "
-            f"likelihoods), {text['style_prompts']} style prompts and {text['probe_pairs'].replace('None', 'all')} "
-            "pairs per probe.")
+    return (
+        f"Budget, from the runs' configs ({'the same for every arm' if shared else 'NOT the same for every arm'}): "
+        f"{text['steps']} optimisation steps of {text['batch']} utterances on the `{text['corpus']}` corpus; the "
+        f"checkpoint with the best `val/loss` is evaluated on {text['utterances']} test utterances (ASR, TTS, "
+        f"likelihoods), {text['style_prompts']} style prompts and {text['probe_pairs'].replace('None', 'all')} "
+        "pairs per probe."
+    )
 
 
-def write_report(sweep_dir: str | Path, out_dir: str | Path, question: str, commands: list[str],
-                 project_readme: str | Path | None = None) -> dict:
+def write_report(
+    sweep_dir: str | Path,
+    out_dir: str | Path,
+    question: str,
+    commands: list[str],
+    project_readme: str | Path | None = None,
+) -> dict:
     """Aggregate the runs under `sweep_dir` into `out_dir` (and its tables into `project_readme`, between
     markers); return the aggregated table."""
     runs, skipped = find_runs(Path(sweep_dir))
@@ -262,39 +377,77 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, question: str, comm
     plot_curves(out_dir / "val_curves.png", runs)
     plot_metrics(out_dir / "metrics.png", table, baselines)
     seeds = sorted({r.seed for r in runs})
-    floor = (f"The judge ASR's WER on the real audio of the {baselines.get('judge_utterances', 'evaluated')} test "
-             f"utterances the arms are scored on is **{baselines['judge_wer']:.3f}** (CER "
-             f"{baselines.get('judge_cer', float('nan')):.3f}): the error of the measuring instrument itself, which "
-             "speech outputs are not expected to beat. " if "judge_wer" in baselines else "No run was evaluated. ")
-    style = (f"The style classifier is right on {baselines['style_classifier_accuracy']:.3f} of real test crops "
-             f"(chance {baselines.get('style_chance', 0):.3f}, majority {baselines.get('style_majority', 0):.3f}). "
-             if "style_classifier_accuracy" in baselines else "")
-    trivial = (f"The trivial outputs (empty, the most frequent word, or a random training sentence, for every "
-               f"utterance) score at best WER {baselines['trivial_wer']:.3f} ({baselines.get('trivial_wer_output', '')}) and "
-               f"CER {baselines.get('trivial_cer', 1.0):.3f} ({baselines.get('trivial_cer_output', '')})."
-               if "trivial_wer" in baselines else "")
-    text = "\n".join([
-        f"# {out_dir.name}", "", "## Question", "", question.strip(), "",
-        "## Commands", "", "```", *commands, "```", "",
-        budget_line(runs), "",
-        f"## Results ({len(runs)} runs; seeds {', '.join(map(str, seeds))}; mean ± std over seeds where more than one)", "",
-        markdown_tables(table),
-        "n/a: the arm cannot produce the metric (it models no such input or output), not a zero. "
-        "WER/CER: lower is better; probes and style: accuracy, higher is better. Read across arms with care: "
-        "`speech_nats_per_second` counts each arm's own speech tokens (CSM: every code of every codec frame and "
-        "the end frame; Spirit LM: de-duplicated units, and for Expressive pitch and style tokens); "
-        "`style_accuracy` is a speech continuation for Spirit LM and a new sentence spoken with the prompt as "
-        "context for CSM; train tokens/s counts each arm's own input positions.", "",
-        "![validation curves](val_curves.png)", "", "![metrics](metrics.png)", "",
-        "## Judge floor and trivial baselines", "", floor + style + trivial, "",
-        "## Reading", "", *reading(table, baselines), "",
-        *([f"Skipped folders: {', '.join(skipped)}", ""] if skipped else []),
-        "Every figure is in `results.csv` (one row per run, then the mean and std per arm).", "",
-    ])
+    floor = (
+        f"The judge ASR's WER on the real audio of the {baselines.get('judge_utterances', 'evaluated')} test "
+        f"utterances the arms are scored on is **{baselines['judge_wer']:.3f}** (CER "
+        f"{baselines.get('judge_cer', float('nan')):.3f}): the error of the measuring instrument itself, which "
+        "speech outputs are not expected to beat. "
+        if "judge_wer" in baselines
+        else "No run was evaluated. "
+    )
+    style = (
+        f"The style classifier is right on {baselines['style_classifier_accuracy']:.3f} of real test crops "
+        f"(chance {baselines.get('style_chance', 0):.3f}, majority {baselines.get('style_majority', 0):.3f}). "
+        if "style_classifier_accuracy" in baselines
+        else ""
+    )
+    trivial = (
+        f"The trivial outputs (empty, the most frequent word, or a random training sentence, for every "
+        f"utterance) score at best WER {baselines['trivial_wer']:.3f} ({baselines.get('trivial_wer_output', '')}) and "
+        f"CER {baselines.get('trivial_cer', 1.0):.3f} ({baselines.get('trivial_cer_output', '')})."
+        if "trivial_wer" in baselines
+        else ""
+    )
+    text = "\n".join(
+        [
+            f"# {out_dir.name}",
+            "",
+            "## Question",
+            "",
+            question.strip(),
+            "",
+            "## Commands",
+            "",
+            "```",
+            *commands,
+            "```",
+            "",
+            budget_line(runs),
+            "",
+            f"## Results ({len(runs)} runs; seeds {', '.join(map(str, seeds))}; "
+            "mean ± std over seeds where more than one)",
+            "",
+            markdown_tables(table),
+            "n/a: the arm cannot produce the metric (it models no such input or output), not a zero. "
+            "WER/CER: lower is better; probes and style: accuracy, higher is better. Read across arms with care: "
+            "`speech_nats_per_second` counts each arm's own speech tokens (CSM: every code of every codec frame and "
+            "the end frame; Spirit LM: de-duplicated units, and for Expressive pitch and style tokens); "
+            "`style_accuracy` is a speech continuation for Spirit LM and a new sentence spoken with the prompt as "
+            "context for CSM; train tokens/s counts each arm's own input positions.",
+            "",
+            "![validation curves](val_curves.png)",
+            "",
+            "![metrics](metrics.png)",
+            "",
+            "## Judge floor and trivial baselines",
+            "",
+            floor + style + trivial,
+            "",
+            "## Reading",
+            "",
+            *reading(table, baselines),
+            "",
+            *([f"Skipped folders: {', '.join(skipped)}", ""] if skipped else []),
+            "Every figure is in `results.csv` (one row per run, then the mean and std per arm).",
+            "",
+        ]
+    )
     (out_dir / "README.md").write_text(text)
     log.info("report for %d runs (%d skipped) -> %s", len(runs), len(skipped), out_dir)
     if project_readme is not None:
-        copy_into_readme(Path(project_readme), out_dir, markdown_tables(table) + "\n" + floor + trivial)
+        copy_into_readme(
+            Path(project_readme), out_dir, markdown_tables(table) + "\n" + floor + trivial
+        )
     return table
 
 

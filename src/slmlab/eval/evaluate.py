@@ -11,6 +11,7 @@ report prints n/a), never zero. Waveforms go in and come out at the task's `samp
     continue_speech(prompt, seconds, ...) -> wav       style preservation of a continuation
     resynthesise(wav) -> wav                           the arm's ceiling: its speech tokens and decoder alone
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,12 @@ import torch
 import torchaudio.functional as AF
 
 from slmlab.data.manifest import audio_path, load_audio, read_manifest
-from slmlab.eval.metrics import classification_accuracy, error_rates, pair_accuracy, trivial_error_rates
+from slmlab.eval.metrics import (
+    classification_accuracy,
+    error_rates,
+    pair_accuracy,
+    trivial_error_rates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +41,30 @@ METRICS = {
     "asr_cer": ("speech -> text CER on test audio", "lower"),
     "tts_wer": ("text -> speech: the judge's WER on the generated audio", "lower"),
     "tts_cer": ("text -> speech: the judge's CER on the generated audio", "lower"),
-    "resynthesis_wer": ("the judge's WER on test audio through the arm's speech tokens and decoder", "lower"),
+    "resynthesis_wer": (
+        "the judge's WER on test audio through the arm's speech tokens and decoder",
+        "lower",
+    ),
     "text_ppl": ("test text perplexity per BPE token", "lower"),
-    "speech_nats_per_second": ("test speech negative log-likelihood, nats per second of audio", "lower"),
+    "speech_nats_per_second": (
+        "test speech negative log-likelihood, nats per second of audio",
+        "lower",
+    ),
     "lexical_text": ("word vs. non-word accuracy from text likelihoods (chance 0.5)", "higher"),
-    "syntactic_text": ("grammatical vs. ungrammatical accuracy from text likelihoods (chance 0.5)", "higher"),
+    "syntactic_text": (
+        "grammatical vs. ungrammatical accuracy from text likelihoods (chance 0.5)",
+        "higher",
+    ),
     "lexical_speech": ("word vs. non-word accuracy from speech likelihoods (chance 0.5)", "higher"),
-    "syntactic_speech": ("grammatical vs. ungrammatical accuracy from speech likelihoods (chance 0.5)", "higher"),
+    "syntactic_speech": (
+        "grammatical vs. ungrammatical accuracy from speech likelihoods (chance 0.5)",
+        "higher",
+    ),
     "style_accuracy": ("style of a speech continuation = style of its prompt", "higher"),
-    "resynthesis_style_accuracy": ("style of the prompts through the arm's speech tokens and decoder (the ceiling)", "higher"),
+    "resynthesis_style_accuracy": (
+        "style of the prompts through the arm's speech tokens and decoder (the ceiling)",
+        "higher",
+    ),
     "generation_rtf": ("seconds of compute per second of generated speech", "lower"),
 }
 
@@ -52,19 +73,26 @@ METRICS = {
 class Evaluation:
     """metrics: METRICS' names -> value or None; baselines: what each metric must beat (trivial outputs,
     chance) and the judges' own figures on real audio; samples: TTS examples for TensorBoard."""
+
     metrics: dict[str, float | None]
     baselines: dict[str, float | str]
     samples: list[dict] = field(default_factory=list)
 
 
 def _load(record, sample_rate: int) -> torch.Tensor:
-    return load_audio(audio_path(record) if sample_rate > JUDGE_RATE else record.audio_filepath, sample_rate)
+    return load_audio(
+        audio_path(record) if sample_rate > JUDGE_RATE else record.audio_filepath, sample_rate
+    )
 
 
 def _to_judge(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """An arm's output waveform -> float32 at the judges' 16 kHz."""
     wave = wave.float()
-    return AF.resample(wave, sample_rate, JUDGE_RATE) if sample_rate != JUDGE_RATE and len(wave) else wave
+    return (
+        AF.resample(wave, sample_rate, JUDGE_RATE)
+        if sample_rate != JUDGE_RATE and len(wave)
+        else wave
+    )
 
 
 def _probe_pairs(corpus, name: str, limit: int | None) -> list[tuple[object, object]]:
@@ -72,7 +100,9 @@ def _probe_pairs(corpus, name: str, limit: int | None) -> list[tuple[object, obj
     rows_path = Path(corpus.root) / "probes" / f"{name}.jsonl"
     if not rows_path.is_file():
         return []
-    records, _ = read_manifest(Path(corpus.root) / "probes" / f"{name}_audio.jsonl", check_audio=False)
+    records, _ = read_manifest(
+        Path(corpus.root) / "probes" / f"{name}_audio.jsonl", check_audio=False
+    )
     by_id = {r.id: r for r in records}
     with open(rows_path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
@@ -85,14 +115,33 @@ class Evaluator:
     utterances: test utterances for ASR, TTS and likelihoods; style_prompts: prompts of the style probe;
     probe_pairs: pairs per probe (None: all; a corpus without `probes/` has no probe metrics)."""
 
-    def __init__(self, corpus, judge, style_classifier, utterances: int = 48, style_prompts: int = 32,
-                 probe_pairs: int | None = None, probe_score: str = "sum", continuation_seconds: float = 2.0,
-                 max_seconds: float = 8.0, tensorboard_samples: int = 2) -> None:
+    def __init__(
+        self,
+        corpus,
+        judge,
+        style_classifier,
+        utterances: int = 48,
+        style_prompts: int = 32,
+        probe_pairs: int | None = None,
+        probe_score: str = "sum",
+        continuation_seconds: float = 2.0,
+        max_seconds: float = 8.0,
+        tensorboard_samples: int = 2,
+    ) -> None:
         if probe_score not in ("mean", "sum"):
             raise ValueError(f"eval.probe_score must be mean or sum; got {probe_score!r}")
         self.corpus, self.judge, self.style_classifier = corpus, judge, style_classifier
-        self.utterances, self.style_prompts, self.probe_pairs, self.probe_score = utterances, style_prompts, probe_pairs, probe_score
-        self.continuation_seconds, self.max_seconds, self.tensorboard_samples = continuation_seconds, max_seconds, tensorboard_samples
+        self.utterances, self.style_prompts, self.probe_pairs, self.probe_score = (
+            utterances,
+            style_prompts,
+            probe_pairs,
+            probe_score,
+        )
+        self.continuation_seconds, self.max_seconds, self.tensorboard_samples = (
+            continuation_seconds,
+            max_seconds,
+            tensorboard_samples,
+        )
         self.test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
         train, _ = read_manifest(corpus.manifest("train"), check_audio=False)
         self.train_texts = [r.text for r in train]
@@ -101,16 +150,30 @@ class Evaluator:
         """Trivial outputs, chance, and the judges on the same real test items the arms are scored on."""
         test = self.test[: self.utterances]
         trivial = trivial_error_rates([r.text for r in test], self.train_texts)
-        judged = error_rates(self.judge.transcribe([load_audio(r.audio_filepath, JUDGE_RATE) for r in test]),
-                             [r.text for r in test])
-        baselines = {"trivial_wer": trivial["wer"], "trivial_cer": trivial["cer"], "trivial_wer_output": trivial["wer_output"],
-                     "trivial_cer_output": trivial["cer_output"], "probe_chance": 0.5,
-                     "judge_wer": judged["wer"], "judge_cer": judged["cer"], "judge_utterances": len(test)}
+        judged = error_rates(
+            self.judge.transcribe([load_audio(r.audio_filepath, JUDGE_RATE) for r in test]),
+            [r.text for r in test],
+        )
+        baselines = {
+            "trivial_wer": trivial["wer"],
+            "trivial_cer": trivial["cer"],
+            "trivial_wer_output": trivial["wer_output"],
+            "trivial_cer_output": trivial["cer_output"],
+            "probe_chance": 0.5,
+            "judge_wer": judged["wer"],
+            "judge_cer": judged["cer"],
+            "judge_utterances": len(test),
+        }
         styles = [r.style for r in self.test[: self.style_prompts] if r.style]
         if self.style_classifier is not None and styles:
             rates = classification_accuracy(styles, styles)
-            baselines.update({"style_chance": rates["chance"], "style_majority": rates["majority"],
-                              "style_classifier_accuracy": self.style_classifier.report.get("accuracy")})
+            baselines.update(
+                {
+                    "style_chance": rates["chance"],
+                    "style_majority": rates["majority"],
+                    "style_classifier_accuracy": self.style_classifier.report.get("accuracy"),
+                }
+            )
         return baselines
 
     @torch.no_grad()
@@ -124,25 +187,42 @@ class Evaluator:
         needs_audio = any(hasattr(task, m) for m in ("transcribe", "score_speech", "resynthesise"))
         waves = [_load(r, rate) for r in test] if needs_audio else []
         if hasattr(task, "transcribe"):
-            hypotheses = [h for i in range(0, len(waves), 16) for h in task.transcribe(waves[i: i + 16])]
+            hypotheses = [
+                h for i in range(0, len(waves), 16) for h in task.transcribe(waves[i : i + 16])
+            ]
             rates = error_rates(hypotheses, texts)
             metrics["asr_wer"], metrics["asr_cer"] = rates["wer"], rates["cer"]
-            samples += [{"kind": "asr", "text": t, "hypothesis": h} for t, h in zip(texts, hypotheses)][: self.tensorboard_samples]
+            samples += [
+                {"kind": "asr", "text": t, "hypothesis": h} for t, h in zip(texts, hypotheses)
+            ][: self.tensorboard_samples]
         speaks = _speaks(task)
         if speaks and hasattr(task, "synthesise"):
             outputs, seconds = [], 0.0
             for text, speaker in zip(texts, speakers):
                 t0 = time.perf_counter()
-                outputs.append(_to_judge(task.synthesise(text, speaker, max_seconds=self.max_seconds), rate))
+                outputs.append(
+                    _to_judge(task.synthesise(text, speaker, max_seconds=self.max_seconds), rate)
+                )
                 seconds += time.perf_counter() - t0
             rates = error_rates(self.judge.transcribe([_nonempty(w) for w in outputs]), texts)
             metrics["tts_wer"], metrics["tts_cer"] = rates["wer"], rates["cer"]
-            metrics["generation_rtf"] = seconds / max(sum(len(w) for w in outputs) / JUDGE_RATE, 1e-6)
-            samples += [{"kind": "tts", "text": t, "generated": _nonempty(g), "reference": load_audio(r.audio_filepath, JUDGE_RATE)}
-                        for t, g, r in zip(texts, outputs, test)][: self.tensorboard_samples]
+            metrics["generation_rtf"] = seconds / max(
+                sum(len(w) for w in outputs) / JUDGE_RATE, 1e-6
+            )
+            samples += [
+                {
+                    "kind": "tts",
+                    "text": t,
+                    "generated": _nonempty(g),
+                    "reference": load_audio(r.audio_filepath, JUDGE_RATE),
+                }
+                for t, g, r in zip(texts, outputs, test)
+            ][: self.tensorboard_samples]
         if speaks and hasattr(task, "resynthesise"):
             resynthesised = [_nonempty(_to_judge(task.resynthesise(w), rate)) for w in waves]
-            metrics["resynthesis_wer"] = error_rates(self.judge.transcribe(resynthesised), texts)["wer"]
+            metrics["resynthesis_wer"] = error_rates(self.judge.transcribe(resynthesised), texts)[
+                "wer"
+            ]
         if hasattr(task, "score_texts"):
             scores = task.score_texts(texts)
             metrics["text_ppl"] = math.exp(-sum(s for s, _ in scores) / sum(n for _, n in scores))
@@ -150,31 +230,64 @@ class Evaluator:
                 pairs = _probe_pairs(self.corpus, probe, self.probe_pairs)
                 if not pairs:
                     continue
-                good, bad = task.score_texts([g.text for g, _ in pairs]), task.score_texts([b.text for _, b in pairs])
-                metrics[f"{probe}_text"] = pair_accuracy(self._probe_scores(good), self._probe_scores(bad))
+                good, bad = (
+                    task.score_texts([g.text for g, _ in pairs]),
+                    task.score_texts([b.text for _, b in pairs]),
+                )
+                metrics[f"{probe}_text"] = pair_accuracy(
+                    self._probe_scores(good), self._probe_scores(bad)
+                )
         if hasattr(task, "score_speech"):
             scores = task.score_speech(waves, speakers)
-            metrics["speech_nats_per_second"] = -sum(s for s, _ in scores) / sum(len(w) / rate for w in waves)
+            metrics["speech_nats_per_second"] = -sum(s for s, _ in scores) / sum(
+                len(w) / rate for w in waves
+            )
             for probe in ("lexical", "syntactic"):
                 pairs = _probe_pairs(self.corpus, probe, self.probe_pairs)
                 if not pairs:
                     continue
-                good = task.score_speech([_load(g, rate) for g, _ in pairs], [g.speaker for g, _ in pairs])
-                bad = task.score_speech([_load(b, rate) for _, b in pairs], [b.speaker for _, b in pairs])
-                metrics[f"{probe}_speech"] = pair_accuracy(self._probe_scores(good), self._probe_scores(bad))
+                good = task.score_speech(
+                    [_load(g, rate) for g, _ in pairs], [g.speaker for g, _ in pairs]
+                )
+                bad = task.score_speech(
+                    [_load(b, rate) for _, b in pairs], [b.speaker for _, b in pairs]
+                )
+                metrics[f"{probe}_speech"] = pair_accuracy(
+                    self._probe_scores(good), self._probe_scores(bad)
+                )
         if speaks and hasattr(task, "continue_speech") and self.style_classifier is not None:
             prompts = [r for r in self.test if r.style][: self.style_prompts]
-            continuations = [_nonempty(_to_judge(task.continue_speech(
-                _load(r, rate), seconds=self.continuation_seconds, prompt_text=r.text, speaker=r.speaker,
-                next_text=prompts[(i + 1) % len(prompts)].text), rate)) for i, r in enumerate(prompts)]
+            continuations = [
+                _nonempty(
+                    _to_judge(
+                        task.continue_speech(
+                            _load(r, rate),
+                            seconds=self.continuation_seconds,
+                            prompt_text=r.text,
+                            speaker=r.speaker,
+                            next_text=prompts[(i + 1) % len(prompts)].text,
+                        ),
+                        rate,
+                    )
+                )
+                for i, r in enumerate(prompts)
+            ]
             predicted = self.style_classifier.predict(continuations)
-            metrics["style_accuracy"] = classification_accuracy(predicted, [r.style for r in prompts])["accuracy"]
+            metrics["style_accuracy"] = classification_accuracy(
+                predicted, [r.style for r in prompts]
+            )["accuracy"]
             if hasattr(task, "resynthesise"):
-                resynthesised = [_nonempty(_to_judge(task.resynthesise(_load(r, rate)), rate)) for r in prompts]
+                resynthesised = [
+                    _nonempty(_to_judge(task.resynthesise(_load(r, rate)), rate)) for r in prompts
+                ]
                 metrics["resynthesis_style_accuracy"] = classification_accuracy(
-                    self.style_classifier.predict(resynthesised), [r.style for r in prompts])["accuracy"]
-        log.info("evaluated in %.0f s: %s", time.perf_counter() - started,
-                 json.dumps({k: v for k, v in metrics.items() if v is not None}))
+                    self.style_classifier.predict(resynthesised), [r.style for r in prompts]
+                )["accuracy"]
+        log.info(
+            "evaluated in %.0f s: %s",
+            time.perf_counter() - started,
+            json.dumps({k: v for k, v in metrics.items() if v is not None}),
+        )
         return Evaluation(metrics, self.baselines(), samples)
 
     def _probe_scores(self, scores: list[tuple[float, int]]) -> list[float]:

@@ -6,6 +6,7 @@ frozen and cached under `<corpus>/judge/`; its WER on the real test audio is the
 speech-output metric. At scale, `eval.judge.pretrained_path` names a
 local transformers recogniser (CTC or Whisper) that replaces it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,9 @@ class LogMel:
     """wav [S] at 16 kHz -> per-utterance normalised log-mel [S // 160, n_mels] at 100 Hz."""
 
     def __init__(self, n_mels: int = 80) -> None:
-        self.transform = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=n_mels)
+        self.transform = torchaudio.transforms.MelSpectrogram(
+            SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=n_mels
+        )
 
     def __call__(self, wav: torch.Tensor) -> torch.Tensor:
         mel = self.transform(wav).clamp_min(1e-6).log()[:, : max(1, len(wav) // 160)].T
@@ -45,13 +48,28 @@ class CTCRecognizer(nn.Module):
     """mel [B, T, n_mels] at 100 Hz -> character log-probs [B, T / 2**strides, 1 + len(CHARACTERS)]: stride-2
     convolutions (one gives 50 Hz, enough frames for fast speech's ~20 characters/s), then torchaudio's Conformer."""
 
-    def __init__(self, n_mels: int = 80, dim: int = 96, layers: int = 4, heads: int = 4, ffn_dim: int = 384,
-                 kernel_size: int = 15, strides: int = 1, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        n_mels: int = 80,
+        dim: int = 96,
+        layers: int = 4,
+        heads: int = 4,
+        ffn_dim: int = 384,
+        kernel_size: int = 15,
+        strides: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
-        convs = [nn.Sequential(nn.Conv1d(n_mels if i == 0 else dim, dim, 3, stride=2, padding=1), nn.GELU())
-                 for i in range(strides)]
+        convs = [
+            nn.Sequential(
+                nn.Conv1d(n_mels if i == 0 else dim, dim, 3, stride=2, padding=1), nn.GELU()
+            )
+            for i in range(strides)
+        ]
         self.subsample, self.strides = nn.Sequential(*convs), strides
-        self.conformer = torchaudio.models.Conformer(dim, heads, ffn_dim, layers, kernel_size, dropout=dropout)
+        self.conformer = torchaudio.models.Conformer(
+            dim, heads, ffn_dim, layers, kernel_size, dropout=dropout
+        )
         self.head = nn.Linear(dim, 1 + len(CHARACTERS))
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -59,7 +77,9 @@ class CTCRecognizer(nn.Module):
             lengths = (lengths - 1) // 2 + 1
         return lengths
 
-    def forward(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, mel: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.subsample(mel.transpose(1, 2)).transpose(1, 2)
         lengths = self.output_lengths(lengths).clamp(max=x.shape[1])
         x, lengths = self.conformer(x, lengths)
@@ -94,7 +114,9 @@ class Lexicon:
             from rapidfuzz import process
             from rapidfuzz.distance import Levenshtein
 
-            self._nearest[word] = process.extractOne(word, self.words, scorer=Levenshtein.distance)[0]
+            self._nearest[word] = process.extractOne(word, self.words, scorer=Levenshtein.distance)[
+                0
+            ]
         return self._nearest[word]
 
     def __call__(self, text: str) -> str:
@@ -113,16 +135,18 @@ class CTCJudge:
     def transcribe(self, waveforms: list[torch.Tensor], batch_size: int = 32) -> list[str]:
         texts = []
         for i in range(0, len(waveforms), batch_size):
-            mel, lengths = _pad([self.features(w) for w in waveforms[i: i + batch_size]])
+            mel, lengths = _pad([self.features(w) for w in waveforms[i : i + batch_size]])
             texts += greedy_ctc(*self.model(mel, lengths))
         return [self.lexicon(t) for t in texts] if self.lexicon else texts
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save({"config": self.config, "state_dict": self.model.state_dict()}, folder / "judge.pt")
+        torch.save(
+            {"config": self.config, "state_dict": self.model.state_dict()}, folder / "judge.pt"
+        )
 
     @classmethod
-    def load(cls, folder: Path) -> "CTCJudge":
+    def load(cls, folder: Path) -> CTCJudge:
         state = torch.load(folder / "judge.pt", map_location="cpu", weights_only=True)
         model = CTCRecognizer(**state["config"]["model"])
         model.load_state_dict(state["state_dict"])
@@ -137,9 +161,14 @@ class PretrainedJudge:
         from transformers import pipeline
 
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"judge ASR folder not found: {path} (slmlab never downloads; "
-                                    "save a transformers recogniser there with save_pretrained)")
-        self.path, self.pipeline = path, pipeline("automatic-speech-recognition", model=path, device="cpu")
+            raise FileNotFoundError(
+                f"judge ASR folder not found: {path} (slmlab never downloads; "
+                "save a transformers recogniser there with save_pretrained)"
+            )
+        self.path, self.pipeline = (
+            path,
+            pipeline("automatic-speech-recognition", model=path, device="cpu"),
+        )
 
     @torch.no_grad()
     def transcribe(self, waveforms: list[torch.Tensor], batch_size: int = 8) -> list[str]:
@@ -150,13 +179,21 @@ class PretrainedJudge:
 def _batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
     """Length-sorted batches in random order (little padding)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def fit_ctc_judge(waveforms: list[torch.Tensor], texts: list[str], model: dict, epochs: float = 10.0,
-                  batch_size: int = 32, lr: float = 3e-3, lexicon: bool = True, n_mels: int = 80,
-                  seed: int = 0) -> CTCJudge:
+def fit_ctc_judge(
+    waveforms: list[torch.Tensor],
+    texts: list[str],
+    model: dict,
+    epochs: float = 10.0,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    lexicon: bool = True,
+    n_mels: int = 80,
+    seed: int = 0,
+) -> CTCJudge:
     """Fit the CTC recogniser on 16 kHz waveforms [S] and their transcripts for `epochs` passes, with AdamW,
     linear warm-up over the first 10 % of the steps and cosine decay."""
     torch.manual_seed(seed)
@@ -168,8 +205,10 @@ def fit_ctc_judge(waveforms: list[torch.Tensor], texts: list[str], model: dict, 
     warmup = max(1, steps // 10)
     recognizer = CTCRecognizer(n_mels=n_mels, **model)
     optimizer = torch.optim.AdamW(recognizer.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
-                                                 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))),
+    )
     ctc = nn.CTCLoss(zero_infinity=True)
     recognizer.train()
     step, started = 0, time.perf_counter()
@@ -178,14 +217,24 @@ def fit_ctc_judge(waveforms: list[torch.Tensor], texts: list[str], model: dict, 
             mel, lengths = _pad([mels[i] for i in batch])
             log_probs, out_lengths = recognizer(mel, lengths)
             labels = torch.cat([targets[i] for i in batch])
-            loss = ctc(log_probs.transpose(0, 1), labels, out_lengths, torch.tensor([len(targets[i]) for i in batch]))
+            loss = ctc(
+                log_probs.transpose(0, 1),
+                labels,
+                out_lengths,
+                torch.tensor([len(targets[i]) for i in batch]),
+            )
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(recognizer.parameters(), 5.0)
             optimizer.step()
             schedule.step()
             if step % 250 == 0 or step == steps - 1:
-                log.info("judge step %d: CTC loss %.3f (%.0f s)", step, loss.item(), time.perf_counter() - started)
+                log.info(
+                    "judge step %d: CTC loss %.3f (%.0f s)",
+                    step,
+                    loss.item(),
+                    time.perf_counter() - started,
+                )
             step += 1
             if step == steps:
                 break
@@ -193,15 +242,30 @@ def fit_ctc_judge(waveforms: list[torch.Tensor], texts: list[str], model: dict, 
     return CTCJudge(recognizer, {"model": model, "n_mels": n_mels, "lexicon": words})
 
 
-def load_or_fit_judge(corpus, pretrained_path: str | None = None, model: dict | None = None, epochs: float = 10.0,
-                      batch_size: int = 32, lr: float = 3e-3, lexicon: bool = True, seed: int = 0):
+def load_or_fit_judge(
+    corpus,
+    pretrained_path: str | None = None,
+    model: dict | None = None,
+    epochs: float = 10.0,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    lexicon: bool = True,
+    seed: int = 0,
+):
     """The judge for `corpus`: the local recogniser at `pretrained_path`, or the CTC judge fitted on the
     corpus's train audio by the first call (saved under `<corpus>/judge/ctc_<hash>/` with `floor.json`, its
     WER and CER on the real test audio)."""
     if pretrained_path:
         return PretrainedJudge(pretrained_path)
     model = dict(model or {})
-    settings = {"model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr, "lexicon": lexicon, "seed": seed}
+    settings = {
+        "model": model,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "lexicon": lexicon,
+        "seed": seed,
+    }
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     folder = Path(corpus.root) / "judge" / f"ctc_{key}"
     if (folder / "judge.pt").is_file():
@@ -211,13 +275,26 @@ def load_or_fit_judge(corpus, pretrained_path: str | None = None, model: dict | 
     records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
     log.info("fitting the judge ASR on %d train utterances for %s epochs", len(records), epochs)
     started = time.perf_counter()
-    judge = fit_ctc_judge([load_audio(r.audio_filepath, SAMPLE_RATE) for r in records], [r.text for r in records],
-                          model, epochs=epochs, batch_size=batch_size, lr=lr, lexicon=lexicon, seed=seed)
+    judge = fit_ctc_judge(
+        [load_audio(r.audio_filepath, SAMPLE_RATE) for r in records],
+        [r.text for r in records],
+        model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lexicon=lexicon,
+        seed=seed,
+    )
     test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
     hypotheses = judge.transcribe([load_audio(r.audio_filepath, SAMPLE_RATE) for r in test])
-    judge.floor = {**error_rates(hypotheses, [r.text for r in test]), "utterances": len(test),
-                   "fit_seconds": round(time.perf_counter() - started, 1)}
-    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.partial")  # parallel jobs may fit it together
+    judge.floor = {
+        **error_rates(hypotheses, [r.text for r in test]),
+        "utterances": len(test),
+        "fit_seconds": round(time.perf_counter() - started, 1),
+    }
+    tmp = folder.with_name(
+        f"{folder.name}.{os.getpid()}.partial"
+    )  # parallel jobs may fit it together
     judge.save(tmp)
     (tmp / "floor.json").write_text(json.dumps(judge.floor, indent=2) + "\n")
     try:

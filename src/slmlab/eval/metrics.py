@@ -2,6 +2,7 @@
 
 Every function takes model outputs (texts, scores, labels), so each is testable on hand-made cases.
 """
+
 from __future__ import annotations
 
 import random
@@ -25,19 +26,33 @@ def error_rates(hypotheses: list[str], references: list[str]) -> dict[str, float
     return {"wer": float(word_error_rate(hyps, refs)), "cer": float(char_error_rate(hyps, refs))}
 
 
-def trivial_error_rates(references: list[str], training_texts: list[str], seed: int = 0) -> dict[str, float | str]:
+def trivial_error_rates(
+    references: list[str], training_texts: list[str], seed: int = 0
+) -> dict[str, float | str]:
     """The best WER and CER a system reaches without listening or reading: per metric, the better of an empty
     output (WER 1), a constant one (the most frequent training word) and a random training sentence (real
     text of the right kind, which shares characters with any reference), each for every utterance."""
     words = Counter(w for t in training_texts for w in normalise_text(t).split())
     constant = words.most_common(1)[0][0] if words else ""
     rng = random.Random(seed)
-    candidates = {"empty": {"wer": 1.0, "cer": 1.0}, f"constant '{constant}'": error_rates([constant] * len(references), references)}
+    candidates = {
+        "empty": {"wer": 1.0, "cer": 1.0},
+        f"constant '{constant}'": error_rates([constant] * len(references), references),
+    }
     if training_texts:
-        candidates["a random training sentence"] = error_rates([rng.choice(training_texts) for _ in references], references)
-    best = {metric: min(candidates, key=lambda name: candidates[name][metric]) for metric in ("wer", "cer")}
-    return {"wer": candidates[best["wer"]]["wer"], "cer": candidates[best["cer"]]["cer"],
-            "wer_output": best["wer"], "cer_output": best["cer"]}
+        candidates["a random training sentence"] = error_rates(
+            [rng.choice(training_texts) for _ in references], references
+        )
+    best = {
+        metric: min(candidates, key=lambda name: candidates[name][metric])
+        for metric in ("wer", "cer")
+    }
+    return {
+        "wer": candidates[best["wer"]]["wer"],
+        "cer": candidates[best["cer"]]["cer"],
+        "wer_output": best["wer"],
+        "cer_output": best["cer"],
+    }
 
 
 def pair_accuracy(good_scores: list[float], bad_scores: list[float]) -> float:
@@ -53,5 +68,8 @@ def classification_accuracy(predicted: list[str], labels: list[str]) -> dict[str
     if len(predicted) != len(labels) or not labels:
         raise ValueError(f"{len(predicted)} predictions for {len(labels)} labels")
     counts = Counter(labels)
-    return {"accuracy": sum(p == y for p, y in zip(predicted, labels)) / len(labels),
-            "chance": 1 / len(counts), "majority": counts.most_common(1)[0][1] / len(labels)}
+    return {
+        "accuracy": sum(p == y for p, y in zip(predicted, labels)) / len(labels),
+        "chance": 1 / len(counts),
+        "majority": counts.most_common(1)[0][1] / len(labels),
+    }

@@ -4,6 +4,7 @@ Prosody statistics of a clip (pitch level and range, voicing, loudness, spectral
 feed a multinomial logistic regression (replaces scikit-learn's `LogisticRegression`), fitted on random
 crops of the corpus's real train audio and cached under `<corpus>/judge/`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,24 +37,44 @@ def prosody_features(wav: torch.Tensor) -> torch.Tensor:
     voiced = f0[f0 > 0].log()
     if len(voiced) > 2:
         low, high = torch.quantile(voiced, torch.tensor([0.1, 0.9]))
-        slope = torch.linalg.lstsq(torch.stack([torch.arange(len(voiced)) / 100.0, torch.ones(len(voiced))], 1),
-                                   voiced[:, None]).solution[0, 0]
+        slope = torch.linalg.lstsq(
+            torch.stack([torch.arange(len(voiced)) / 100.0, torch.ones(len(voiced))], 1),
+            voiced[:, None],
+        ).solution[0, 0]
         pitch = [voiced.mean(), voiced.std(), high - low, slope.clamp(-5, 5)]
     else:
         pitch = [torch.tensor(0.0)] * 4
     mel = _MEL(wav).clamp_min(1e-6).log()[:, :frames]
     flux = (mel[:, 1:] - mel[:, :-1]).abs().mean() if mel.shape[1] > 1 else torch.tensor(0.0)
     envelope = F.avg_pool1d(energy[None, None], 5, 1, 2)[0, 0] if frames >= 5 else energy
-    peaks = ((envelope[1:-1] > envelope[:-2]) & (envelope[1:-1] >= envelope[2:]) & loud[1:-1]).sum() if frames > 2 else 0
-    return torch.stack([*pitch, (f0 > 0).float().mean(), energy[loud].mean(), energy[loud].std().nan_to_num(),
-                        flux, torch.as_tensor(peaks, dtype=torch.float) / max(frames / 100, 1e-3)]).float()
+    peaks = (
+        ((envelope[1:-1] > envelope[:-2]) & (envelope[1:-1] >= envelope[2:]) & loud[1:-1]).sum()
+        if frames > 2
+        else 0
+    )
+    return torch.stack(
+        [
+            *pitch,
+            (f0 > 0).float().mean(),
+            energy[loud].mean(),
+            energy[loud].std().nan_to_num(),
+            flux,
+            torch.as_tensor(peaks, dtype=torch.float) / max(frames / 100, 1e-3),
+        ]
+    ).float()
 
 
 class StyleClassifier:
     """`predict(waveforms at 16 kHz) -> style names`."""
 
-    def __init__(self, styles: list[str], weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
-                 std: torch.Tensor) -> None:
+    def __init__(
+        self,
+        styles: list[str],
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+    ) -> None:
         self.styles, self.weight, self.bias, self.mean, self.std = styles, weight, bias, mean, std
         self.report: dict = {}
 
@@ -65,13 +86,24 @@ class StyleClassifier:
         return [self.styles[i] for i in self.logits(features).argmax(-1).tolist()]
 
     def save(self, path: Path) -> None:
-        torch.save({"styles": self.styles, "weight": self.weight, "bias": self.bias, "mean": self.mean,
-                    "std": self.std, "report": self.report}, path)
+        torch.save(
+            {
+                "styles": self.styles,
+                "weight": self.weight,
+                "bias": self.bias,
+                "mean": self.mean,
+                "std": self.std,
+                "report": self.report,
+            },
+            path,
+        )
 
     @classmethod
-    def load(cls, path: Path) -> "StyleClassifier":
+    def load(cls, path: Path) -> StyleClassifier:
         state = torch.load(path, weights_only=True)
-        classifier = cls(state["styles"], state["weight"], state["bias"], state["mean"], state["std"])
+        classifier = cls(
+            state["styles"], state["weight"], state["bias"], state["mean"], state["std"]
+        )
         classifier.report = state["report"]
         return classifier
 
@@ -82,11 +114,12 @@ def random_crop(wav: torch.Tensor, seconds: float, generator: torch.Generator) -
     if len(wav) <= size:
         return wav
     start = int(torch.randint(0, len(wav) - size + 1, (1,), generator=generator))
-    return wav[start: start + size]
+    return wav[start : start + size]
 
 
-def fit_style_classifier(waveforms: list[torch.Tensor], labels: list[str], l2: float = 1e-3,
-                         iterations: int = 200) -> StyleClassifier:
+def fit_style_classifier(
+    waveforms: list[torch.Tensor], labels: list[str], l2: float = 1e-3, iterations: int = 200
+) -> StyleClassifier:
     """Multinomial logistic regression on standardised prosody features, by L-BFGS."""
     styles = sorted(set(labels))
     x = torch.stack([prosody_features(w) for w in waveforms])
@@ -95,7 +128,9 @@ def fit_style_classifier(waveforms: list[torch.Tensor], labels: list[str], l2: f
     z = (x - mean) / std
     weight = torch.zeros(len(styles), x.shape[1], requires_grad=True)
     bias = torch.zeros(len(styles), requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=iterations, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], max_iter=iterations, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         optimizer.zero_grad()
@@ -107,29 +142,45 @@ def fit_style_classifier(waveforms: list[torch.Tensor], labels: list[str], l2: f
     return StyleClassifier(styles, weight.detach(), bias.detach(), mean, std)
 
 
-def load_or_fit_style_classifier(corpus, crop_seconds: float = 2.0, seed: int = 0) -> StyleClassifier | None:
+def load_or_fit_style_classifier(
+    corpus, crop_seconds: float = 2.0, seed: int = 0
+) -> StyleClassifier | None:
     """Fitted on `crop_seconds` crops of the train audio (the length of a continuation) by the first call;
     its accuracy on crops of the real test audio is in `.report` (the ceiling of the probe). None when the
     train records carry no `style` (LibriSpeech, most manifests): there is nothing to classify."""
-    key = hashlib.sha1(json.dumps({"crop_seconds": crop_seconds, "seed": seed}).encode()).hexdigest()[:8]
+    key = hashlib.sha1(
+        json.dumps({"crop_seconds": crop_seconds, "seed": seed}).encode()
+    ).hexdigest()[:8]
     path = Path(corpus.root) / "judge" / f"style_{key}.pt"
     if path.is_file():
         return StyleClassifier.load(path)
-    styled = {split: [r for r in read_manifest(corpus.manifest(split), check_audio=False)[0] if r.style]
-              for split in ("train", "test")}
+    styled = {
+        split: [r for r in read_manifest(corpus.manifest(split), check_audio=False)[0] if r.style]
+        for split in ("train", "test")
+    }
     if not styled["train"]:
-        log.info("no style labels in %s: no style classifier, no style metrics", corpus.manifest("train"))
+        log.info(
+            "no style labels in %s: no style classifier, no style metrics", corpus.manifest("train")
+        )
         return None
     generator = torch.Generator().manual_seed(seed)
 
     def crops(split: str) -> tuple[list[torch.Tensor], list[str]]:
-        return ([random_crop(load_audio(r.audio_filepath, SAMPLE_RATE), crop_seconds, generator) for r in styled[split]],
-                [r.style for r in styled[split]])
+        return (
+            [
+                random_crop(load_audio(r.audio_filepath, SAMPLE_RATE), crop_seconds, generator)
+                for r in styled[split]
+            ],
+            [r.style for r in styled[split]],
+        )
 
     classifier = fit_style_classifier(*crops("train"))
     test_clips, test_labels = crops("test")
-    classifier.report = {**classification_accuracy(classifier.predict(test_clips), test_labels),
-                         "crop_seconds": crop_seconds, "test_clips": len(test_labels)}
+    classifier.report = {
+        **classification_accuracy(classifier.predict(test_clips), test_labels),
+        "crop_seconds": crop_seconds,
+        "test_clips": len(test_labels),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")  # parallel jobs: whole files only
     classifier.save(partial)

@@ -1,4 +1,5 @@
 """A transformers `LlamaForCausalLM`, built tiny from explicit sizes or loaded from a local folder."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,27 +8,46 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
-def build_llama_lm(vocab_size: int, hidden_size: int = 256, num_layers: int = 4, num_heads: int = 4,
-                   num_kv_heads: int | None = None, intermediate_size: int | None = None,
-                   max_positions: int = 1024, rope_theta: float = 10000.0, dropout: float = 0.0,
-                   pretrained_path: str | None = None, pad_token_id: int | None = None,
-                   init_device: str | None = None) -> LlamaForCausalLM:
+def build_llama_lm(
+    vocab_size: int,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+    max_positions: int = 1024,
+    rope_theta: float = 10000.0,
+    dropout: float = 0.0,
+    pretrained_path: str | None = None,
+    pad_token_id: int | None = None,
+    init_device: str | None = None,
+) -> LlamaForCausalLM:
     """From scratch: sizes as given (intermediate_size defaults to the SwiGLU 8/3 x hidden, rounded up
     to 64), on `init_device` ("meta": shapes only, to inspect a published-scale architecture without
     allocating it). From `pretrained_path` (a local `save_pretrained` folder): its sizes, with the input and
     output embeddings resized to `vocab_size` when the tokenizer has grown."""
     if pretrained_path is not None:
         if not Path(pretrained_path).is_dir():
-            raise FileNotFoundError(f"pretrained model folder not found: {pretrained_path} (slmlab never downloads)")
+            raise FileNotFoundError(
+                f"pretrained model folder not found: {pretrained_path} (slmlab never downloads)"
+            )
         model = LlamaForCausalLM.from_pretrained(pretrained_path, local_files_only=True)
         if model.get_input_embeddings().num_embeddings != vocab_size:
             model.resize_token_embeddings(vocab_size)
         return model
     intermediate_size = intermediate_size or 64 * -(-(8 * hidden_size // 3) // 64)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                         num_attention_heads=num_heads, num_key_value_heads=num_kv_heads or num_heads,
-                         intermediate_size=intermediate_size, max_position_embeddings=max_positions,
-                         rope_theta=rope_theta, attention_dropout=dropout, pad_token_id=pad_token_id,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads or num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_positions,
+        rope_theta=rope_theta,
+        attention_dropout=dropout,
+        pad_token_id=pad_token_id,
+        tie_word_embeddings=False,
+    )
     with torch.device(init_device or "cpu"):
         return LlamaForCausalLM(config)

@@ -1,12 +1,15 @@
 """SpeechLM: a transformers audio encoder -> a frame-stacking projector -> a transformers causal LM.
 
-    waveform [S] at 16 kHz --feature extractor--> input_values [S] (wav2vec2/HuBERT) or log-mel [80, F] at 100 Hz (Whisper)
-      --encoder--> states [T_enc, D_enc] (50 Hz for all three) --stack k, project--> audio embeds [ceil(T_enc/k), D_llm]
+    waveform [S] at 16 kHz --feature extractor--> input_values [S] (wav2vec2/HuBERT)
+                                                  or log-mel [80, F] at 100 Hz (Whisper)
+      --encoder--> states [T_enc, D_enc] (50 Hz for all three)
+      --stack k, project--> audio embeds [ceil(T_enc/k), D_llm]
       --placed at the <|audio|> tokens of the prompt--> decoder, loss on the transcript only.
 
 `SpeechLM` is a transformers `PreTrainedModel` with a composite config (`audio_config` + `text_config`, as
 Qwen2-Audio has), so the whole model saves and loads with `save_pretrained` / `from_pretrained`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +17,17 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForCausalLM, PretrainedConfig,
-                          PreTrainedModel, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor, WhisperModel)
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    Wav2Vec2FeatureExtractor,
+    WhisperFeatureExtractor,
+    WhisperModel,
+)
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
 from transformers.models.auto import CONFIG_MAPPING
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -24,8 +36,11 @@ AUDIO_TOKEN = "<|audio|>"
 CTC_ALPHABET = " 'abcdefghijklmnopqrstuvwxyz"
 
 
-def ctc_character_ids(texts: list[str], alphabet: str = CTC_ALPHABET) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower-cased characters -> ids 1..len(alphabet) (0 is CTC's blank), others dropped: ([B, N] padded, lengths [B])."""
+def ctc_character_ids(
+    texts: list[str], alphabet: str = CTC_ALPHABET
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower-cased characters -> ids 1..len(alphabet) (0 is CTC's blank), others dropped:
+    ([B, N] padded, lengths [B])."""
     rows = [[alphabet.index(c) + 1 for c in text.lower() if c in alphabet] for text in texts]
     ids = torch.zeros(len(rows), max(map(len, rows), default=0), dtype=torch.long)
     for i, row in enumerate(rows):
@@ -47,19 +62,32 @@ class MaskedWhisperEncoder(WhisperEncoder):
     first T positional embeddings, and a key-padding mask in every layer.
     """
 
-    def forward(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> BaseModelOutput:
-        """input_features [B, n_mels, F]; attention_mask [B, F] over mel frames -> last_hidden_state [B, ceil(F/2), D]."""
+    def forward(
+        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> BaseModelOutput:
+        """input_features [B, n_mels, F]; attention_mask [B, F] over mel frames
+        -> last_hidden_state [B, ceil(F/2), D]."""
         batch, _, num_frames = input_features.shape
-        lengths = (attention_mask.sum(-1) if attention_mask is not None
-                   else torch.full((batch,), num_frames, device=input_features.device))
+        lengths = (
+            attention_mask.sum(-1)
+            if attention_mask is not None
+            else torch.full((batch,), num_frames, device=input_features.device)
+        )
         if num_frames > 2 * self.max_source_positions:
-            raise ValueError(f"audio of {num_frames} mel frames exceeds the encoder's {2 * self.max_source_positions}")
-        x = nn.functional.gelu(self.conv1(input_features)) * frame_mask(lengths, num_frames)[:, None, :]
+            raise ValueError(
+                f"audio of {num_frames} mel frames exceeds the encoder's {2 * self.max_source_positions}"
+            )
+        x = (
+            nn.functional.gelu(self.conv1(input_features))
+            * frame_mask(lengths, num_frames)[:, None, :]
+        )
         x = nn.functional.gelu(self.conv2(x))
         valid = frame_mask(self._get_feat_extract_output_lengths(lengths), x.shape[-1])
         x = x.transpose(1, 2) * valid[..., None] + self.embed_positions.weight[: x.shape[-1]]
         x = nn.functional.dropout(x, p=self.dropout, training=self.training)
-        key_padding = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, torch.finfo(x.dtype).min)
+        key_padding = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(
+            ~valid, torch.finfo(x.dtype).min
+        )
         for layer in self.layers:
             x = layer(x, key_padding[:, None, None, :], layer_head_mask=None)[0]
         return BaseModelOutput(last_hidden_state=self.layer_norm(x))
@@ -68,18 +96,39 @@ class MaskedWhisperEncoder(WhisperEncoder):
 class StackingProjector(nn.Module):
     """[B, T, D_enc] -> [B, ceil(T/k), D_llm]: k consecutive frames concatenated, then an MLP or SwiGLU block.
 
-    mlp: LayerNorm -> Linear -> GELU -> Linear (SLAM-LLM). swiglu: RMSNorm -> Linear -> SwiGLU -> RMSNorm -> Linear (Ultravox).
+    mlp: LayerNorm -> Linear -> GELU -> Linear (SLAM-LLM).
+    swiglu: RMSNorm -> Linear -> SwiGLU -> RMSNorm -> Linear (Ultravox).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, stack_factor: int = 4, kind: str = "swiglu",
-                 hidden_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        stack_factor: int = 4,
+        kind: str = "swiglu",
+        hidden_dim: int | None = None,
+    ) -> None:
         super().__init__()
-        self.stack_factor, stacked, hidden = stack_factor, in_dim * stack_factor, hidden_dim or out_dim
+        self.stack_factor, stacked, hidden = (
+            stack_factor,
+            in_dim * stack_factor,
+            hidden_dim or out_dim,
+        )
         if kind == "mlp":
-            self.net = nn.Sequential(nn.LayerNorm(stacked), nn.Linear(stacked, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+            self.net = nn.Sequential(
+                nn.LayerNorm(stacked),
+                nn.Linear(stacked, hidden),
+                nn.GELU(),
+                nn.Linear(hidden, out_dim),
+            )
         elif kind == "swiglu":
-            self.net = nn.Sequential(nn.RMSNorm(stacked), nn.Linear(stacked, 2 * hidden), SwiGLU(), nn.RMSNorm(hidden),
-                                     nn.Linear(hidden, out_dim))
+            self.net = nn.Sequential(
+                nn.RMSNorm(stacked),
+                nn.Linear(stacked, 2 * hidden),
+                SwiGLU(),
+                nn.RMSNorm(hidden),
+                nn.Linear(hidden, out_dim),
+            )
         else:
             raise ValueError(f"unknown projector kind {kind!r}; choose mlp or swiglu")
 
@@ -115,13 +164,32 @@ class SpeechLMConfig(PretrainedConfig):
     model_type = "slmlab_speechlm"
     sub_configs = {"audio_config": AutoConfig, "text_config": AutoConfig}
 
-    def __init__(self, audio_config=None, text_config=None, stack_factor: int = 4, projector: str = "swiglu",
-                 projector_hidden: int | None = None, audio_token_id: int | None = None, lora: dict | None = None,
-                 ctc_weight: float = 0.0, ctc_alphabet: str = CTC_ALPHABET, **kwargs) -> None:
+    def __init__(
+        self,
+        audio_config=None,
+        text_config=None,
+        stack_factor: int = 4,
+        projector: str = "swiglu",
+        projector_hidden: int | None = None,
+        audio_token_id: int | None = None,
+        lora: dict | None = None,
+        ctc_weight: float = 0.0,
+        ctc_alphabet: str = CTC_ALPHABET,
+        **kwargs,
+    ) -> None:
         self.audio_config = _as_config(audio_config or {"model_type": "whisper"})
         self.text_config = _as_config(text_config or {"model_type": "qwen2"})
-        self.stack_factor, self.projector, self.projector_hidden = stack_factor, projector, projector_hidden
-        self.audio_token_id, self.lora, self.ctc_weight, self.ctc_alphabet = audio_token_id, lora, ctc_weight, ctc_alphabet
+        self.stack_factor, self.projector, self.projector_hidden = (
+            stack_factor,
+            projector,
+            projector_hidden,
+        )
+        self.audio_token_id, self.lora, self.ctc_weight, self.ctc_alphabet = (
+            audio_token_id,
+            lora,
+            ctc_weight,
+            ctc_alphabet,
+        )
         super().__init__(**kwargs)
 
 
@@ -133,7 +201,11 @@ def _as_config(config) -> PretrainedConfig:
 
 
 def _encoder_from_config(config: PretrainedConfig) -> PreTrainedModel:
-    return MaskedWhisperEncoder(config) if config.model_type == "whisper" else AutoModel.from_config(config)
+    return (
+        MaskedWhisperEncoder(config)
+        if config.model_type == "whisper"
+        else AutoModel.from_config(config)
+    )
 
 
 class SpeechLM(PreTrainedModel):
@@ -143,23 +215,40 @@ class SpeechLM(PreTrainedModel):
     base_model_prefix = "speechlm"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _tied_weights_keys = [r"lm_head\.weight"]  # decoders that tie their head to the input embeddings (GPT-2)
+    _tied_weights_keys = [
+        r"lm_head\.weight"
+    ]  # decoders that tie their head to the input embeddings (GPT-2)
 
-    def __init__(self, config: SpeechLMConfig, encoder: PreTrainedModel | None = None,
-                 decoder: PreTrainedModel | None = None) -> None:
+    def __init__(
+        self,
+        config: SpeechLMConfig,
+        encoder: PreTrainedModel | None = None,
+        decoder: PreTrainedModel | None = None,
+    ) -> None:
         super().__init__(config)
         self.encoder = encoder if encoder is not None else _encoder_from_config(config.audio_config)
-        self.decoder = decoder if decoder is not None else AutoModelForCausalLM.from_config(config.text_config)
+        self.decoder = (
+            decoder if decoder is not None else AutoModelForCausalLM.from_config(config.text_config)
+        )
         audio = config.audio_config
         audio_dim = audio.d_model if audio.model_type == "whisper" else audio.hidden_size
-        self.projector = StackingProjector(audio_dim, config.text_config.hidden_size, config.stack_factor,
-                                           config.projector, config.projector_hidden)
+        self.projector = StackingProjector(
+            audio_dim,
+            config.text_config.hidden_size,
+            config.stack_factor,
+            config.projector,
+            config.projector_hidden,
+        )
         # character CTC on the 50 Hz encoder states: direct acoustic supervision for an encoder trained from scratch
-        self.ctc_head = nn.Linear(audio_dim, len(config.ctc_alphabet) + 1) if config.ctc_weight > 0 else None
+        self.ctc_head = (
+            nn.Linear(audio_dim, len(config.ctc_alphabet) + 1) if config.ctc_weight > 0 else None
+        )
         if config.lora:
             from peft import LoraConfig, get_peft_model
 
-            self.decoder = get_peft_model(self.decoder, LoraConfig(task_type="CAUSAL_LM", **config.lora))
+            self.decoder = get_peft_model(
+                self.decoder, LoraConfig(task_type="CAUSAL_LM", **config.lora)
+            )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -175,7 +264,9 @@ class SpeechLM(PreTrainedModel):
     @property
     def input_name(self) -> str:
         """The encoder's input: `input_features` (log-mel) for Whisper, `input_values` (waveform) otherwise."""
-        return "input_features" if self.config.audio_config.model_type == "whisper" else "input_values"
+        return (
+            "input_features" if self.config.audio_config.model_type == "whisper" else "input_values"
+        )
 
     def encoder_output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
         """Encoder frames for inputs of `input_lengths` samples (or mel frames), from its convolution strides."""
@@ -185,56 +276,92 @@ class SpeechLM(PreTrainedModel):
         """Audio embeddings (= `<|audio|>` tokens) per utterance after stacking."""
         return self.projector.output_lengths(self.encoder_output_lengths(input_lengths))
 
-    def encode_audio(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features [B, S] or [B, n_mels, F], zero-padded; feature_lengths [B] -> (embeds [B, T_a, D_llm], lengths [B])."""
+    def encode_audio(
+        self, features: torch.Tensor, feature_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """features [B, S] or [B, n_mels, F], zero-padded; feature_lengths [B]
+        -> (embeds [B, T_a, D_llm], lengths [B])."""
         states, lengths = self.encoder_states(features, feature_lengths)
         return self.projector(states), self.projector.output_lengths(lengths)
 
-    def encoder_states(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encoder_states(
+        self, features: torch.Tensor, feature_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (states [B, T_enc, D_enc] at 50 Hz, zero after each utterance's end; lengths [B])."""
         mask = frame_mask(feature_lengths, features.shape[-1]).long()
         # group-normed wav2vec2 variants (wav2vec2-base) must not get a mask: they were trained on zero padding
-        use_mask = self.input_name == "input_features" or getattr(self.config.audio_config, "feat_extract_norm", "") == "layer"
-        states = self.encoder(**{self.input_name: features}, attention_mask=mask if use_mask else None).last_hidden_state
+        use_mask = (
+            self.input_name == "input_features"
+            or getattr(self.config.audio_config, "feat_extract_norm", "") == "layer"
+        )
+        states = self.encoder(
+            **{self.input_name: features}, attention_mask=mask if use_mask else None
+        ).last_hidden_state
         lengths = self.encoder_output_lengths(feature_lengths)
-        return states * frame_mask(lengths, states.shape[1])[..., None], lengths  # zeros, as an utterance alone is padded
+        return states * frame_mask(lengths, states.shape[1])[
+            ..., None
+        ], lengths  # zeros, as an utterance alone is padded
 
-    def embed_inputs(self, input_ids: torch.Tensor, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor) -> torch.Tensor:
+    def embed_inputs(
+        self, input_ids: torch.Tensor, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor
+    ) -> torch.Tensor:
         """Text embeddings with the i-th utterance's audio frames written, in order, over its `<|audio|>` tokens."""
         is_audio = input_ids == self.config.audio_token_id
         frames = audio_embeds[frame_mask(audio_lengths, audio_embeds.shape[1])]
         if int(is_audio.sum()) != len(frames):
-            raise ValueError(f"{int(is_audio.sum())} {AUDIO_TOKEN} tokens in the prompt for {len(frames)} audio frames; "
-                             "expand the placeholder with `audio_output_lengths`")
+            raise ValueError(
+                f"{int(is_audio.sum())} {AUDIO_TOKEN} tokens in the prompt for {len(frames)} audio frames; "
+                "expand the placeholder with `audio_output_lengths`"
+            )
         embeds = self.get_input_embeddings()(input_ids.masked_fill(is_audio, 0))
         return embeds.masked_scatter(is_audio[..., None], frames.to(embeds.dtype))
 
     # -- LM ---------------------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor,
-                feature_lengths: torch.Tensor, labels: torch.Tensor | None = None,
-                ctc_targets: torch.Tensor | None = None, ctc_target_lengths: torch.Tensor | None = None) -> "SpeechLMOutput":
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        features: torch.Tensor,
+        feature_lengths: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        ctc_targets: torch.Tensor | None = None,
+        ctc_target_lengths: torch.Tensor | None = None,
+    ) -> SpeechLMOutput:
         """input_ids [B, L] with ceil(T_enc/k) `<|audio|>` tokens per row; labels [B, L] (-100 where no loss);
         ctc_targets [B, N] transcript characters (`ctc_character_ids`, padded) and their lengths [B], for the CTC head.
         loss = lm_loss (+ ctc_weight x ctc_loss)."""
         states, lengths = self.encoder_states(features, feature_lengths)
         audio_embeds, audio_lengths = self.projector(states), self.projector.output_lengths(lengths)
         inputs_embeds = self.embed_inputs(input_ids, audio_embeds, audio_lengths)
-        out = self.decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels)
+        out = self.decoder(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels
+        )
         result = SpeechLMOutput(loss=out.loss, logits=out.logits, lm_loss=out.loss)
         if self.ctc_head is not None and ctc_targets is not None:
-            log_probs = self.ctc_head(states).log_softmax(-1).float().transpose(0, 1)  # [T_enc, B, V]
-            result.ctc_loss = nn.functional.ctc_loss(log_probs, ctc_targets, lengths, ctc_target_lengths,
-                                                     zero_infinity=True)
+            log_probs = (
+                self.ctc_head(states).log_softmax(-1).float().transpose(0, 1)
+            )  # [T_enc, B, V]
+            result.ctc_loss = nn.functional.ctc_loss(
+                log_probs, ctc_targets, lengths, ctc_target_lengths, zero_infinity=True
+            )
             result.loss = out.loss + self.config.ctc_weight * result.ctc_loss
         return result
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor,
-                 feature_lengths: torch.Tensor, **generate_kwargs) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        features: torch.Tensor,
+        feature_lengths: torch.Tensor,
+        **generate_kwargs,
+    ) -> torch.Tensor:
         """Left-padded prompts -> new token ids [B, N], through the decoder's `generate` (greedy, sampling, beam)."""
         audio_embeds, audio_lengths = self.encode_audio(features, feature_lengths)
         inputs_embeds = self.embed_inputs(input_ids, audio_embeds, audio_lengths)
-        return self.decoder.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
+        return self.decoder.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs
+        )
 
     # -- training set-up --------------------------------------------------------------------------------
     FREEZABLE = ("encoder", "projector", "decoder", "decoder_except_head")
@@ -247,8 +374,10 @@ class SpeechLM(PreTrainedModel):
         if unknown:
             raise ValueError(f"cannot freeze {sorted(unknown)}; choose among {self.FREEZABLE}")
         if self.config.lora and {"decoder", "decoder_except_head"} & set(parts):
-            raise ValueError("freezing the decoder would freeze its LoRA adapters too; drop it from `freeze` "
-                             "(the adapters already leave the base decoder frozen)")
+            raise ValueError(
+                "freezing the decoder would freeze its LoRA adapters too; drop it from `freeze` "
+                "(the adapters already leave the base decoder frozen)"
+            )
         for part in parts:
             module = self.decoder if part == "decoder_except_head" else getattr(self, part)
             module.requires_grad_(False)
@@ -256,34 +385,66 @@ class SpeechLM(PreTrainedModel):
             self.get_output_embeddings().requires_grad_(True)
 
 
-def build_speechlm(vocab_size: int, audio_token_id: int, encoder: dict, decoder: dict, stack_factor: int = 4,
-                   projector: str = "swiglu", projector_hidden: int | None = None, lora: dict | None = None,
-                   ctc_weight: float = 0.0, ctc_alphabet: str = CTC_ALPHABET, pad_token_id: int | None = None,
-                   bos_token_id: int | None = None,
-                   eos_token_id: int | None = None) -> SpeechLM:
+def build_speechlm(
+    vocab_size: int,
+    audio_token_id: int,
+    encoder: dict,
+    decoder: dict,
+    stack_factor: int = 4,
+    projector: str = "swiglu",
+    projector_hidden: int | None = None,
+    lora: dict | None = None,
+    ctc_weight: float = 0.0,
+    ctc_alphabet: str = CTC_ALPHABET,
+    pad_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+) -> SpeechLM:
     """encoder / decoder: `{model_type, sizes...}` for a fresh tiny model, or `{pretrained_path: <local folder>}`.
 
     A pretrained decoder has its embeddings resized when the tokenizer has grown (the `<|audio|>` token).
     """
     encoder, decoder = dict(encoder), dict(decoder)
-    encoder_path, decoder_path = encoder.pop("pretrained_path", None), decoder.pop("pretrained_path", None)
+    encoder_path, decoder_path = (
+        encoder.pop("pretrained_path", None),
+        decoder.pop("pretrained_path", None),
+    )
     audio_model = _load_encoder(encoder_path) if encoder_path else None
     text_model = _load_local(AutoModelForCausalLM, decoder_path) if decoder_path else None
     if text_model is not None and text_model.get_input_embeddings().num_embeddings < vocab_size:
         text_model.resize_token_embeddings(vocab_size)
-    text_config = text_model.config if text_model is not None else _as_config(
-        {**decoder, "vocab_size": vocab_size, "pad_token_id": pad_token_id, "bos_token_id": bos_token_id,
-         "eos_token_id": eos_token_id})
-    config = SpeechLMConfig(audio_config=audio_model.config if audio_model is not None else encoder,
-                            text_config=text_config, stack_factor=stack_factor, projector=projector,
-                            projector_hidden=projector_hidden, audio_token_id=audio_token_id, lora=lora,
-                            ctc_weight=ctc_weight, ctc_alphabet=ctc_alphabet)
+    text_config = (
+        text_model.config
+        if text_model is not None
+        else _as_config(
+            {
+                **decoder,
+                "vocab_size": vocab_size,
+                "pad_token_id": pad_token_id,
+                "bos_token_id": bos_token_id,
+                "eos_token_id": eos_token_id,
+            }
+        )
+    )
+    config = SpeechLMConfig(
+        audio_config=audio_model.config if audio_model is not None else encoder,
+        text_config=text_config,
+        stack_factor=stack_factor,
+        projector=projector,
+        projector_hidden=projector_hidden,
+        audio_token_id=audio_token_id,
+        lora=lora,
+        ctc_weight=ctc_weight,
+        ctc_alphabet=ctc_alphabet,
+    )
     return SpeechLM(config, encoder=audio_model, decoder=text_model)
 
 
 def _load_local(auto_class, path: str):
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"pretrained model folder not found: {path} (slmlab never downloads)")
+        raise FileNotFoundError(
+            f"pretrained model folder not found: {path} (slmlab never downloads)"
+        )
     return auto_class.from_pretrained(path, local_files_only=True)
 
 
@@ -297,22 +458,36 @@ def _load_encoder(path: str) -> PreTrainedModel:
     return _load_local(AutoModel, path)
 
 
-def build_feature_extractor(audio_config: PretrainedConfig, pretrained_path: str | None = None, sample_rate: int = 16000):
+def build_feature_extractor(
+    audio_config: PretrainedConfig, pretrained_path: str | None = None, sample_rate: int = 16000
+):
     """The encoder's own feature extractor from its local folder when it has one, else the matching default:
     Whisper log-mel (n_mels from the config) or normalised waveforms for wav2vec2/HuBERT."""
     if pretrained_path and (Path(pretrained_path) / "preprocessor_config.json").is_file():
         return AutoFeatureExtractor.from_pretrained(pretrained_path, local_files_only=True)
     if audio_config.model_type == "whisper":
-        return WhisperFeatureExtractor(feature_size=audio_config.num_mel_bins, sampling_rate=sample_rate)
-    return Wav2Vec2FeatureExtractor(sampling_rate=sample_rate, do_normalize=True, return_attention_mask=True)
+        return WhisperFeatureExtractor(
+            feature_size=audio_config.num_mel_bins, sampling_rate=sample_rate
+        )
+    return Wav2Vec2FeatureExtractor(
+        sampling_rate=sample_rate, do_normalize=True, return_attention_mask=True
+    )
 
 
-def extract_features(feature_extractor, waveforms: list[torch.Tensor], sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    feature_extractor, waveforms: list[torch.Tensor], sample_rate: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each waveform [S_i] through the feature extractor alone, then zero-padded, so that an utterance's
     features never depend on its batch: -> ([B, S] waveforms or [B, n_mels, F] log-mel, lengths [B])."""
     name = feature_extractor.model_input_names[0]
-    items = [torch.as_tensor(feature_extractor(w.numpy(), sampling_rate=sample_rate, padding=False,
-                                               return_tensors="np")[name][0]) for w in waveforms]
+    items = [
+        torch.as_tensor(
+            feature_extractor(
+                w.numpy(), sampling_rate=sample_rate, padding=False, return_tensors="np"
+            )[name][0]
+        )
+        for w in waveforms
+    ]
     lengths = torch.tensor([it.shape[-1] for it in items])
     padded = torch.zeros(len(items), *items[0].shape[:-1], int(lengths.max()))
     for row, item in zip(padded, items):
@@ -320,8 +495,13 @@ def extract_features(feature_extractor, waveforms: list[torch.Tensor], sample_ra
     return padded, lengths
 
 
-def prompt_batch(tokenizer, template: str, audio_tokens: list[int], targets: list[list[int]] | None = None,
-                 padding_side: str = "right") -> dict[str, torch.Tensor]:
+def prompt_batch(
+    tokenizer,
+    template: str,
+    audio_tokens: list[int],
+    targets: list[list[int]] | None = None,
+    padding_side: str = "right",
+) -> dict[str, torch.Tensor]:
     """Rows of bos + template with its `<|audio|>` repeated audio_tokens[i] times (+ targets[i]), padded.
 
     template: e.g. "<|audio|> transcribe:"; targets: token ids to learn (transcript + eos).
@@ -331,7 +511,10 @@ def prompt_batch(tokenizer, template: str, audio_tokens: list[int], targets: lis
     if template.count(AUDIO_TOKEN) != 1:
         raise ValueError(f"the prompt template must hold {AUDIO_TOKEN} exactly once: {template!r}")
     before, after = template.split(AUDIO_TOKEN)
-    before_ids, after_ids = tokenizer.encode(before, bos=True, eos=False), tokenizer.encode(after, bos=False, eos=False)
+    before_ids, after_ids = (
+        tokenizer.encode(before, bos=True, eos=False),
+        tokenizer.encode(after, bos=False, eos=False),
+    )
     audio_id = tokenizer.hf.convert_tokens_to_ids(AUDIO_TOKEN)
     rows, label_rows = [], []
     for i, n in enumerate(audio_tokens):
@@ -340,11 +523,16 @@ def prompt_batch(tokenizer, template: str, audio_tokens: list[int], targets: lis
         rows.append(prompt + target)
         label_rows.append([-100] * len(prompt) + target)
     width = max(map(len, rows))
-    batch = {"input_ids": torch.full((len(rows), width), tokenizer.pad_id),
-             "attention_mask": torch.zeros(len(rows), width, dtype=torch.long),
-             "labels": torch.full((len(rows), width), -100)}
+    batch = {
+        "input_ids": torch.full((len(rows), width), tokenizer.pad_id),
+        "attention_mask": torch.zeros(len(rows), width, dtype=torch.long),
+        "labels": torch.full((len(rows), width), -100),
+    }
     for i, (row, labels) in enumerate(zip(rows, label_rows)):
         span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-        batch["input_ids"][i, span], batch["labels"][i, span] = torch.tensor(row), torch.tensor(labels)
+        batch["input_ids"][i, span], batch["labels"][i, span] = (
+            torch.tensor(row),
+            torch.tensor(labels),
+        )
         batch["attention_mask"][i, span] = 1
     return batch

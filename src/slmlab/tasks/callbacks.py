@@ -1,4 +1,5 @@
 """Callbacks shared by every arm (the rest come from Lightning: checkpoints, LR monitor, throughput)."""
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,9 @@ class MetricsJson(L.Callback):
         self._write(trainer, pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "validate":  # a validation run after fitting (on the best checkpoint)
+        if (
+            trainer.state.fn == "validate"
+        ):  # a validation run after fitting (on the best checkpoint)
             self._write(trainer, pl_module)
 
     def on_test_end(self, trainer, pl_module) -> None:
@@ -66,7 +69,11 @@ class MetricsJson(L.Callback):
         if trainer.global_rank != 0:
             return
         previous = json.loads(self.path.read_text())["metrics"] if self.path.is_file() else {}
-        metrics = previous | {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) or isinstance(v, float)}
+        metrics = previous | {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if torch.is_tensor(v) or isinstance(v, float)
+        }
         datamodule = trainer.datamodule
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _peak_rss_bytes()
         record = {
@@ -75,7 +82,9 @@ class MetricsJson(L.Callback):
             "start_step": self.start_step,
             "epochs": trainer.current_epoch,
             "train_seconds": round(self.train_seconds, 2),
-            "train_tokens_per_second": round(self.tokens * trainer.world_size / max(self.train_seconds, 1e-9), 1),
+            "train_tokens_per_second": round(
+                self.tokens * trainer.world_size / max(self.train_seconds, 1e-9), 1
+            ),
             "parameters": sum(p.numel() for p in pl_module.parameters()),
             "peak_memory_bytes": peak,
             "world_size": trainer.world_size,
@@ -96,7 +105,9 @@ def _reset_peak_rss() -> None:
 def _peak_rss_bytes() -> int:
     """Peak resident memory since the last reset (Linux's VmHWM), else since the process started."""
     try:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        line = next(
+            x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:")
+        )
         return int(line.split()[1]) * 1024
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -111,10 +122,20 @@ class ProgressLog(L.Callback):
 
     def _line(self, trainer, prefix: str) -> None:
         if trainer.global_rank == 0 and not trainer.sanity_checking:
-            losses = ", ".join(f"{k} {float(v):.3f}" for k, v in sorted(trainer.callback_metrics.items())
-                               if k.startswith(prefix) and k.endswith("loss"))
+            losses = ", ".join(
+                f"{k} {float(v):.3f}"
+                for k, v in sorted(trainer.callback_metrics.items())
+                if k.startswith(prefix) and k.endswith("loss")
+            )
             minutes = (time.perf_counter() - self.started) / 60
-            log.info("[%s] step %d/%d, %.1f min: %s", self.name, trainer.global_step, trainer.max_steps, minutes, losses)
+            log.info(
+                "[%s] step %d/%d, %.1f min: %s",
+                self.name,
+                trainer.global_step,
+                trainer.max_steps,
+                minutes,
+                losses,
+            )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every == 0:

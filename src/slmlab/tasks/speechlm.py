@@ -1,4 +1,5 @@
 """`model=speechlm`: audio encoder -> projector -> causal LM, trained to write the transcript of its audio."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,29 +20,59 @@ class SpeechLMTask(SLMTask):
     decoder's `generate` (num_beams, do_sample, temperature, top_p, max_new_tokens).
     """
 
-    def __init__(self, net, feature_extractor, tokenizer, optimizer, scheduler=None,
-                 prompt_template: str = f"{AUDIO_TOKEN} transcribe:", freeze: list[str] = (),
-                 sample_rate: int = 16000, generation: dict | None = None, sample_count: int = 4) -> None:
+    def __init__(
+        self,
+        net,
+        feature_extractor,
+        tokenizer,
+        optimizer,
+        scheduler=None,
+        prompt_template: str = f"{AUDIO_TOKEN} transcribe:",
+        freeze: list[str] = (),
+        sample_rate: int = 16000,
+        generation: dict | None = None,
+        sample_count: int = 4,
+    ) -> None:
         super().__init__(optimizer, scheduler)
         self.tokenizer = tokenizer
         (audio_token_id,) = tokenizer.add_special_tokens([AUDIO_TOKEN])
-        self.net = net(vocab_size=len(tokenizer), audio_token_id=audio_token_id, pad_token_id=tokenizer.pad_id,
-                       bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+        self.net = net(
+            vocab_size=len(tokenizer),
+            audio_token_id=audio_token_id,
+            pad_token_id=tokenizer.pad_id,
+            bos_token_id=tokenizer.bos_id,
+            eos_token_id=tokenizer.eos_id,
+        )
         self.net.freeze(list(freeze))
-        self.feature_extractor = feature_extractor(audio_config=self.net.config.audio_config, sample_rate=sample_rate)
-        self.prompt_template, self.sample_rate, self.sample_count = prompt_template, sample_rate, sample_count
+        self.feature_extractor = feature_extractor(
+            audio_config=self.net.config.audio_config, sample_rate=sample_rate
+        )
+        self.prompt_template, self.sample_rate, self.sample_count = (
+            prompt_template,
+            sample_rate,
+            sample_count,
+        )
         self.generation = {"max_new_tokens": 48, **(generation or {})}
         self.wer = nn.ModuleDict({stage: WordErrorRate() for stage in ("val", "test")})
         self.cer = nn.ModuleDict({stage: CharErrorRate() for stage in ("val", "test")})
         self._samples: list[str] = []
 
     # -- batches ----------------------------------------------------------------------------------------
-    def model_inputs(self, waveforms: list[torch.Tensor], targets: list[list[int]] | None = None,
-                     text_prompt: str = "", padding_side: str = "right") -> dict[str, torch.Tensor]:
+    def model_inputs(
+        self,
+        waveforms: list[torch.Tensor],
+        targets: list[list[int]] | None = None,
+        text_prompt: str = "",
+        padding_side: str = "right",
+    ) -> dict[str, torch.Tensor]:
         """Waveforms [S_i] (+ target ids) -> the keyword arguments of `SpeechLM.forward` / `generate`."""
-        features, lengths = extract_features(self.feature_extractor, [w.float().cpu() for w in waveforms], self.sample_rate)
+        features, lengths = extract_features(
+            self.feature_extractor, [w.float().cpu() for w in waveforms], self.sample_rate
+        )
         audio_tokens = self.net.audio_output_lengths(lengths).tolist()
-        prompts = prompt_batch(self.tokenizer, self.prompt_template + text_prompt, audio_tokens, targets, padding_side)
+        prompts = prompt_batch(
+            self.tokenizer, self.prompt_template + text_prompt, audio_tokens, targets, padding_side
+        )
         if targets is None:
             prompts.pop("labels")
         return {**prompts, "features": features, "feature_lengths": lengths}
@@ -49,9 +80,15 @@ class SpeechLMTask(SLMTask):
     def batch_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         """+ the transcript's characters for the CTC head."""
         waveforms = [audio[:n] for audio, n in zip(batch["audio"], batch["audio_lengths"])]
-        targets = [ids[1:n].tolist() for ids, n in zip(batch["text_ids"], batch["text_ids_lengths"])]  # drop bos
+        targets = [
+            ids[1:n].tolist() for ids, n in zip(batch["text_ids"], batch["text_ids_lengths"])
+        ]  # drop bos
         ctc_targets, ctc_lengths = ctc_character_ids(batch["text"], self.net.config.ctc_alphabet)
-        inputs = {**self.model_inputs(waveforms, targets), "ctc_targets": ctc_targets, "ctc_target_lengths": ctc_lengths}
+        inputs = {
+            **self.model_inputs(waveforms, targets),
+            "ctc_targets": ctc_targets,
+            "ctc_target_lengths": ctc_lengths,
+        }
         return {k: v.to(self.device) for k, v in inputs.items()}
 
     # -- training and evaluation -----------------------------------------------------------------------
@@ -63,7 +100,9 @@ class SpeechLMTask(SLMTask):
         self.log("train/lm_loss", out.lm_loss, batch_size=size)
         if out.ctc_loss is not None:
             self.log("train/ctc_loss", out.ctc_loss, batch_size=size)
-        batch["num_tokens"] = int(inputs["attention_mask"].sum())  # LM positions, audio ones included (throughput)
+        batch["num_tokens"] = int(
+            inputs["attention_mask"].sum()
+        )  # LM positions, audio ones included (throughput)
         audio_tokens = (inputs["input_ids"] == self.net.config.audio_token_id).sum()
         seconds = batch["audio_lengths"].sum() / self.sample_rate
         self.log("train/audio_tokens_per_s", audio_tokens / seconds, batch_size=size)
@@ -114,22 +153,39 @@ class SpeechLMTask(SLMTask):
 
     # -- generation and export -------------------------------------------------------------------------
     @torch.no_grad()
-    def transcribe(self, waveforms: list[torch.Tensor], text_prompt: str = "", **generation) -> list[str]:
+    def transcribe(
+        self, waveforms: list[torch.Tensor], text_prompt: str = "", **generation
+    ) -> list[str]:
         """Waveforms [S_i] at `sample_rate` -> text, with the optional `text_prompt` after the audio;
         `generation` overrides the configured decoding (e.g. num_beams=4, or do_sample=True, top_p=0.9)."""
         inputs = self.model_inputs(waveforms, text_prompt=text_prompt, padding_side="left")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        ids = self.net.generate(**inputs, **{**self.generation, **generation}, eos_token_id=self.tokenizer.eos_id,
-                                pad_token_id=self.tokenizer.pad_id)
+        ids = self.net.generate(
+            **inputs,
+            **{**self.generation, **generation},
+            eos_token_id=self.tokenizer.eos_id,
+            pad_token_id=self.tokenizer.pad_id,
+        )
         return [self.tokenizer.decode(row) for row in ids]
 
-    def respond(self, text: str | None = None, audio: torch.Tensor | None = None, modality: str = "TEXT",
-                **generation) -> dict:
+    def respond(
+        self,
+        text: str | None = None,
+        audio: torch.Tensor | None = None,
+        modality: str = "TEXT",
+        **generation,
+    ) -> dict:
         """`slmlab-generate`: audio [S] (+ an optional text prompt after it) -> {"text": transcript}."""
         if audio is None or modality != "TEXT":
-            raise ValueError(f"model=speechlm takes audio (and optional text) and writes TEXT; got audio="
-                             f"{'given' if audio is not None else 'none'}, modality={modality}")
-        return {"text": self.transcribe([audio], text_prompt=f" {text}" if text else "", **generation)[0]}
+            raise ValueError(
+                f"model=speechlm takes audio (and optional text) and writes TEXT; got audio="
+                f"{'given' if audio is not None else 'none'}, modality={modality}"
+            )
+        return {
+            "text": self.transcribe([audio], text_prompt=f" {text}" if text else "", **generation)[
+                0
+            ]
+        }
 
     def save_pretrained(self, path: str | Path) -> None:
         """One folder with the model and its config, the tokenizer and the feature extractor (transformers layout)."""

@@ -1,4 +1,5 @@
 """`model=text_lm`: a causal LM over corpus transcripts, the text-only topline Spirit LM is compared with."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,15 @@ from slmlab.tasks.base import SLMTask
 class TextLMTask(SLMTask):
     """batch["text_ids"]: [B, L] bos + BPE + eos, padded; loss: next-token cross-entropy (nats/token)."""
 
-    def __init__(self, net, tokenizer, optimizer, scheduler=None, sample_prompts: int = 4,
-                 sample_tokens: int = 24) -> None:
+    def __init__(
+        self,
+        net,
+        tokenizer,
+        optimizer,
+        scheduler=None,
+        sample_prompts: int = 4,
+        sample_tokens: int = 24,
+    ) -> None:
         super().__init__(optimizer, scheduler)
         self.tokenizer = tokenizer
         self.net = net(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_id)
@@ -32,7 +40,7 @@ class TextLMTask(SLMTask):
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, "val")
         if batch_idx == 0:
-            self._prompts = [" ".join(t.split()[:2]) for t in batch["text"][:self.sample_prompts]]
+            self._prompts = [" ".join(t.split()[:2]) for t in batch["text"][: self.sample_prompts]]
 
     def test_step(self, batch, batch_idx):
         self._evaluate(batch, "test")
@@ -46,7 +54,10 @@ class TextLMTask(SLMTask):
     def on_validation_epoch_end(self) -> None:
         self._log_perplexity("val")
         if self._prompts and not self.trainer.sanity_checking:
-            self.log_text("samples/val", "\n\n".join(f"**{p}** → {self.continue_text(p)}" for p in self._prompts))
+            self.log_text(
+                "samples/val",
+                "\n\n".join(f"**{p}** → {self.continue_text(p)}" for p in self._prompts),
+            )
 
     def on_test_epoch_end(self) -> None:
         self._log_perplexity("test")
@@ -61,10 +72,14 @@ class TextLMTask(SLMTask):
         """Log-likelihood (nats) of each text's BPE tokens after bos (eos excluded), and their count."""
         scores = []
         for i in range(0, len(texts), batch_size):
-            ids = [self.tokenizer.encode(t, eos=False) for t in texts[i: i + batch_size]]
+            ids = [self.tokenizer.encode(t, eos=False) for t in texts[i : i + batch_size]]
             padded, lengths = pad_stack([torch.tensor(x) for x in ids], self.tokenizer.pad_id)
             mask, _ = self.lm_labels(padded.to(self.device), lengths.to(self.device))
-            logits = self.net(input_ids=padded.to(self.device), attention_mask=mask).logits[:, :-1].float()
+            logits = (
+                self.net(input_ids=padded.to(self.device), attention_mask=mask)
+                .logits[:, :-1]
+                .float()
+            )
             logp = logits.log_softmax(-1).gather(-1, padded[:, 1:, None].to(self.device))[..., 0]
             scores += [(float(logp[j, : len(x) - 1].sum()), len(x) - 1) for j, x in enumerate(ids)]
         return scores
@@ -73,6 +88,12 @@ class TextLMTask(SLMTask):
     def continue_text(self, prompt: str) -> str:
         """Greedy continuation of `prompt` with transformers' `generate`, stopping at </s>."""
         ids = torch.tensor([self.tokenizer.encode(prompt, eos=False)], device=self.device)
-        out = self.net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.sample_tokens,
-                                do_sample=False, eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id)
-        return self.tokenizer.decode(out[0, ids.shape[1]:])
+        out = self.net.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=self.sample_tokens,
+            do_sample=False,
+            eos_token_id=self.tokenizer.eos_id,
+            pad_token_id=self.tokenizer.pad_id,
+        )
+        return self.tokenizer.decode(out[0, ids.shape[1] :])

@@ -10,6 +10,7 @@
   successive k-means codebooks of `cardinality` entries on the residuals, decoded by summing the chosen
   centroids and vocoding the log-mel (Griffin-Lim, or a local HiFi-GAN; `tokenizers/mel.py`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +38,9 @@ class MimiCodec:
         from moshi.models.loaders import get_mimi
 
         if not Path(weights_path).is_file():
-            raise FileNotFoundError(f"Mimi weights not found: {weights_path} (slmlab never downloads; pass a local file)")
+            raise FileNotFoundError(
+                f"Mimi weights not found: {weights_path} (slmlab never downloads; pass a local file)"
+            )
         if not 1 <= num_codebooks <= 32:
             raise ValueError(f"Mimi has 1 to 32 codebooks; got num_codebooks={num_codebooks}")
         self.weights_path, self.num_codebooks = str(weights_path), num_codebooks
@@ -46,7 +49,9 @@ class MimiCodec:
 
     def fingerprint(self) -> str:
         stat = Path(self.weights_path).stat()
-        return hashlib.sha1(f"mimi:{self.weights_path}:{stat.st_size}:{stat.st_mtime}:{self.num_codebooks}".encode()).hexdigest()[:16]
+        return hashlib.sha1(
+            f"mimi:{self.weights_path}:{stat.st_size}:{stat.st_mtime}:{self.num_codebooks}".encode()
+        ).hexdigest()[:16]
 
     @torch.no_grad()
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
@@ -63,8 +68,15 @@ class BuiltinCodec:
 
     frame_rate = 12.5
 
-    def __init__(self, config: dict, codebooks: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                 griffin_lim_iters: int = 32, vocoder_path: str | None = None) -> None:
+    def __init__(
+        self,
+        config: dict,
+        codebooks: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        griffin_lim_iters: int = 32,
+        vocoder_path: str | None = None,
+    ) -> None:
         self.config, self.codebooks, self.mean, self.std = config, codebooks, mean, std
         self.sample_rate = config["sample_rate"]
         self.vocoder = MelVocoder(self.sample_rate, config["mel"], griffin_lim_iters, vocoder_path)
@@ -86,7 +98,9 @@ class BuiltinCodec:
     def frames(self, wav: torch.Tensor) -> torch.Tensor:
         """wav [S] -> normalised stacked log-mel frames [T, mel_per_frame * n_mels], T = ceil(S / samples_per_frame)."""
         count = -(-len(wav) // self.samples_per_frame)
-        log_mel = self.vocoder.log_mel(F.pad(wav.float(), (0, count * self.samples_per_frame - len(wav))))
+        log_mel = self.vocoder.log_mel(
+            F.pad(wav.float(), (0, count * self.samples_per_frame - len(wav)))
+        )
         normalised = (log_mel.T - self.mean) / self.std  # [M, n_mels]
         return normalised.reshape(count, -1)
 
@@ -110,36 +124,74 @@ class BuiltinCodec:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "codec.json").write_text(json.dumps(self.config, indent=2))
-        torch.save({"codebooks": self.codebooks, "mean": self.mean, "std": self.std}, folder / "codec.pt")
+        torch.save(
+            {"codebooks": self.codebooks, "mean": self.mean, "std": self.std}, folder / "codec.pt"
+        )
 
     @classmethod
-    def load(cls, folder: str | Path, griffin_lim_iters: int = 32, vocoder_path: str | None = None) -> "BuiltinCodec":
+    def load(
+        cls, folder: str | Path, griffin_lim_iters: int = 32, vocoder_path: str | None = None
+    ) -> BuiltinCodec:
         folder = Path(folder)
-        return cls(json.loads((folder / "codec.json").read_text()), **torch.load(folder / "codec.pt"),
-                   griffin_lim_iters=griffin_lim_iters, vocoder_path=vocoder_path)
+        return cls(
+            json.loads((folder / "codec.json").read_text()),
+            **torch.load(folder / "codec.pt"),
+            griffin_lim_iters=griffin_lim_iters,
+            vocoder_path=vocoder_path,
+        )
 
 
-def fit_builtin_codec(waveforms, num_codebooks: int = 8, cardinality: int = 256, sample_rate: int = 24000,
-                      mel: dict | None = None, griffin_lim_iters: int = 32, vocoder_path: str | None = None,
-                      max_frames: int = 100_000, seed: int = 0) -> BuiltinCodec:
+def fit_builtin_codec(
+    waveforms,
+    num_codebooks: int = 8,
+    cardinality: int = 256,
+    sample_rate: int = 24000,
+    mel: dict | None = None,
+    griffin_lim_iters: int = 32,
+    vocoder_path: str | None = None,
+    max_frames: int = 100_000,
+    seed: int = 0,
+) -> BuiltinCodec:
     """Residual k-means on the stacked log-mel frames of an iterable of waveforms [S] at `sample_rate`."""
-    mel = {"n_fft": 1024, "win_length": 960, "hop_length": sample_rate // 100, "n_mels": 80, **(mel or {})}
+    mel = {
+        "n_fft": 1024,
+        "win_length": 960,
+        "hop_length": sample_rate // 100,
+        "n_mels": 80,
+        **(mel or {}),
+    }
     waveforms = list(waveforms)  # read twice: mel statistics, then frames
-    config = {"num_codebooks": num_codebooks, "cardinality": cardinality, "sample_rate": sample_rate, "mel": mel,
-              "seed": seed}
-    analysis = BuiltinCodec(config, torch.zeros(0, cardinality, 1), torch.zeros(mel["n_mels"]), torch.ones(mel["n_mels"]))
+    config = {
+        "num_codebooks": num_codebooks,
+        "cardinality": cardinality,
+        "sample_rate": sample_rate,
+        "mel": mel,
+        "seed": seed,
+    }
+    analysis = BuiltinCodec(
+        config,
+        torch.zeros(0, cardinality, 1),
+        torch.zeros(mel["n_mels"]),
+        torch.ones(mel["n_mels"]),
+    )
     log_mels = torch.cat([analysis.vocoder.log_mel(w.float()).T for w in waveforms])
     mean, std = log_mels.mean(0), log_mels.std(0).clamp_min(1e-3)
     analysis.mean, analysis.std = mean, std
     frames = torch.cat([analysis.frames(w) for w in waveforms])
     if len(frames) > max_frames:
-        frames = frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(seed))[:max_frames]]
+        frames = frames[
+            torch.randperm(len(frames), generator=torch.Generator().manual_seed(seed))[:max_frames]
+        ]
     codebooks, residual = [], frames
     for k in range(num_codebooks):
         codebook = kmeans(residual, cardinality, iters=15, seed=seed + k)
         residual = residual - codebook[assign_nearest(residual, codebook)]
         codebooks.append(codebook)
-        log.info("codebook %d: residual energy %.3f of the frames'", k, float(residual.pow(2).mean() / frames.pow(2).mean()))
+        log.info(
+            "codebook %d: residual energy %.3f of the frames'",
+            k,
+            float(residual.pow(2).mean() / frames.pow(2).mean()),
+        )
     return BuiltinCodec(config, torch.stack(codebooks), mean, std, griffin_lim_iters, vocoder_path)
 
 
@@ -149,32 +201,71 @@ def resynthesis_report(codec: BuiltinCodec, waveforms) -> dict:
     by_k = {k: 0.0 for k in range(1, codec.num_codebooks + 1)}
     ceiling = 0.0
     for wav in waveforms:
-        source = codec.frames(wav).reshape(-1, codec.mean.shape[0]).T * codec.std[:, None] + codec.mean[:, None]
+        source = (
+            codec.frames(wav).reshape(-1, codec.mean.shape[0]).T * codec.std[:, None]
+            + codec.mean[:, None]
+        )
         codes = codec.encode(wav)
         for k in by_k:
             by_k[k] += float((codec.decode_mel(codes[:k]) - source).abs().mean()) / len(waveforms)
         regenerated = codec.vocoder.log_mel(codec.vocoder.mel_to_wave(source))
-        ceiling += float((regenerated - source[:, : regenerated.shape[1]]).abs().mean()) / len(waveforms)
+        ceiling += float((regenerated - source[:, : regenerated.shape[1]]).abs().mean()) / len(
+            waveforms
+        )
     decoded = codec.vocoder.log_mel(codec.decode(codes))
-    return {"clips": len(waveforms), "mel_l1_by_codebooks": by_k, "mel_l1_griffin_lim_of_source": ceiling,
-            "mel_l1_decoded_audio_last_clip": float((decoded - source[:, : decoded.shape[1]]).abs().mean())}
+    return {
+        "clips": len(waveforms),
+        "mel_l1_by_codebooks": by_k,
+        "mel_l1_griffin_lim_of_source": ceiling,
+        "mel_l1_decoded_audio_last_clip": float(
+            (decoded - source[:, : decoded.shape[1]]).abs().mean()
+        ),
+    }
 
 
-def load_or_fit_builtin_codec(corpus, num_codebooks: int = 8, cardinality: int = 256, sample_rate: int = 24000,
-                              mel: dict | None = None, griffin_lim_iters: int = 32, vocoder_path: str | None = None,
-                              max_frames: int = 100_000, seed: int = 0) -> BuiltinCodec:
+def load_or_fit_builtin_codec(
+    corpus,
+    num_codebooks: int = 8,
+    cardinality: int = 256,
+    sample_rate: int = 24000,
+    mel: dict | None = None,
+    griffin_lim_iters: int = 32,
+    vocoder_path: str | None = None,
+    max_frames: int = 100_000,
+    seed: int = 0,
+) -> BuiltinCodec:
     """`tokenizer/speech=codec_builtin`: fit on (at most `max_frames` random frames of) the corpus's train audio
     once (saved under `<corpus>/tokenizers/`, with `resynthesis.json` on 16 test clips); later calls load it."""
-    settings = {"num_codebooks": num_codebooks, "cardinality": cardinality, "sample_rate": sample_rate,
-                "mel": mel, "max_frames": max_frames, "seed": seed}
+    settings = {
+        "num_codebooks": num_codebooks,
+        "cardinality": cardinality,
+        "sample_rate": sample_rate,
+        "mel": mel,
+        "max_frames": max_frames,
+        "seed": seed,
+    }
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     folder = Path(corpus.root) / "tokenizers" / f"codec_{num_codebooks}x{cardinality}_{key}"
     if (folder / "codec.pt").is_file():
         return BuiltinCodec.load(folder, griffin_lim_iters, vocoder_path)
     records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
-    log.info("fitting the built-in codec (%d x %d) on %d utterances", num_codebooks, cardinality, len(records))
-    codec = fit_builtin_codec([load_audio(audio_path(r), sample_rate) for r in records], num_codebooks, cardinality,
-                              sample_rate, mel, griffin_lim_iters, vocoder_path, max_frames, seed)
+    log.info(
+        "fitting the built-in codec (%d x %d) on %d utterances",
+        num_codebooks,
+        cardinality,
+        len(records),
+    )
+    codec = fit_builtin_codec(
+        [load_audio(audio_path(r), sample_rate) for r in records],
+        num_codebooks,
+        cardinality,
+        sample_rate,
+        mel,
+        griffin_lim_iters,
+        vocoder_path,
+        max_frames,
+        seed,
+    )
     test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
     report = resynthesis_report(codec, [load_audio(audio_path(r), sample_rate) for r in test[:16]])
     log.info("built-in codec resynthesis on test: %s", json.dumps(report))
@@ -183,4 +274,3 @@ def load_or_fit_builtin_codec(corpus, num_codebooks: int = 8, cardinality: int =
     (tmp / "resynthesis.json").write_text(json.dumps(report, indent=2))
     tmp.rename(folder)
     return codec
-

@@ -11,6 +11,7 @@ An interleaved sequence of "the dog runs fast" might read
 drawn from the configured ranges, and speech spans are cut from the stream at word boundaries (halfway
 through the pause between two words).
 """
+
 from __future__ import annotations
 
 import random
@@ -30,11 +31,15 @@ class InterleavedVocabulary:
         self.text, self.speech = text_tokenizer, speech_tokenizer
         self.text_size = len(text_tokenizer)
         self.kinds, sizes = tuple(kinds), speech_tokenizer.sizes
-        names = [TEXT, SPEECH] + [f"[{kind}{value}]" for kind in self.kinds for value in range(sizes[kind])]
+        names = [TEXT, SPEECH] + [
+            f"[{kind}{value}]" for kind in self.kinds for value in range(sizes[kind])
+        ]
         ids = text_tokenizer.add_special_tokens(names)
         if ids != list(range(self.text_size, self.text_size + len(names))):
-            raise ValueError("the text tokenizer already holds [TEXT], [SPEECH] or speech tokens; start from the plain "
-                             "text tokenizer (not a Spirit LM run's pretrained/ folder)")
+            raise ValueError(
+                "the text tokenizer already holds [TEXT], [SPEECH] or speech tokens; start from the plain "
+                "text tokenizer (not a Spirit LM run's pretrained/ folder)"
+            )
         self.text_id, self.speech_id = ids[0], ids[1]
         self.first_speech_id = ids[2]
         self.offsets, start = {}, ids[2]
@@ -56,7 +61,9 @@ class InterleavedVocabulary:
             i = int(i)
             kind = next((k for k, offset in reversed(self.offsets.items()) if i >= offset), None)
             if kind is None or i >= self.size:
-                raise ValueError(f"id {i} is not a speech token id ({self.first_speech_id}..{self.size - 1})")
+                raise ValueError(
+                    f"id {i} is not a speech token id ({self.first_speech_id}..{self.size - 1})"
+                )
             tokens.append((kind, i - self.offsets[kind]))
         return tokens
 
@@ -79,7 +86,9 @@ class InterleavedVocabulary:
         """Ids masked out of the logits for an output `modality`: TEXT forbids speech tokens and `[SPEECH]`;
         SPEECH forbids text tokens (but eos) and `[TEXT]`; every modality forbids bos and pad."""
         if modality not in MODALITIES:
-            raise ValueError(f"unknown output modality {modality!r}; valid: {', '.join(MODALITIES)}")
+            raise ValueError(
+                f"unknown output modality {modality!r}; valid: {', '.join(MODALITIES)}"
+            )
         never = [self.text.bos_id, self.text.pad_id]
         if modality == "TEXT":
             return never + [self.speech_id, *range(self.first_speech_id, self.size)]
@@ -92,8 +101,20 @@ class InterleavedVocabulary:
         specials (bos, eos, pad) end a piece and are dropped."""
         pieces: list[tuple[str, list[int]]] = []
         for i in (int(i) for i in ids):
-            modality = "SPEECH" if self.first_speech_id <= i < self.size else "TEXT" if i < self.text_size else None
-            if i in (self.text.bos_id, self.text.eos_id, self.text.pad_id, self.text_id, self.speech_id):
+            modality = (
+                "SPEECH"
+                if self.first_speech_id <= i < self.size
+                else "TEXT"
+                if i < self.text_size
+                else None
+            )
+            if i in (
+                self.text.bos_id,
+                self.text.eos_id,
+                self.text.pad_id,
+                self.text_id,
+                self.speech_id,
+            ):
                 modality = None
             if modality is None:
                 pieces.append(("", []))
@@ -110,8 +131,13 @@ def word_boundaries(words: list[dict], end: float) -> list[float]:
     return [0.0, *middles, end]
 
 
-def draw_spans(n_words: int, rng: random.Random, text_span: tuple[int, int], speech_span: tuple[int, int],
-               first: str | None = None) -> list[tuple[str, int, int]]:
+def draw_spans(
+    n_words: int,
+    rng: random.Random,
+    text_span: tuple[int, int],
+    speech_span: tuple[int, int],
+    first: str | None = None,
+) -> list[tuple[str, int, int]]:
     """Alternating spans [(modality, first word, end word)] covering n_words words, starting with `first`
     (drawn when None), lengths uniform in the modality's range; at least one switch when n_words >= 2."""
     modality = first or rng.choice(("TEXT", "SPEECH"))
@@ -136,13 +162,20 @@ class InterleavedSequences:
     interleaved; it is built speech-only or text-only instead, and counted in `counts`.
     """
 
-    def __init__(self, vocab: InterleavedVocabulary, ratios: dict[str, float] | None = None,
-                 text_span_words: tuple[int, int] = (10, 30), speech_span_words: tuple[int, int] = (5, 15)) -> None:
+    def __init__(
+        self,
+        vocab: InterleavedVocabulary,
+        ratios: dict[str, float] | None = None,
+        text_span_words: tuple[int, int] = (10, 30),
+        speech_span_words: tuple[int, int] = (5, 15),
+    ) -> None:
         self.vocab = vocab
         ratios = dict(ratios or {"speech": 1.0, "text": 1.0, "interleaved": 1.0})
         unknown = set(ratios) - {"speech", "text", "interleaved"}
         if unknown or sum(ratios.values()) <= 0:
-            raise ValueError(f"interleave ratios must weigh speech, text, interleaved; got {ratios}")
+            raise ValueError(
+                f"interleave ratios must weigh speech, text, interleaved; got {ratios}"
+            )
         self.kinds, self.weights = list(ratios), list(ratios.values())
         self.text_span, self.speech_span = tuple(text_span_words), tuple(speech_span_words)
         self.counts: Counter = Counter()
@@ -150,11 +183,20 @@ class InterleavedSequences:
     def draw_kind(self, rng: random.Random) -> str:
         return rng.choices(self.kinds, self.weights)[0]
 
-    def speech(self, streams: dict[str, torch.Tensor], start: float = 0.0, end: float | None = None) -> list[int]:
+    def speech(
+        self, streams: dict[str, torch.Tensor], start: float = 0.0, end: float | None = None
+    ) -> list[int]:
         return self.vocab.speech_ids(self.vocab.speech.merge(streams, start, end))
 
-    def build(self, text: str, words: list[dict] | None, streams: dict[str, torch.Tensor], rng: random.Random,
-              kind: str | None = None, count: bool = True) -> tuple[list[int], str]:
+    def build(
+        self,
+        text: str,
+        words: list[dict] | None,
+        streams: dict[str, torch.Tensor],
+        rng: random.Random,
+        kind: str | None = None,
+        count: bool = True,
+    ) -> tuple[list[int], str]:
         """-> (ids, kind built). streams: frame-level tensors of the kinds in use (units/pitch/style);
         count: add the sequence to `counts` (training; evaluation builds its sequences uncounted)."""
         kind = kind or self.draw_kind(rng)
@@ -171,9 +213,14 @@ class InterleavedSequences:
             end = len(streams["units"]) / 25.0
             cuts = word_boundaries(words, end)
             body = []
-            for modality, first, last in draw_spans(len(words), rng, self.text_span, self.speech_span):
+            for modality, first, last in draw_spans(
+                len(words), rng, self.text_span, self.speech_span
+            ):
                 if modality == "TEXT":
-                    body += [vocab.text_id, *vocab.words_ids([w["word"] for w in words[first:last]])]
+                    body += [
+                        vocab.text_id,
+                        *vocab.words_ids([w["word"] for w in words[first:last]]),
+                    ]
                 else:
                     body += [vocab.speech_id, *self.speech(streams, cuts[first], cuts[last])]
         return [vocab.text.bos_id, *body, vocab.text.eos_id], kind

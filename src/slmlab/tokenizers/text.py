@@ -3,6 +3,7 @@
 Both are a transformers `PreTrainedTokenizerFast` behind `TextTokenizer`, so the arms extend the
 vocabulary the transformers way (`add_special_tokens`) and save it with `save_pretrained`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,7 +53,9 @@ class TextTokenizer:
 
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
         """Append tokens that are never split (e.g. `[TEXT]`, `[Hu12]`); returns their ids."""
-        self.hf.add_special_tokens({"additional_special_tokens": list(tokens)}, replace_additional_special_tokens=False)
+        self.hf.add_special_tokens(
+            {"additional_special_tokens": list(tokens)}, replace_additional_special_tokens=False
+        )
         return self.hf.convert_tokens_to_ids(list(tokens))
 
     def fingerprint(self) -> str:
@@ -63,11 +66,13 @@ class TextTokenizer:
         self.hf.save_pretrained(str(path))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "TextTokenizer":
+    def from_pretrained(cls, path: str | Path) -> TextTokenizer:
         """A tokenizer folder on local disk (Llama, Qwen, ... or one saved by `save`); never a hub id."""
         path = Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"tokenizer folder not found: {path} (slmlab never downloads; pass a local path)")
+            raise FileNotFoundError(
+                f"tokenizer folder not found: {path} (slmlab never downloads; pass a local path)"
+            )
         return cls(AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True))
 
 
@@ -77,11 +82,17 @@ def fit_bpe(texts: list[str], vocab_size: int, min_frequency: int = 2) -> TextTo
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=True)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                  special_tokens=[PAD, BOS, EOS, UNK],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        show_progress=False,
+        special_tokens=[PAD, BOS, EOS, UNK],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(texts, trainer=trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK
+    )
     return TextTokenizer(hf)
 
 
@@ -92,10 +103,19 @@ def load_or_fit_bpe(corpus, vocab_size: int = 1024, min_frequency: int = 2) -> T
         return TextTokenizer.from_pretrained(folder)
     records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
     tokenizer = fit_bpe([r.text for r in records], vocab_size, min_frequency)
-    tmp = folder.with_name(folder.name + ".partial")  # written aside, then renamed: never half a tokenizer
+    tmp = folder.with_name(
+        folder.name + ".partial"
+    )  # written aside, then renamed: never half a tokenizer
     tokenizer.save(tmp)
-    (tmp / "fitted_on.json").write_text(json.dumps({"manifest": str(corpus.manifest("train")),
-                                                     "records": len(records), "vocab_size": len(tokenizer)}))
+    (tmp / "fitted_on.json").write_text(
+        json.dumps(
+            {
+                "manifest": str(corpus.manifest("train")),
+                "records": len(records),
+                "vocab_size": len(tokenizer),
+            }
+        )
+    )
     tmp.rename(folder)
     log.info("fitted a %d-token BPE on %d transcripts -> %s", len(tokenizer), len(records), folder)
     return TextTokenizer.from_pretrained(folder)

@@ -8,12 +8,13 @@ and Expressive ones. The waveform comes from torchaudio's Griffin-Lim (embedded 
 a HiFi-GAN from a local folder (`vocoder_path`, transformers' `SpeechT5HifiGan`, whose mel settings
 must then be given here). The reference's unit HiFi-GAN (speechbrain/fairseq) fills the same role.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -32,7 +33,11 @@ class ConvBlock(nn.Module):
 
     def __init__(self, dim: int, kernel: int = 5, dropout: float = 0.1) -> None:
         super().__init__()
-        self.norm, self.conv, self.dropout = nn.GroupNorm(1, dim), nn.Conv1d(dim, dim, kernel, padding=kernel // 2), nn.Dropout(dropout)
+        self.norm, self.conv, self.dropout = (
+            nn.GroupNorm(1, dim),
+            nn.Conv1d(dim, dim, kernel, padding=kernel // 2),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return (x + self.dropout(self.conv(F.gelu(self.norm(x))))) * mask
@@ -42,8 +47,16 @@ class UnitToMel(nn.Module):
     """units, pitch, style [B, N] (pitch/style: 0 = none, else token + 1) -> (predicted log(1 + duration) [B, N],
     log-mel [B, n_mels, M], mel lengths [B]) where M = mel frames of the repeated units, `mel_per_unit` per 40 ms."""
 
-    def __init__(self, n_units: int, n_pitch: int, n_styles: int, n_mels: int = 80, dim: int = 192,
-                 layers: int = 3, mel_per_unit: float = 4.0) -> None:
+    def __init__(
+        self,
+        n_units: int,
+        n_pitch: int,
+        n_styles: int,
+        n_mels: int = 80,
+        dim: int = 192,
+        layers: int = 3,
+        mel_per_unit: float = 4.0,
+    ) -> None:
         super().__init__()
         self.unit = nn.Embedding(n_units, dim)
         self.pitch, self.style = nn.Embedding(n_pitch + 1, dim), nn.Embedding(n_styles + 1, dim)
@@ -55,19 +68,36 @@ class UnitToMel(nn.Module):
 
     def forward(self, units, pitch, style, lengths, durations=None):
         """durations [B, N] in 25 Hz frames (teacher forcing); predicted (rounded, >= 1) when None."""
-        mask = (torch.arange(units.shape[1], device=units.device)[None] < lengths[:, None]).unsqueeze(1).float()
+        mask = (
+            (torch.arange(units.shape[1], device=units.device)[None] < lengths[:, None])
+            .unsqueeze(1)
+            .float()
+        )
         x = (self.unit(units) + self.pitch(pitch) + self.style(style)).transpose(1, 2) * mask
         for block in self.encoder:
             x = block(x, mask)
         log_durations = self.duration(x.transpose(1, 2)).squeeze(-1)
         if durations is None:
-            durations = log_durations.exp().sub(1).round().clamp_min(1).long() * mask.squeeze(1).long()
-        frames = [row[:, : int(n)].repeat_interleave(d[: int(n)], dim=1) for row, d, n in zip(x, durations, lengths)]
-        mel_lengths = torch.tensor([round(f.shape[1] * self.mel_per_unit) for f in frames], device=units.device)
+            durations = (
+                log_durations.exp().sub(1).round().clamp_min(1).long() * mask.squeeze(1).long()
+            )
+        frames = [
+            row[:, : int(n)].repeat_interleave(d[: int(n)], dim=1)
+            for row, d, n in zip(x, durations, lengths)
+        ]
+        mel_lengths = torch.tensor(
+            [round(f.shape[1] * self.mel_per_unit) for f in frames], device=units.device
+        )
         y = torch.zeros(len(frames), x.shape[1], int(mel_lengths.max()), device=units.device)
         for i, f in enumerate(frames):  # nearest-neighbour upsampling from 25 Hz to the mel hop
-            y[i, :, : mel_lengths[i]] = F.interpolate(f[None], size=int(mel_lengths[i]), mode="nearest")[0]
-        mel_mask = (torch.arange(y.shape[2], device=units.device)[None] < mel_lengths[:, None]).unsqueeze(1).float()
+            y[i, :, : mel_lengths[i]] = F.interpolate(
+                f[None], size=int(mel_lengths[i]), mode="nearest"
+            )[0]
+        mel_mask = (
+            (torch.arange(y.shape[2], device=units.device)[None] < mel_lengths[:, None])
+            .unsqueeze(1)
+            .float()
+        )
         for block in self.decoder:
             y = block(y, mel_mask)
         return log_durations, self.to_mel(y) * mel_mask, mel_lengths
@@ -90,12 +120,20 @@ def unit_conditioning(tokens: list[tuple[str, int]]) -> tuple[list[int], list[in
 class UnitVocoder(MelVocoder):
     """Speech tokens -> waveform [S] at 16 kHz: `UnitToMel`, then Griffin-Lim or a local HiFi-GAN."""
 
-    def __init__(self, model: UnitToMel, mel: dict, griffin_lim_iters: int = 32, vocoder_path: str | None = None) -> None:
+    def __init__(
+        self,
+        model: UnitToMel,
+        mel: dict,
+        griffin_lim_iters: int = 32,
+        vocoder_path: str | None = None,
+    ) -> None:
         super().__init__(SAMPLE_RATE, mel, griffin_lim_iters, vocoder_path)
         self.model = model.eval()
 
     @torch.no_grad()
-    def synthesise(self, tokens: list[tuple[str, int]], durations: list[int] | None = None) -> torch.Tensor:
+    def synthesise(
+        self, tokens: list[tuple[str, int]], durations: list[int] | None = None
+    ) -> torch.Tensor:
         """Merged speech tokens -> waveform [S] at 16 kHz (empty when there is no unit)."""
         units, pitch, style = unit_conditioning(tokens)
         if not units:
@@ -114,17 +152,29 @@ def _training_examples(tokenizer, records, vocoder: UnitVocoder) -> list[dict]:
         # the conditioning synthesis will see: each unit with the pitch and style last seen in the merged stream
         units, pitch, style = (torch.tensor(v) for v in unit_conditioning(tokenizer.merge(streams)))
         durations = dedup(streams["units"])[1] if tokenizer.dedup else torch.ones_like(units)
-        examples.append({"units": units, "pitch": pitch, "style": style, "durations": durations,
-                         "mel": vocoder.log_mel(wav)})
+        examples.append(
+            {
+                "units": units,
+                "pitch": pitch,
+                "style": style,
+                "durations": durations,
+                "mel": vocoder.log_mel(wav),
+            }
+        )
     return examples
 
 
 def _batch(examples: list[dict], drop_prosody: torch.Tensor | None = None) -> dict:
     from slmlab.data.batching import pad_stack
 
-    batch = {name: pad_stack([e[name] for e in examples], 0)[0] for name in ("units", "pitch", "style", "durations")}
+    batch = {
+        name: pad_stack([e[name] for e in examples], 0)[0]
+        for name in ("units", "pitch", "style", "durations")
+    }
     batch["lengths"] = torch.tensor([len(e["units"]) for e in examples])
-    if drop_prosody is not None:  # conditioning dropout: the same model voices units without pitch/style
+    if (
+        drop_prosody is not None
+    ):  # conditioning dropout: the same model voices units without pitch/style
         batch["pitch"] = batch["pitch"] * ~drop_prosody[:, None]
         batch["style"] = batch["style"] * ~drop_prosody[:, None]
     mels, mel_lengths = pad_stack([e["mel"].T for e in examples], 0.0)
@@ -134,13 +184,20 @@ def _batch(examples: list[dict], drop_prosody: torch.Tensor | None = None) -> di
 
 def vocoder_loss(model: UnitToMel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(L1 of log-mel over valid frames, MSE of log(1 + duration)) with teacher-forced durations."""
-    log_durations, mel, mel_lengths = model(batch["units"], batch["pitch"], batch["style"], batch["lengths"],
-                                            batch["durations"])
+    log_durations, mel, mel_lengths = model(
+        batch["units"], batch["pitch"], batch["style"], batch["lengths"], batch["durations"]
+    )
     frames = min(mel.shape[2], batch["mel"].shape[2])
-    valid = (torch.arange(frames)[None] < torch.minimum(mel_lengths, batch["mel_lengths"])[:, None]).unsqueeze(1)
-    mel_loss = ((mel[..., :frames] - batch["mel"][..., :frames]).abs() * valid).sum() / (valid.sum() * mel.shape[1])
+    valid = (
+        torch.arange(frames)[None] < torch.minimum(mel_lengths, batch["mel_lengths"])[:, None]
+    ).unsqueeze(1)
+    mel_loss = ((mel[..., :frames] - batch["mel"][..., :frames]).abs() * valid).sum() / (
+        valid.sum() * mel.shape[1]
+    )
     unit_mask = torch.arange(batch["units"].shape[1])[None] < batch["lengths"][:, None]
-    duration_loss = F.mse_loss(log_durations[unit_mask], batch["durations"][unit_mask].float().log1p())
+    duration_loss = F.mse_loss(
+        log_durations[unit_mask], batch["durations"][unit_mask].float().log1p()
+    )
     return mel_loss, duration_loss
 
 
@@ -156,35 +213,70 @@ def resynthesis_report(tokenizer, vocoder: UnitVocoder, records, limit: int = 32
     def units(wav: torch.Tensor) -> str:
         return " ".join(str(int(u)) for u in tokenizer.encode(wav))
 
-    for example, record in zip(_training_examples(tokenizer, records[:limit], vocoder), records[:limit]):
+    for example, record in zip(
+        _training_examples(tokenizer, records[:limit], vocoder), records[:limit]
+    ):
         batch = _batch([example])
         with torch.no_grad():
             mel_l1.append(float(vocoder_loss(vocoder.model, batch)[0]))
-            log_durations, _, _ = vocoder.model(batch["units"], batch["pitch"], batch["style"], batch["lengths"])
-        duration_error.append(float((log_durations.exp().sub(1).round().clamp_min(1) - batch["durations"]).abs().mean()))
+            log_durations, _, _ = vocoder.model(
+                batch["units"], batch["pitch"], batch["style"], batch["lengths"]
+            )
+        duration_error.append(
+            float(
+                (log_durations.exp().sub(1).round().clamp_min(1) - batch["durations"]).abs().mean()
+            )
+        )
         tokens = [("Hu", int(u)) for u in example["units"]]
         resynthesised = vocoder.synthesise(tokens)
         refs.append(units(load_audio(record.audio_filepath, SAMPLE_RATE)))
         hyps.append(units(resynthesised))
         ceiling.append(units(vocoder.mel_to_wave(example["mel"])))
-    return {"utterances": len(refs), "mel_l1": sum(mel_l1) / len(mel_l1),
-            "duration_abs_error_frames": sum(duration_error) / len(duration_error),
-            "unit_error_rate": float(word_error_rate(hyps, refs)),
-            "unit_error_rate_griffin_lim_of_source": float(word_error_rate(ceiling, refs)),
-            "unit_error_rate_silence": 1.0}  # an empty hypothesis deletes every unit
+    return {
+        "utterances": len(refs),
+        "mel_l1": sum(mel_l1) / len(mel_l1),
+        "duration_abs_error_frames": sum(duration_error) / len(duration_error),
+        "unit_error_rate": float(word_error_rate(hyps, refs)),
+        "unit_error_rate_griffin_lim_of_source": float(word_error_rate(ceiling, refs)),
+        "unit_error_rate_silence": 1.0,
+    }  # an empty hypothesis deletes every unit
 
 
-def load_or_fit_unit_vocoder(corpus, tokenizer, tokenizer_folder: Path, epochs: float = 9.0, batch_size: int = 16,
-                             lr: float = 2e-3, dim: int = 192, layers: int = 3, griffin_lim_iters: int = 32,
-                             vocoder_path: str | None = None, mel: dict | None = None, seed: int = 0) -> UnitVocoder:
+def load_or_fit_unit_vocoder(
+    corpus,
+    tokenizer,
+    tokenizer_folder: Path,
+    epochs: float = 9.0,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    dim: int = 192,
+    layers: int = 3,
+    griffin_lim_iters: int = 32,
+    vocoder_path: str | None = None,
+    mel: dict | None = None,
+    seed: int = 0,
+) -> UnitVocoder:
     """Fit `UnitToMel` on the corpus's train split once, for `epochs` passes over it in random batches (saved
     in the tokenizer's folder with a resynthesis report on the test split); later calls load it."""
     mel = {"n_fft": 1024, "win_length": 640, "hop_length": 160, "n_mels": 80, **(mel or {})}
-    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "dim": dim, "layers": layers, "mel": mel, "seed": seed,
-                "conditioning": "merged-stream"}  # bump when the training examples change, so old fits are not reused
-    folder = tokenizer_folder / f"vocoder_{hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]}"
+    settings = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "dim": dim,
+        "layers": layers,
+        "mel": mel,
+        "seed": seed,
+        "conditioning": "merged-stream",
+    }  # bump when the training examples change, so old fits are not reused
+    folder = (
+        tokenizer_folder
+        / f"vocoder_{hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]}"
+    )
     sizes = tokenizer.sizes
-    model = UnitToMel(sizes["Hu"], sizes["Pi"], sizes["St"], mel["n_mels"], dim, layers, 640 / mel["hop_length"])
+    model = UnitToMel(
+        sizes["Hu"], sizes["Pi"], sizes["St"], mel["n_mels"], dim, layers, 640 / mel["hop_length"]
+    )
     if (folder / "unit_to_mel.pt").is_file():
         model.load_state_dict(torch.load(folder / "unit_to_mel.pt"))
         return UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
@@ -199,14 +291,22 @@ def load_or_fit_unit_vocoder(corpus, tokenizer, tokenizer_folder: Path, epochs: 
     model.train()
     for step in range(steps):
         picks = torch.randint(len(examples), (batch_size,), generator=generator)
-        batch = _batch([examples[i] for i in picks], drop_prosody=torch.rand(batch_size, generator=generator) < 0.5)
+        batch = _batch(
+            [examples[i] for i in picks],
+            drop_prosody=torch.rand(batch_size, generator=generator) < 0.5,
+        )
         mel_loss, duration_loss = vocoder_loss(model, batch)
         optimizer.zero_grad()
         (mel_loss + duration_loss).backward()
         optimizer.step()
         schedule.step()
         if step % 250 == 0 or step == steps - 1:
-            log.info("unit vocoder step %d: mel L1 %.3f, duration MSE %.3f", step, mel_loss.item(), duration_loss.item())
+            log.info(
+                "unit vocoder step %d: mel L1 %.3f, duration MSE %.3f",
+                step,
+                mel_loss.item(),
+                duration_loss.item(),
+            )
     model.eval()
     test_records, _ = read_manifest(corpus.manifest("test"), check_audio=False)
     report = resynthesis_report(tokenizer, vocoder, test_records)
@@ -214,6 +314,8 @@ def load_or_fit_unit_vocoder(corpus, tokenizer, tokenizer_folder: Path, epochs: 
     tmp = folder.with_name(folder.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), tmp / "unit_to_mel.pt")
-    (tmp / "resynthesis.json").write_text(json.dumps({"settings": settings, "test": report}, indent=2))
+    (tmp / "resynthesis.json").write_text(
+        json.dumps({"settings": settings, "test": report}, indent=2)
+    )
     tmp.rename(folder)
     return vocoder

@@ -3,7 +3,8 @@
     tok = load_or_fit_speech_tokenizer(corpus, features="mfcc", n_units=500)
     units = tok.encode(wav)                      # LongTensor [N] at 25 Hz (repeats merged when dedup=True)
     tok.units_to_string(units)                   # "[Hu12][Hu7]..."; tok.parse("[Hu12][Pi3]") reverses it
-    streams = tok.encode_streams(wav)            # frame-level {"units": [S/640], "pitch": [S/1280], "style": [ceil(S/16000)]}
+    streams = tok.encode_streams(wav)            # frame-level {"units": [S/640], "pitch": [S/1280],
+                                                 #              "style": [ceil(S/16000)]}
     tok.merge(streams, start=0.5, end=1.2)       # [("St", 81), ("Hu", 78), ("Pi", 13), ...] in time order
 
 Units: frame features -> nearest of `n_units` k-means centroids. Features are MFCC (+deltas, HuBERT's
@@ -14,6 +15,7 @@ prosody statistics (log-F0 mean/spread, voicing, energy, unit rate), k-means int
 The reference uses mHuBERT + k-means 501, a pitch VQ-VAE and a speech-property encoder; the sizes
 and rates match it, the feature extractors are the small, corpus-fitted stand-ins named above.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +35,11 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 RATES = {"St": 1.0, "Hu": 25.0, "Pi": 12.5}  # tokens per second of each stream
 KIND_OF = {"style": "St", "units": "Hu", "pitch": "Pi"}  # stream name -> token kind
-MERGE_ORDER = {"St": 0, "Hu": 1, "Pi": 2}  # at equal times, as the reference writes [St81][Hu78][Pi13]
+MERGE_ORDER = {
+    "St": 0,
+    "Hu": 1,
+    "Pi": 2,
+}  # at equal times, as the reference writes [St81][Hu78][Pi13]
 TOKEN_PATTERN = re.compile(r"\[(Hu|Pi|St)(\d+)\]")
 HOP_100HZ = SAMPLE_RATE // 100
 
@@ -45,7 +51,9 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Ten
     k = min(k, len(x))
     squared_norms = x.pow(2).sum(1)
 
-    def squared_distances(point: torch.Tensor) -> torch.Tensor:  # to one point, [N], without an [N, D] temporary
+    def squared_distances(
+        point: torch.Tensor,
+    ) -> torch.Tensor:  # to one point, [N], without an [N, D] temporary
         return (squared_norms - 2 * (x @ point) + point.pow(2).sum()).clamp_min(0)
 
     first = int(torch.randint(len(x), (1,), generator=generator))
@@ -65,8 +73,11 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Ten
 
 def assign_nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     """x [N, D], centroids [k, D] -> index of the nearest centroid [N]."""
-    return torch.cat([torch.cdist(part, centroids).argmin(1) for part in x.split(chunk)]) if len(x) else \
-        torch.zeros(0, dtype=torch.long)
+    return (
+        torch.cat([torch.cdist(part, centroids).argmin(1) for part in x.split(chunk)])
+        if len(x)
+        else torch.zeros(0, dtype=torch.long)
+    )
 
 
 def dedup(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +109,9 @@ class SpectralFeatures:
         else:
             frames = frames.clamp_min(1e-6).log()
         frames = _pool_to_25hz(frames.T, len(wav) // 640, HOP_100HZ)
-        return (frames - frames.mean(0)) / frames.std(0).clamp_min(1e-5) if len(frames) > 1 else frames
+        return (
+            (frames - frames.mean(0)) / frames.std(0).clamp_min(1e-5) if len(frames) > 1 else frames
+        )
 
 
 class HubertFeatures:
@@ -109,19 +122,28 @@ class HubertFeatures:
         from transformers import AutoModel, Wav2Vec2FeatureExtractor
 
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"HuBERT folder not found: {path} (slmlab never downloads; pass a local path)")
+            raise FileNotFoundError(
+                f"HuBERT folder not found: {path} (slmlab never downloads; pass a local path)"
+            )
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
         if not 0 <= layer <= self.model.config.num_hidden_layers:
-            raise ValueError(f"{path}: layer {layer} out of range 0..{self.model.config.num_hidden_layers}")
+            raise ValueError(
+                f"{path}: layer {layer} out of range 0..{self.model.config.num_hidden_layers}"
+            )
         extractor_file = Path(path) / "preprocessor_config.json"
-        self.extractor = (Wav2Vec2FeatureExtractor.from_pretrained(path) if extractor_file.is_file()
-                          else Wav2Vec2FeatureExtractor(do_normalize=True))
+        self.extractor = (
+            Wav2Vec2FeatureExtractor.from_pretrained(path)
+            if extractor_file.is_file()
+            else Wav2Vec2FeatureExtractor(do_normalize=True)
+        )
         self.layer = layer
 
     @torch.no_grad()
     def __call__(self, wav: torch.Tensor) -> torch.Tensor:
         inputs = self.extractor(wav.numpy(), sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        hidden = self.model(inputs.input_values, output_hidden_states=True).hidden_states[self.layer][0]
+        hidden = self.model(inputs.input_values, output_hidden_states=True).hidden_states[
+            self.layer
+        ][0]
         return _pool_to_25hz(hidden, len(wav) // 640, 2 * HOP_100HZ)
 
 
@@ -134,7 +156,9 @@ def _pool_to_25hz(frames: torch.Tensor, count: int, hop: int) -> torch.Tensor:
     return frames.reshape(count, group, -1).mean(1)
 
 
-def f0_contour(wav: torch.Tensor, fmin: float = 60.0, fmax: float = 400.0, threshold: float = 0.45) -> torch.Tensor:
+def f0_contour(
+    wav: torch.Tensor, fmin: float = 60.0, fmax: float = 400.0, threshold: float = 0.45
+) -> torch.Tensor:
     """wav [S] at 16 kHz -> F0 in Hz per 10 ms frame [S // 160], 0 where unvoiced. The lag maximising the
     normalised autocorrelation of 40 ms windows (replaces the YAAPT/pyworld trackers of the reference)."""
     window = 640
@@ -145,22 +169,35 @@ def f0_contour(wav: torch.Tensor, fmin: float = 60.0, fmax: float = 400.0, thres
     autocorr = torch.fft.irfft(spectrum.abs() ** 2)[:, :window]
     lags = torch.arange(int(SAMPLE_RATE / fmax), int(SAMPLE_RATE / fmin) + 1)
     energy = autocorr[:, :1].clamp_min(1e-8)
-    normalised = autocorr[:, lags] / energy * window / (window - lags)  # unbiased: longer lags overlap less
+    normalised = (
+        autocorr[:, lags] / energy * window / (window - lags)
+    )  # unbiased: longer lags overlap less
     peak, index = normalised.max(1)
     loud = energy.squeeze(1) > 1e-3 * energy.max()
-    return torch.where((peak > threshold) & loud, SAMPLE_RATE / lags[index].float(), torch.zeros(()))
+    return torch.where(
+        (peak > threshold) & loud, SAMPLE_RATE / lags[index].float(), torch.zeros(())
+    )
 
 
 class SpeechTokenizer:
     """Fitted state: unit centroids, pitch bin edges (log-F0), style centroids and feature statistics."""
 
-    def __init__(self, config: dict, unit_centroids: torch.Tensor, pitch_edges: torch.Tensor,
-                 style_centroids: torch.Tensor, style_stats: torch.Tensor, features=None) -> None:
+    def __init__(
+        self,
+        config: dict,
+        unit_centroids: torch.Tensor,
+        pitch_edges: torch.Tensor,
+        style_centroids: torch.Tensor,
+        style_stats: torch.Tensor,
+        features=None,
+    ) -> None:
         self.config = config
         self.unit_centroids, self.pitch_edges = unit_centroids, pitch_edges
         self.style_centroids, self.style_stats = style_centroids, style_stats
         self.features = features or make_features(config)
-        self.decoder = None  # a fitted `UnitVocoder` (tokenizers/unit_vocoder.py), attached by the loader
+        self.decoder = (
+            None  # a fitted `UnitVocoder` (tokenizers/unit_vocoder.py), attached by the loader
+        )
 
     # sizes
     @property
@@ -170,15 +207,23 @@ class SpeechTokenizer:
     @property
     def sizes(self) -> dict[str, int]:
         """Token kind -> number of values: {"Hu": n_units, "Pi": n_pitch, "St": n_styles}."""
-        return {"Hu": self.n_units, "Pi": len(self.pitch_edges) + 2, "St": len(self.style_centroids)}
+        return {
+            "Hu": self.n_units,
+            "Pi": len(self.pitch_edges) + 2,
+            "St": len(self.style_centroids),
+        }
 
     @property
     def dedup(self) -> bool:
         return self.config["dedup"]
 
     def fingerprint(self) -> str:
-        state = json.dumps(self.config, sort_keys=True).encode() + self.unit_centroids.numpy().tobytes() + \
-            self.pitch_edges.numpy().tobytes() + self.style_centroids.numpy().tobytes()
+        state = (
+            json.dumps(self.config, sort_keys=True).encode()
+            + self.unit_centroids.numpy().tobytes()
+            + self.pitch_edges.numpy().tobytes()
+            + self.style_centroids.numpy().tobytes()
+        )
         return hashlib.sha1(state).hexdigest()[:16]
 
     # encoding
@@ -187,7 +232,9 @@ class SpeechTokenizer:
         units = self.encode_streams(wav, ("units",))["units"]
         return dedup(units)[0] if self.dedup else units
 
-    def encode_streams(self, wav: torch.Tensor, streams=("units", "pitch", "style")) -> dict[str, torch.Tensor]:
+    def encode_streams(
+        self, wav: torch.Tensor, streams=("units", "pitch", "style")
+    ) -> dict[str, torch.Tensor]:
         """wav [S] at 16 kHz -> frame-level LongTensors: units [S/640] (25 Hz), pitch [S/1280] (12.5 Hz),
         style [ceil(S/16000)] (1 Hz); nothing deduplicated (cutting at word times needs the frames)."""
         out = {}
@@ -199,8 +246,10 @@ class SpeechTokenizer:
         if "pitch" in streams:
             out["pitch"] = self._pitch_tokens(f0)
         if "style" in streams:
-            out["style"] = assign_nearest((style_features(wav, f0, units) - self.style_stats[0]) / self.style_stats[1],
-                                          self.style_centroids)
+            out["style"] = assign_nearest(
+                (style_features(wav, f0, units) - self.style_stats[0]) / self.style_stats[1],
+                self.style_centroids,
+            )
         return {name: out[name] for name in streams}
 
     def _pitch_tokens(self, f0: torch.Tensor) -> torch.Tensor:
@@ -209,12 +258,16 @@ class SpeechTokenizer:
         count = len(f0) // 8
         blocks = f0[: count * 8].reshape(count, 8)
         voiced = blocks > 0
-        log_f0 = torch.where(voiced, blocks.clamp_min(1.0).log(), torch.full_like(blocks, float("nan")))
+        log_f0 = torch.where(
+            voiced, blocks.clamp_min(1.0).log(), torch.full_like(blocks, float("nan"))
+        )
         median = log_f0.nanmedian(1).values
         tokens = 1 + torch.bucketize(median.nan_to_num(0.0), self.pitch_edges)
         return torch.where(voiced.sum(1) >= 4, tokens, torch.zeros_like(tokens))
 
-    def merge(self, streams: dict[str, torch.Tensor], start: float = 0.0, end: float | None = None) -> list[tuple[str, int]]:
+    def merge(
+        self, streams: dict[str, torch.Tensor], start: float = 0.0, end: float | None = None
+    ) -> list[tuple[str, int]]:
         """Tokens of the given streams whose time lies in [start, end) s, each stream deduplicated when
         configured (repeats of a unit, pitch or style value merged), merged in time order."""
         events = []
@@ -239,14 +292,18 @@ class SpeechTokenizer:
         return self.to_string([("Hu", int(u)) for u in units])
 
     def parse(self, text: str) -> list[tuple[str, int]]:
-        """"[St81][Hu78][Pi13]" -> [("St", 81), ("Hu", 78), ("Pi", 13)]; anything else is an error."""
+        """ "[St81][Hu78][Pi13]" -> [("St", 81), ("Hu", 78), ("Pi", 13)]; anything else is an error."""
         tokens, position = [], 0
         for match in TOKEN_PATTERN.finditer(text):
             if match.start() != position:
-                raise ValueError(f"not a speech token at character {position}: {text[position:match.start()]!r}")
+                raise ValueError(
+                    f"not a speech token at character {position}: {text[position : match.start()]!r}"
+                )
             kind, value = match.group(1), int(match.group(2))
             if value >= self.sizes[kind]:
-                raise ValueError(f"[{kind}{value}] out of range: this tokenizer has {self.sizes[kind]} {kind} values")
+                raise ValueError(
+                    f"[{kind}{value}] out of range: this tokenizer has {self.sizes[kind]} {kind} values"
+                )
             tokens.append((kind, value))
             position = match.end()
         if position != len(text):
@@ -257,7 +314,9 @@ class SpeechTokenizer:
     def decode(self, tokens: list[tuple[str, int]] | str) -> torch.Tensor:
         """Speech tokens (or their string) -> waveform [S] at 16 kHz through the fitted unit vocoder."""
         if self.decoder is None:
-            raise RuntimeError("this speech tokenizer has no fitted decoder (set `decoder` in tokenizer/speech)")
+            raise RuntimeError(
+                "this speech tokenizer has no fitted decoder (set `decoder` in tokenizer/speech)"
+            )
         return self.decoder.synthesise(self.parse(tokens) if isinstance(tokens, str) else tokens)
 
     # persistence
@@ -265,12 +324,18 @@ class SpeechTokenizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "speech_tokenizer.json").write_text(json.dumps(self.config, indent=2))
-        torch.save({"unit_centroids": self.unit_centroids, "pitch_edges": self.pitch_edges,
-                    "style_centroids": self.style_centroids, "style_stats": self.style_stats},
-                   folder / "speech_tokenizer.pt")
+        torch.save(
+            {
+                "unit_centroids": self.unit_centroids,
+                "pitch_edges": self.pitch_edges,
+                "style_centroids": self.style_centroids,
+                "style_stats": self.style_stats,
+            },
+            folder / "speech_tokenizer.pt",
+        )
 
     @classmethod
-    def load(cls, folder: str | Path) -> "SpeechTokenizer":
+    def load(cls, folder: str | Path) -> SpeechTokenizer:
         folder = Path(folder)
         config = json.loads((folder / "speech_tokenizer.json").read_text())
         return cls(config, **torch.load(folder / "speech_tokenizer.pt"))
@@ -279,7 +344,9 @@ class SpeechTokenizer:
 def make_features(config: dict):
     if config["features"] == "hubert":
         if not config.get("hubert_path"):
-            raise ValueError("tokenizer/speech features=hubert needs hubert_path (a local transformers folder)")
+            raise ValueError(
+                "tokenizer/speech features=hubert needs hubert_path (a local transformers folder)"
+            )
         return HubertFeatures(config["hubert_path"], config["hubert_layer"])
     return SpectralFeatures(config["features"])
 
@@ -288,61 +355,130 @@ def style_features(wav: torch.Tensor, f0: torch.Tensor, units: torch.Tensor) -> 
     """One row per started second [ceil(S/16000), 6]: voiced log-F0 mean and spread, voiced fraction,
     frame energy mean and spread (dB), and unit changes per second (a speaking-rate proxy)."""
     seconds = max(1, -(-len(wav) // SAMPLE_RATE))
-    energy_db = 10 * wav[: len(f0) * HOP_100HZ].reshape(len(f0), HOP_100HZ).pow(2).mean(1).clamp_min(1e-8).log10()
+    energy_db = (
+        10
+        * wav[: len(f0) * HOP_100HZ]
+        .reshape(len(f0), HOP_100HZ)
+        .pow(2)
+        .mean(1)
+        .clamp_min(1e-8)
+        .log10()
+    )
     changes = torch.cat([torch.zeros(1), (units[1:] != units[:-1]).float()])
     rows = []
     for s in range(seconds):
-        pitch, loud = f0[s * 100:(s + 1) * 100], energy_db[s * 100:(s + 1) * 100]
+        pitch, loud = f0[s * 100 : (s + 1) * 100], energy_db[s * 100 : (s + 1) * 100]
         voiced = pitch[pitch > 0].log()
-        rows.append([voiced.mean() if len(voiced) else 0.0, voiced.std() if len(voiced) > 1 else 0.0,
-                     (pitch > 0).float().mean() if len(pitch) else 0.0,
-                     loud.mean() if len(loud) else -80.0, loud.std() if len(loud) > 1 else 0.0,
-                     changes[s * 25:(s + 1) * 25].mean() * 25 if len(changes[s * 25:(s + 1) * 25]) else 0.0])
+        rows.append(
+            [
+                voiced.mean() if len(voiced) else 0.0,
+                voiced.std() if len(voiced) > 1 else 0.0,
+                (pitch > 0).float().mean() if len(pitch) else 0.0,
+                loud.mean() if len(loud) else -80.0,
+                loud.std() if len(loud) > 1 else 0.0,
+                changes[s * 25 : (s + 1) * 25].mean() * 25
+                if len(changes[s * 25 : (s + 1) * 25])
+                else 0.0,
+            ]
+        )
     return torch.tensor([[float(v) for v in row] for row in rows])
 
 
-def fit_speech_tokenizer(waveforms, features: str = "mfcc", n_units: int = 500, n_pitch: int = 64,
-                         n_styles: int = 100, dedup: bool = True, hubert_path: str | None = None,
-                         hubert_layer: int = 6, max_frames: int = 200_000, seed: int = 0) -> SpeechTokenizer:
+def fit_speech_tokenizer(
+    waveforms,
+    features: str = "mfcc",
+    n_units: int = 500,
+    n_pitch: int = 64,
+    n_styles: int = 100,
+    dedup: bool = True,
+    hubert_path: str | None = None,
+    hubert_layer: int = 6,
+    max_frames: int = 200_000,
+    seed: int = 0,
+) -> SpeechTokenizer:
     """Fit units, pitch bins and styles on an iterable of 16 kHz waveforms [S]."""
-    config = {"features": features, "n_units": n_units, "n_pitch": n_pitch, "n_styles": n_styles, "dedup": dedup,
-              "hubert_path": hubert_path, "hubert_layer": hubert_layer, "seed": seed}
+    config = {
+        "features": features,
+        "n_units": n_units,
+        "n_pitch": n_pitch,
+        "n_styles": n_styles,
+        "dedup": dedup,
+        "hubert_path": hubert_path,
+        "hubert_layer": hubert_layer,
+        "seed": seed,
+    }
     extractor = make_features(config)
     waveforms = list(waveforms)
     frames, f0s = [extractor(w) for w in waveforms], [f0_contour(w) for w in waveforms]
     pool = torch.cat(frames)
     if len(pool) > max_frames:
-        pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:max_frames]]
+        pool = pool[
+            torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:max_frames]
+        ]
     unit_centroids = kmeans(pool, n_units, seed=seed)
     voiced = torch.cat([f0[f0 > 0].log() for f0 in f0s])
-    pitch_edges = torch.quantile(voiced, torch.linspace(0, 1, n_pitch)[1:-1]) if len(voiced) else torch.zeros(n_pitch - 2)
-    rows = torch.cat([style_features(w, f0, assign_nearest(x, unit_centroids)) for w, f0, x in zip(waveforms, f0s, frames)])
+    pitch_edges = (
+        torch.quantile(voiced, torch.linspace(0, 1, n_pitch)[1:-1])
+        if len(voiced)
+        else torch.zeros(n_pitch - 2)
+    )
+    rows = torch.cat(
+        [
+            style_features(w, f0, assign_nearest(x, unit_centroids))
+            for w, f0, x in zip(waveforms, f0s, frames)
+        ]
+    )
     style_stats = torch.stack([rows.mean(0), rows.std(0).clamp_min(1e-5)])
     style_centroids = kmeans((rows - style_stats[0]) / style_stats[1], n_styles, seed=seed)
-    return SpeechTokenizer(config, unit_centroids, pitch_edges, style_centroids, style_stats, extractor)
+    return SpeechTokenizer(
+        config, unit_centroids, pitch_edges, style_centroids, style_stats, extractor
+    )
 
 
-def load_or_fit_speech_tokenizer(corpus, features: str = "mfcc", n_units: int = 500, n_pitch: int = 64,
-                                 n_styles: int = 100, dedup: bool = True, hubert_path: str | None = None,
-                                 hubert_layer: int = 6, decoder: dict | None = None, seed: int = 0) -> SpeechTokenizer:
+def load_or_fit_speech_tokenizer(
+    corpus,
+    features: str = "mfcc",
+    n_units: int = 500,
+    n_pitch: int = 64,
+    n_styles: int = 100,
+    dedup: bool = True,
+    hubert_path: str | None = None,
+    hubert_layer: int = 6,
+    decoder: dict | None = None,
+    seed: int = 0,
+) -> SpeechTokenizer:
     """`tokenizer/speech=units_*`: fit on the corpus's train audio once (first `slmlab-prepare` or training
     run), saved under `<corpus>/tokenizers/`; with `decoder` settings, the unit vocoder too."""
     from slmlab.tokenizers.unit_vocoder import load_or_fit_unit_vocoder
 
-    settings = {"features": features, "n_units": n_units, "n_pitch": n_pitch, "n_styles": n_styles, "dedup": dedup,
-                "hubert_path": hubert_path, "hubert_layer": hubert_layer, "seed": seed}
+    settings = {
+        "features": features,
+        "n_units": n_units,
+        "n_pitch": n_pitch,
+        "n_styles": n_styles,
+        "dedup": dedup,
+        "hubert_path": hubert_path,
+        "hubert_layer": hubert_layer,
+        "seed": seed,
+    }
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     folder = Path(corpus.root) / "tokenizers" / f"speech_{features}_{n_units}_{key}"
     if (folder / "speech_tokenizer.pt").is_file():
         tokenizer = SpeechTokenizer.load(folder)
     else:
         records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
-        log.info("fitting speech tokens (%s, %d units) on %d utterances", features, n_units, len(records))
-        tokenizer = fit_speech_tokenizer((load_audio(r.audio_filepath, SAMPLE_RATE) for r in records), **settings)
+        log.info(
+            "fitting speech tokens (%s, %d units) on %d utterances", features, n_units, len(records)
+        )
+        tokenizer = fit_speech_tokenizer(
+            (load_audio(r.audio_filepath, SAMPLE_RATE) for r in records), **settings
+        )
         tmp = folder.with_name(folder.name + ".partial")
         tokenizer.save(tmp)
         tmp.rename(folder)
         log.info("speech tokenizer -> %s", folder)
     if decoder is not None:
-        tokenizer.decoder = load_or_fit_unit_vocoder(corpus, tokenizer, folder, **{"seed": seed, **decoder})
+        tokenizer.decoder = load_or_fit_unit_vocoder(
+            corpus, tokenizer, folder, **{"seed": seed, **decoder}
+        )
     return tokenizer
