@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from slmlab.constants import SAMPLE_RATE, TOKEN_RATES
 from slmlab.data.batching import pad_stack
 from slmlab.models.spiritlm import generate_in_modality
 from slmlab.tasks.base import SLMTask
 from slmlab.tokenizers.interleaved import InterleavedSequences, InterleavedVocabulary
-from slmlab.tokenizers.units import KIND_OF, RATES, SAMPLE_RATE
+from slmlab.tokenizers.units import KIND_OF
 
 LOSS_NAMES = {"Hu": "unit_loss", "Pi": "pitch_loss", "St": "style_loss"}
 
@@ -331,7 +332,7 @@ class SpiritLMTask(SLMTask):
 
     def _speech_budget(self, seconds: float) -> int:
         """Speech tokens in `seconds` before de-duplication: units at 25 Hz (+ pitch at 12.5 Hz, style at 1 Hz)."""
-        return int(seconds * sum(RATES[KIND_OF[s]] for s in self.streams))
+        return int(seconds * sum(TOKEN_RATES[KIND_OF[s]] for s in self.streams))
 
     def respond(
         self,
