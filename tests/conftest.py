@@ -11,8 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from slmlab.cli import CONF_DIR, REPO_ROOT
 from slmlab.data.synthetic import SyntheticCorpus
+from slmlab.runs import CONF_DIR, REPO_ROOT
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +46,7 @@ def fit_on_tiny_corpus(cfg) -> tuple:
     -> (task, metrics before training, metrics after) for the tests that check a loss falls."""
     from hydra.utils import instantiate
 
-    from slmlab.cli.train import build
+    from slmlab.runs import build
 
     datamodule, task = build(cfg)
     trainer = instantiate(

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from slmlab.cli import CONF_DIR
+from slmlab.runs import CONF_DIR
 
 GROUPS = [
     "paths",

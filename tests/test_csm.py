@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import fit_on_tiny_corpus
 from hydra.utils import instantiate
 
-from slmlab.cli.train import build
 from slmlab.models.csm import CSM
+from slmlab.runs import build
 
 K, CARD, TEXT = 4, 32, 100
 BACKBONE = dict(

@@ -132,6 +132,8 @@ class _TextOnlyArm:
     """An arm with only text likelihoods, preferring shorter texts: no speech metric may appear."""
 
     sample_rate = 16000
+    capabilities = frozenset({"score_texts"})
+    speaks = False
 
     def eval(self):
         return self
@@ -157,6 +159,9 @@ def _test_audio(corpus) -> dict[tuple[int, float], tuple[str, torch.Tensor]]:
 
 class _EchoArm(_TextOnlyArm):
     """Hears perfectly (returns the reference) and speaks by replaying the reference audio."""
+
+    capabilities = frozenset({"score_texts", "transcribe", "synthesise"})
+    speaks = True
 
     def __init__(self, corpus):
         self.by_key = _test_audio(corpus)

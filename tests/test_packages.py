@@ -6,7 +6,7 @@ import re
 
 import tomllib
 
-from slmlab.cli import REPO_ROOT
+from slmlab.runs import REPO_ROOT
 
 IMPORT_NAMES = {
     "hydra-core": "hydra",

@@ -12,9 +12,9 @@ from conftest import fit_on_tiny_corpus
 from hydra.utils import instantiate
 from transformers import HubertConfig, HubertModel, SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-from slmlab.cli.train import check_speech_tokenizer
 from slmlab.data.manifest import load_audio, read_manifest
 from slmlab.models.llama import build_llama_lm
+from slmlab.runs import check_speech_tokenizer
 from slmlab.tasks.spiritlm import SpiritLMTask
 from slmlab.tokenizers.interleaved import (
     InterleavedSequences,

@@ -6,7 +6,7 @@ from pathlib import Path
 from conftest import run_cli
 from hydra.utils import instantiate
 
-from slmlab.cli.train import build
+from slmlab.runs import build
 
 
 def test_text_lm_validation_loss_falls(tiny_corpus, make_cfg):

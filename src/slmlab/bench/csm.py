@@ -14,13 +14,12 @@ transformers' `CsmForConditionalGeneration` built with the same backbone and dep
 from __future__ import annotations
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import CsmConfig, CsmForConditionalGeneration
 
 from slmlab.bench import median_seconds
-from slmlab.cli import CONF_DIR
 from slmlab.models.csm import CSM
+from slmlab.runs import compose
 
 K, CARD, TEXT, BATCH, TEXT_FRAMES, AUDIO_FRAMES, FRACTION, NEW_FRAMES = (
     8,
@@ -35,8 +34,7 @@ K, CARD, TEXT, BATCH, TEXT_FRAMES, AUDIO_FRAMES, FRACTION, NEW_FRAMES = (
 
 
 def _demo_sizes() -> tuple[dict, dict]:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        net = compose("train", overrides=["model=csm"]).model.task.net
+    net = compose("train", ["model=csm"]).model.task.net
     return OmegaConf.to_container(net.backbone), OmegaConf.to_container(net.decoder)
 
 

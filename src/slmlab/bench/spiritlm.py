@@ -13,28 +13,26 @@ from __future__ import annotations
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
 from transformers import HubertConfig, HubertModel
 
 from slmlab.bench import median_seconds
-from slmlab.cli import CONF_DIR
-from slmlab.cli.train import build
+from slmlab.constants import SAMPLE_RATE
 from slmlab.data.manifest import load_audio, read_manifest
+from slmlab.runs import build, compose
 
 UTTERANCES = 8
 
 
 def _demo_task():
     """The demo's datamodule and task, built on the tiny corpus (synthesised on first use) without a vocoder."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=demo_spiritlm_expressive",
-                "data.preset=tiny",
-                "tokenizer.speech.decoder=null",
-            ],
-        )
+    cfg = compose(
+        "train",
+        [
+            "experiment=demo_spiritlm_expressive",
+            "data.preset=tiny",
+            "tokenizer.speech.decoder=null",
+        ],
+    )
     datamodule, task = build(cfg)
     datamodule.prepare_data()
     datamodule.setup()
@@ -44,8 +42,8 @@ def _demo_task():
 def tokenization_vs_hubert(steps: int = 10) -> list[dict]:
     datamodule, task = _demo_task()
     records, _ = read_manifest(datamodule.corpus.manifest("val"), check_audio=False)
-    waves = [load_audio(r.audio_filepath, 16000) for r in records[:UTTERANCES]]
-    seconds_of_audio = sum(len(w) for w in waves) / 16000
+    waves = [load_audio(r.audio_filepath, SAMPLE_RATE) for r in records[:UTTERANCES]]
+    seconds_of_audio = sum(len(w) for w in waves) / SAMPLE_RATE
     hubert = HubertModel(
         HubertConfig(num_hidden_layers=11)
     ).eval()  # HuBERT-base sizes up to layer 11 (mHuBERT-25Hz)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from slmlab.bench import BENCHMARKS
-from slmlab.cli import REPO_ROOT
+from slmlab.runs import REPO_ROOT
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from slmlab.cli import CONF_DIR
 from slmlab.eval.compare import write_report
+from slmlab.runs import CONF_DIR
 
 
 def latest_sweep(log_dir: str, study: str) -> Path:

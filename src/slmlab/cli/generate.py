@@ -10,31 +10,12 @@ from pathlib import Path
 
 import hydra
 import soundfile
-import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from slmlab.cli import CONF_DIR
-from slmlab.cli.train import build
 from slmlab.data.manifest import load_audio
+from slmlab.runs import CONF_DIR, load_task
 
 log = logging.getLogger(__name__)
-
-
-def load_task(ckpt_path: str | Path, with_config: bool = False):
-    """The run's task with the checkpoint's weights, rebuilt from `<run>/.hydra/config.yaml` (and that
-    config, `with_config`)."""
-    ckpt_path = Path(ckpt_path)
-    run_config = ckpt_path.parent.parent / ".hydra" / "config.yaml"
-    if not ckpt_path.is_file() or not run_config.is_file():
-        raise FileNotFoundError(
-            f"{ckpt_path}: expected a checkpoint inside a run folder with {run_config}"
-        )
-    cfg = OmegaConf.load(run_config)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(ckpt_path.parent.parent)
-    _, task = build(cfg)
-    task.load_state_dict(torch.load(ckpt_path, map_location="cpu")["state_dict"])
-    return (task.eval(), cfg) if with_config else task.eval()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")

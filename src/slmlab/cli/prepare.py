@@ -15,8 +15,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from slmlab.cli import CONF_DIR
-from slmlab.cli.train import build
+from slmlab.runs import CONF_DIR, build
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from slmlab.eval.evaluate import METRICS
 
 log = logging.getLogger(__name__)
 
-ARM_ORDER = ["text_lm", "spiritlm_base", "spiritlm_expressive", "csm", "speechlm"]
 # training figures read from metrics.json: column -> (label, key path)
 TRAINING = {
     "parameters": ("parameters", ("parameters",)),
@@ -69,6 +68,13 @@ class Run:
     baselines: dict
     curve: list[tuple[int, float]] = field(default_factory=list)
     budget: dict = field(default_factory=dict)
+    order: float = math.inf  # the arm's `model.report_order`: its row in the tables (then by name)
+
+
+def arms_in_order(runs: list[Run]) -> list[str]:
+    """The runs' arms, ordered by their configs' `model.report_order`, then by name."""
+    order = {r.arm: r.order for r in runs}
+    return sorted(order, key=lambda arm: (order[arm], arm))
 
 
 def _get(record: dict, path: tuple[str, ...]):
@@ -107,6 +113,7 @@ def read_run(folder: Path) -> Run:
         _get(record, ("eval", "baselines")) or {},
         read_curve(folder),
         budget,
+        cfg.model.get("report_order", math.inf),
     )
 
 
@@ -142,12 +149,8 @@ def find_runs(sweep_dir: Path) -> tuple[list[Run], list[str]]:
 
 def aggregate(runs: list[Run]) -> dict[str, dict[str, tuple[float, float, int] | None]]:
     """arm -> metric -> (mean, sample standard deviation (0 for one seed), seeds) or None (not applicable)."""
-    arms = sorted(
-        {r.arm for r in runs},
-        key=lambda a: (ARM_ORDER.index(a) if a in ARM_ORDER else len(ARM_ORDER), a),
-    )
     table = {}
-    for arm in arms:
+    for arm in arms_in_order(runs):
         of_arm = [r for r in runs if r.arm == arm]
         table[arm] = {}
         for name in LABELS:
@@ -261,14 +264,7 @@ def plot_curves(path: Path, runs: list[Run]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = list(
-        dict.fromkeys(
-            r.arm
-            for r in sorted(
-                runs, key=lambda r: ARM_ORDER.index(r.arm) if r.arm in ARM_ORDER else 99
-            )
-        )
-    )
+    arms = arms_in_order(runs)
     figure, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3), squeeze=False)
     for axis, arm in zip(axes[0], arms):
         for r in (r for r in runs if r.arm == arm):

@@ -1,15 +1,10 @@
 """Every metric an arm supports, on the corpus's held-out test split and probes (`slmlab-eval`, and the end
 of `slmlab-train` with `evaluate=true`).
 
-An arm takes part in a metric by implementing its method; a metric it cannot produce stays None (the
-report prints n/a), never zero. Waveforms go in and come out at the task's `sample_rate`.
-
-    transcribe(waveforms) -> texts                     speech -> text (ASR): WER, CER
-    synthesise(text, speaker, max_seconds) -> wav      text -> speech (TTS): the judge's WER, CER; real-time factor
-    score_texts(texts) -> [(nats, tokens)]             text perplexity; lexical and syntactic probes on text
-    score_speech(waveforms, speakers) -> [(nats, n)]   speech loss per second; the probes on speech
-    continue_speech(prompt, seconds, ...) -> wav       style preservation of a continuation
-    resynthesise(wav) -> wav                           the arm's ceiling: its speech tokens and decoder alone
+An arm takes part in a metric by declaring the capability behind it (`slmlab.tasks.protocol`: the
+methods, their signatures and the metrics each one gives); a metric it cannot produce stays None (the
+report prints n/a), never zero. Waveforms go in and come out at the task's `sample_rate`; the judges
+hear them at 16 kHz.
 """
 
 from __future__ import annotations
@@ -24,6 +19,7 @@ from pathlib import Path
 import torch
 import torchaudio.functional as AF
 
+from slmlab.constants import SAMPLE_RATE
 from slmlab.data.manifest import audio_path, load_audio, read_manifest
 from slmlab.eval.metrics import (
     classification_accuracy,
@@ -31,10 +27,10 @@ from slmlab.eval.metrics import (
     pair_accuracy,
     trivial_error_rates,
 )
+from slmlab.tasks.protocol import can, check_arm
 
 log = logging.getLogger(__name__)
 
-JUDGE_RATE = 16000
 # metric -> (what it is, which way is better); the report's columns, in order
 METRICS = {
     "asr_wer": ("speech -> text WER on test audio", "lower"),
@@ -81,7 +77,7 @@ class Evaluation:
 
 def _load(record, sample_rate: int) -> torch.Tensor:
     return load_audio(
-        audio_path(record) if sample_rate > JUDGE_RATE else record.audio_filepath, sample_rate
+        audio_path(record) if sample_rate > SAMPLE_RATE else record.audio_filepath, sample_rate
     )
 
 
@@ -89,8 +85,8 @@ def _to_judge(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """An arm's output waveform -> float32 at the judges' 16 kHz."""
     wave = wave.float()
     return (
-        AF.resample(wave, sample_rate, JUDGE_RATE)
-        if sample_rate != JUDGE_RATE and len(wave)
+        AF.resample(wave, sample_rate, SAMPLE_RATE)
+        if sample_rate != SAMPLE_RATE and len(wave)
         else wave
     )
 
@@ -151,7 +147,7 @@ class Evaluator:
         test = self.test[: self.utterances]
         trivial = trivial_error_rates([r.text for r in test], self.train_texts)
         judged = error_rates(
-            self.judge.transcribe([load_audio(r.audio_filepath, JUDGE_RATE) for r in test]),
+            self.judge.transcribe([load_audio(r.audio_filepath, SAMPLE_RATE) for r in test]),
             [r.text for r in test],
         )
         baselines = {
@@ -178,15 +174,16 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, task) -> Evaluation:
-        rate = getattr(task, "sample_rate", JUDGE_RATE)  # a text-only arm takes no audio
+        check_arm(task)
+        rate = getattr(task, "sample_rate", SAMPLE_RATE)  # a text-only arm takes no audio
         test = self.test[: self.utterances]
         texts, speakers = [r.text for r in test], [r.speaker for r in test]
         metrics: dict[str, float | None] = dict.fromkeys(METRICS)
         samples: list[dict] = []
         started = time.perf_counter()
-        needs_audio = any(hasattr(task, m) for m in ("transcribe", "score_speech", "resynthesise"))
+        needs_audio = any(can(task, c) for c in ("transcribe", "score_speech", "resynthesise"))
         waves = [_load(r, rate) for r in test] if needs_audio else []
-        if hasattr(task, "transcribe"):
+        if can(task, "transcribe"):
             hypotheses = [
                 h for i in range(0, len(waves), 16) for h in task.transcribe(waves[i : i + 16])
             ]
@@ -195,8 +192,7 @@ class Evaluator:
             samples += [
                 {"kind": "asr", "text": t, "hypothesis": h} for t, h in zip(texts, hypotheses)
             ][: self.tensorboard_samples]
-        speaks = _speaks(task)
-        if speaks and hasattr(task, "synthesise"):
+        if can(task, "synthesise"):
             outputs, seconds = [], 0.0
             for text, speaker in zip(texts, speakers):
                 t0 = time.perf_counter()
@@ -207,23 +203,23 @@ class Evaluator:
             rates = error_rates(self.judge.transcribe([_nonempty(w) for w in outputs]), texts)
             metrics["tts_wer"], metrics["tts_cer"] = rates["wer"], rates["cer"]
             metrics["generation_rtf"] = seconds / max(
-                sum(len(w) for w in outputs) / JUDGE_RATE, 1e-6
+                sum(len(w) for w in outputs) / SAMPLE_RATE, 1e-6
             )
             samples += [
                 {
                     "kind": "tts",
                     "text": t,
                     "generated": _nonempty(g),
-                    "reference": load_audio(r.audio_filepath, JUDGE_RATE),
+                    "reference": load_audio(r.audio_filepath, SAMPLE_RATE),
                 }
                 for t, g, r in zip(texts, outputs, test)
             ][: self.tensorboard_samples]
-        if speaks and hasattr(task, "resynthesise"):
+        if can(task, "resynthesise"):
             resynthesised = [_nonempty(_to_judge(task.resynthesise(w), rate)) for w in waves]
             metrics["resynthesis_wer"] = error_rates(self.judge.transcribe(resynthesised), texts)[
                 "wer"
             ]
-        if hasattr(task, "score_texts"):
+        if can(task, "score_texts"):
             scores = task.score_texts(texts)
             metrics["text_ppl"] = math.exp(-sum(s for s, _ in scores) / sum(n for _, n in scores))
             for probe in ("lexical", "syntactic"):
@@ -237,7 +233,7 @@ class Evaluator:
                 metrics[f"{probe}_text"] = pair_accuracy(
                     self._probe_scores(good), self._probe_scores(bad)
                 )
-        if hasattr(task, "score_speech"):
+        if can(task, "score_speech"):
             scores = task.score_speech(waves, speakers)
             metrics["speech_nats_per_second"] = -sum(s for s, _ in scores) / sum(
                 len(w) / rate for w in waves
@@ -255,7 +251,7 @@ class Evaluator:
                 metrics[f"{probe}_speech"] = pair_accuracy(
                     self._probe_scores(good), self._probe_scores(bad)
                 )
-        if speaks and hasattr(task, "continue_speech") and self.style_classifier is not None:
+        if can(task, "continue_speech") and self.style_classifier is not None:
             prompts = [r for r in self.test if r.style][: self.style_prompts]
             continuations = [
                 _nonempty(
@@ -276,7 +272,7 @@ class Evaluator:
             metrics["style_accuracy"] = classification_accuracy(
                 predicted, [r.style for r in prompts]
             )["accuracy"]
-            if hasattr(task, "resynthesise"):
+            if can(task, "resynthesise"):
                 resynthesised = [
                     _nonempty(_to_judge(task.resynthesise(_load(r, rate)), rate)) for r in prompts
                 ]
@@ -297,11 +293,6 @@ class Evaluator:
         return [s / max(n, 1) if self.probe_score == "mean" else s for s, n in scores]
 
 
-def _speaks(task) -> bool:
-    """Whether the arm can turn its speech tokens into audio (Spirit LM without a unit vocoder cannot)."""
-    return getattr(getattr(task, "speech_tokenizer", None), "decoder", True) is not None
-
-
 def _nonempty(wave: torch.Tensor, seconds: float = 0.1) -> torch.Tensor:
     """An empty output becomes `seconds` of silence, so that it is scored (as wrong), not dropped."""
-    return wave if len(wave) >= seconds * JUDGE_RATE else torch.zeros(int(seconds * JUDGE_RATE))
+    return wave if len(wave) >= seconds * SAMPLE_RATE else torch.zeros(int(seconds * SAMPLE_RATE))

@@ -1,18 +1,28 @@
-"""The training logic every arm shares: optimiser and schedule from config, LM labels, text logging."""
+"""The training logic every arm shares: optimiser and schedule from config, LM labels, text logging,
+and what an arm declares about itself (its capabilities for the evaluator, its FSDP units)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import lightning as L
 import torch
+from hydra.utils import get_class
 from lightning.pytorch.loggers import TensorBoardLogger
 
 
 class SLMTask(L.LightningModule):
     """Subclasses build `self.net` and implement `training_step` / `validation_step`.
 
+    capabilities: what the evaluator may ask of the arm (`slmlab.tasks.protocol`); speaks: whether it
+    turns speech tokens into waveforms (an instance may decide, e.g. from its vocoder).
+
     optimizer: a partial (Hydra `_partial_: true`) taking the parameters; scheduler: a partial taking
     the optimizer, stepped every optimisation step (e.g. transformers' `get_cosine_schedule_with_warmup`).
     """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    speaks: bool = False
 
     def __init__(self, optimizer, scheduler=None) -> None:
         super().__init__()
@@ -44,33 +54,12 @@ class SLMTask(L.LightningModule):
         mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
         return mask.long(), ids.masked_fill(~mask, -100)
 
+    @classmethod
+    def fsdp_block_classes(cls) -> set[type]:
+        """The module classes FSDP wraps one by one (`strategy=fsdp`): the arm's transformer blocks."""
+        return set()
 
-def transformer_block_classes() -> set[type]:
-    """FSDP wrap units (`strategy=fsdp`): the transformer blocks of every arm's networks (the text LMs
-    and Spirit LM, CSM's torchtune backbone and decoder, SpeechLM's Whisper / wav2vec2 / HuBERT
-    encoders and Qwen2 / Llama / GPT-2 decoders)."""
-    from torchtune.modules import TransformerSelfAttentionLayer
-    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
-    from transformers.models.hubert.modeling_hubert import (
-        HubertEncoderLayer,
-        HubertEncoderLayerStableLayerNorm,
-    )
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
-    from transformers.models.wav2vec2.modeling_wav2vec2 import (
-        Wav2Vec2EncoderLayer,
-        Wav2Vec2EncoderLayerStableLayerNorm,
-    )
-    from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
 
-    return {
-        LlamaDecoderLayer,
-        Qwen2DecoderLayer,
-        GPT2Block,
-        WhisperEncoderLayer,
-        Wav2Vec2EncoderLayer,
-        Wav2Vec2EncoderLayerStableLayerNorm,
-        HubertEncoderLayer,
-        HubertEncoderLayerStableLayerNorm,
-        TransformerSelfAttentionLayer,
-    }
+def fsdp_block_classes(task: str) -> set[type]:
+    """`strategy=fsdp`'s wrap policy: the blocks the task class at the dotted path `task` declares."""
+    return get_class(task).fsdp_block_classes()

@@ -20,6 +20,16 @@ class CSMTask(SLMTask):
     generation: temperature, topk, max_seconds.
     """
 
+    capabilities = frozenset({"synthesise", "score_speech", "continue_speech", "resynthesise"})
+    speaks = True
+
+    @classmethod
+    def fsdp_block_classes(cls) -> set[type]:
+        """torchtune's self-attention layers, of the backbone and of the audio decoder."""
+        from torchtune.modules import TransformerSelfAttentionLayer
+
+        return {TransformerSelfAttentionLayer}
+
     def __init__(
         self,
         net,

@@ -29,6 +29,28 @@ class SpiritLMTask(SLMTask):
     streams in the vocabulary (Base: units; Expressive: units, pitch, style); generation: `generate` keywords.
     """
 
+    capabilities = frozenset(
+        {
+            "transcribe",
+            "synthesise",
+            "score_texts",
+            "score_speech",
+            "continue_speech",
+            "resynthesise",
+        }
+    )
+
+    @property
+    def speaks(self) -> bool:
+        """Only with a unit vocoder (`tokenizer.speech.decoder`) do its speech tokens become audio."""
+        return self.speech_tokenizer.decoder is not None
+
+    @classmethod
+    def fsdp_block_classes(cls) -> set[type]:
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        return {LlamaDecoderLayer}
+
     def __init__(
         self,
         net,
@@ -288,8 +310,11 @@ class SpiritLMTask(SLMTask):
         )
 
     @torch.no_grad()
-    def score_speech(self, waveforms: list[torch.Tensor], speakers=None) -> list[tuple[float, int]]:
-        """[SPEECH] + speech tokens of 16 kHz waveforms: their log-likelihood (eos excluded) and count."""
+    def score_speech(
+        self, waveforms: list[torch.Tensor], speakers: list[str | None]
+    ) -> list[tuple[float, int]]:
+        """[SPEECH] + speech tokens of 16 kHz waveforms: their log-likelihood (eos excluded) and count
+        (the speaker is not modelled)."""
         bodies = [
             self.sequences.speech(self.speech_tokenizer.encode_streams(w, self.streams))
             for w in waveforms
@@ -314,9 +339,16 @@ class SpiritLMTask(SLMTask):
         )
         return out["audio"] if out["audio"] is not None else torch.zeros(0)
 
-    def continue_speech(self, prompt: torch.Tensor, seconds: float = 2.0, **texts) -> torch.Tensor:
-        """The speech that follows a 16 kHz prompt waveform, about `seconds` long, from speech tokens alone
-        (the transcripts the evaluator offers are not used)."""
+    def continue_speech(
+        self,
+        prompt: torch.Tensor,
+        seconds: float,
+        prompt_text: str = "",
+        speaker: str | None = None,
+        next_text: str = "",
+    ) -> torch.Tensor:
+        """The speech that follows a 16 kHz prompt waveform, about `seconds` long, from speech tokens
+        alone (the transcripts and the speaker the evaluator offers are not used)."""
         out = self.generate(
             [("SPEECH", prompt)],
             "SPEECH",

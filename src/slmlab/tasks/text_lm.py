@@ -13,6 +13,8 @@ from slmlab.tasks.base import SLMTask
 class TextLMTask(SLMTask):
     """batch["text_ids"]: [B, L] bos + BPE + eos, padded; loss: next-token cross-entropy (nats/token)."""
 
+    capabilities = frozenset({"score_texts"})
+
     def __init__(
         self,
         net,
@@ -27,6 +29,12 @@ class TextLMTask(SLMTask):
         self.net = net(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_id)
         self.sample_prompts, self.sample_tokens = sample_prompts, sample_tokens
         self._prompts: list[str] = []
+
+    @classmethod
+    def fsdp_block_classes(cls) -> set[type]:
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        return {LlamaDecoderLayer}
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask, labels = self.lm_labels(ids, lengths)
