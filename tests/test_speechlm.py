@@ -5,18 +5,20 @@ import json
 import pytest
 import torch
 from conftest import fit_on_tiny_corpus
-from transformers import AutoModelForCausalLM, WhisperConfig, WhisperFeatureExtractor, WhisperModel
-
-from slmlab.models.speechlm import (
-    AUDIO_TOKEN,
-    CTC_ALPHABET,
-    SpeechLM,
-    build_feature_extractor,
-    build_speechlm,
-    ctc_character_ids,
-    extract_features,
-    prompt_batch,
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    Wav2Vec2FeatureExtractor,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperModel,
 )
+
+from slmlab.constants import CTC_ALPHABET, SAMPLE_RATE
+from slmlab.models.pretrained import load_or_build_speechlm
+from slmlab.models.speechlm import SpeechLM, build_speechlm, ctc_character_ids
+from slmlab.tokenizers.frontends import build_feature_extractor, extract_features
+from slmlab.tokenizers.prompts import AUDIO_TOKEN, prompt_batch
 from slmlab.tokenizers.text import fit_bpe
 
 ENCODERS = {
@@ -74,7 +76,7 @@ DECODERS = {
     },
     "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 256},
 }
-LENGTHS = [3201, 16000, 23457]  # samples at 16 kHz, odd on purpose
+LENGTHS = [3201, SAMPLE_RATE, 23457]  # samples at 16 kHz, odd on purpose
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def waveforms(lengths=LENGTHS):
 
 def inputs_for(model, tokenizer, wavs, targets=None, padding_side="right"):
     extractor = build_feature_extractor(model.config.audio_config)
-    features, lengths = extract_features(extractor, wavs, 16000)
+    features, lengths = extract_features(extractor, wavs, SAMPLE_RATE)
     prompts = prompt_batch(
         tokenizer,
         f"{AUDIO_TOKEN} transcribe:",
@@ -122,20 +124,41 @@ def inputs_for(model, tokenizer, wavs, targets=None, padding_side="right"):
 
 
 @pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_default_front_end_follows_the_encoder(encoder):
+    """Whisper: log-mel [B, 80, F] at 100 frames per second; wav2vec2/HuBERT: the waveform [B, S].
+    Each utterance is zero-padded after its own features."""
+    config = AutoConfig.for_model(**ENCODERS[encoder])
+    extractor = build_feature_extractor(config)
+    features, lengths = extract_features(extractor, waveforms(), SAMPLE_RATE)
+    if encoder == "whisper":
+        assert isinstance(extractor, WhisperFeatureExtractor)
+        assert features.shape[:2] == (3, 80)
+        assert lengths.tolist() == [n // 160 for n in LENGTHS]  # 10 ms hop
+    else:
+        assert isinstance(extractor, Wav2Vec2FeatureExtractor)
+        assert features.shape == (3, max(LENGTHS)) and lengths.tolist() == LENGTHS
+        torch.testing.assert_close(
+            features[0, : LENGTHS[0]].std(), torch.tensor(1.0), atol=1e-3, rtol=0
+        )
+    assert extractor.sampling_rate == SAMPLE_RATE
+    assert not features[0, ..., lengths[0] :].any()
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
 def test_output_lengths_and_masks_follow_the_real_encoder(tokenizer, encoder):
     model = make_model(tokenizer, encoder)
     extractor = build_feature_extractor(model.config.audio_config)
-    features, lengths = extract_features(extractor, waveforms(), 16000)
+    features, lengths = extract_features(extractor, waveforms(), SAMPLE_RATE)
     batched, batched_lengths = model.encode_audio(features, lengths)
     for i, wav in enumerate(waveforms()):
-        alone = extract_features(extractor, [wav], 16000)[0]
+        alone = extract_features(extractor, [wav], SAMPLE_RATE)[0]
         states = model.encoder(**{model.input_name: alone}).last_hidden_state
         assert model.encoder_output_lengths(lengths[i : i + 1]).item() == states.shape[1]
         assert batched_lengths[i].item() == -(-states.shape[1] // 3)  # stacking by 3 rounds up
         # the padded batch gives this utterance exactly what it gets alone, and zeros after its end
         single = model.projector(states)
         torch.testing.assert_close(batched[i, : single.shape[1]], single[0], atol=1e-4, rtol=1e-4)
-    ten_seconds = extract_features(extractor, [torch.zeros(160000)], 16000)[1]
+    ten_seconds = extract_features(extractor, [torch.zeros(10 * SAMPLE_RATE)], SAMPLE_RATE)[1]
     assert abs(model.encoder_output_lengths(ten_seconds).item() - 500) <= 1  # 50 Hz for all three
 
 
@@ -284,7 +307,7 @@ def test_pretrained_encoder_and_decoder_load_from_local_folders(tokenizer, tmp_p
         tmp_path / "qwen2"
     )  # one token short
 
-    model = build_speechlm(
+    model = load_or_build_speechlm(
         len(tokenizer),
         5,
         {"pretrained_path": str(tmp_path / "whisper")},
@@ -293,12 +316,21 @@ def test_pretrained_encoder_and_decoder_load_from_local_folders(tokenizer, tmp_p
     )
     torch.testing.assert_close(model.encoder.conv1.weight, whisper.encoder.conv1.weight)
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)  # resized for <|audio|>
+    mixed = load_or_build_speechlm(  # a pretrained encoder under a decoder built from its sizes
+        len(tokenizer),
+        5,
+        {"pretrained_path": str(tmp_path / "whisper")},
+        {**DECODERS["llama"], "pretrained_path": None},
+    )
+    torch.testing.assert_close(mixed.encoder.conv1.weight, whisper.encoder.conv1.weight)
+    assert mixed.config.text_config.model_type == "llama"
+    assert mixed.get_input_embeddings().num_embeddings == len(tokenizer)
     assert isinstance(
         build_feature_extractor(model.config.audio_config, str(tmp_path / "whisper")),
         WhisperFeatureExtractor,
     )
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        build_speechlm(
+        load_or_build_speechlm(
             len(tokenizer), 5, {"pretrained_path": "openai/whisper-tiny"}, DECODERS["qwen2"]
         )
 
@@ -320,7 +352,7 @@ def test_training_on_the_tiny_corpus_lowers_the_loss(tiny_corpus, make_cfg, enco
     assert 0 <= after["val/wer"] and 0 <= after["val/cer"]
     assert after["train/audio_tokens_per_s"] == pytest.approx(50 / 4, rel=0.1)
     with pytest.raises(ValueError, match="writes TEXT"):  # the arm cannot be asked for speech
-        task.respond(audio=torch.zeros(16000), modality="SPEECH")
+        task.respond(audio=torch.zeros(SAMPLE_RATE), modality="SPEECH")
     with pytest.raises(ValueError, match="takes audio"):
         task.respond(text="the dog runs")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from slmlab.models.pretrained import load_local
 
 
 def build_llama_lm(
@@ -27,11 +27,7 @@ def build_llama_lm(
     allocating it). From `pretrained_path` (a local `save_pretrained` folder): its sizes, with the input and
     output embeddings resized to `vocab_size` when the tokenizer has grown."""
     if pretrained_path is not None:
-        if not Path(pretrained_path).is_dir():
-            raise FileNotFoundError(
-                f"pretrained model folder not found: {pretrained_path} (slmlab never downloads)"
-            )
-        model = LlamaForCausalLM.from_pretrained(pretrained_path, local_files_only=True)
+        model = load_local(LlamaForCausalLM, pretrained_path)
         if model.get_input_embeddings().num_embeddings != vocab_size:
             model.resize_token_embeddings(vocab_size)
         return model

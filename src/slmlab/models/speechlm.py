@@ -1,51 +1,36 @@
 """SpeechLM: a transformers audio encoder -> a frame-stacking projector -> a transformers causal LM.
 
-    waveform [S] at 16 kHz --feature extractor--> input_values [S] (wav2vec2/HuBERT)
-                                                  or log-mel [80, F] at 100 Hz (Whisper)
-      --encoder--> states [T_enc, D_enc] (50 Hz for all three)
-      --stack k, project--> audio embeds [ceil(T_enc/k), D_llm]
-      --placed at the <|audio|> tokens of the prompt--> decoder, loss on the transcript only.
+    features: waveform [B, S] (wav2vec2/HuBERT) or log-mel [B, 80, F] at 100 Hz (Whisper),
+              from `tokenizers/frontends.py`
+      --encoder--> states [B, T_enc, D_enc] at 50 Hz (all three)
+      --stack k, project--> audio embeds [B, ceil(T_enc/k), D_llm]
+      --written over the <|audio|> tokens of the prompt (`tokenizers/prompts.py`)--> decoder,
+      loss on the transcript only (+ an optional character CTC loss on the encoder states).
 
-`SpeechLM` is a transformers `PreTrainedModel` with a composite config (`audio_config` + `text_config`, as
-Qwen2-Audio has), so the whole model saves and loads with `save_pretrained` / `from_pretrained`.
+`SpeechLM` is a transformers `PreTrainedModel` with a composite config (`audio_config` +
+`text_config`, as Qwen2-Audio has), so the whole model saves and loads with `save_pretrained` /
+`from_pretrained`. `build_speechlm` builds it from explicit sizes; `models/pretrained.py` loads its
+encoder and decoder from local checkpoint folders.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import (
     AutoConfig,
-    AutoFeatureExtractor,
     AutoModel,
     AutoModelForCausalLM,
     PretrainedConfig,
     PreTrainedModel,
-    Wav2Vec2FeatureExtractor,
-    WhisperFeatureExtractor,
-    WhisperModel,
 )
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
 from transformers.models.auto import CONFIG_MAPPING
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-AUDIO_TOKEN = "<|audio|>"
-CTC_ALPHABET = " 'abcdefghijklmnopqrstuvwxyz"
-
-
-def ctc_character_ids(
-    texts: list[str], alphabet: str = CTC_ALPHABET
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower-cased characters -> ids 1..len(alphabet) (0 is CTC's blank), others dropped:
-    ([B, N] padded, lengths [B])."""
-    rows = [[alphabet.index(c) + 1 for c in text.lower() if c in alphabet] for text in texts]
-    ids = torch.zeros(len(rows), max(map(len, rows), default=0), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return ids, torch.tensor([len(row) for row in rows])
+from slmlab.constants import CTC_ALPHABET
 
 
 def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -53,13 +38,28 @@ def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def ctc_character_ids(
+    texts: list[str], alphabet: str = CTC_ALPHABET
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CTC head's targets: lower-cased characters -> ids 1..len(alphabet) (0 is CTC's blank),
+    others dropped: ([B, N] padded, lengths [B]). Replaces a character tokenizer
+    (transformers' `Wav2Vec2CTCTokenizer`), which needs a vocabulary file."""
+    rows = [[alphabet.index(c) + 1 for c in text.lower() if c in alphabet] for text in texts]
+    ids = torch.zeros(len(rows), max(map(len, rows), default=0), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return ids, torch.tensor([len(row) for row in rows])
+
+
+# -- encoder ------------------------------------------------------------------------------------------
 class MaskedWhisperEncoder(WhisperEncoder):
     """Whisper's encoder on inputs of any length up to 30 s, padded frames kept out of every result.
 
-    transformers' `WhisperEncoder.forward` requires exactly 3000 mel frames and ignores the attention mask
-    (Ultravox patches it the same way). This forward reuses its modules: convolutions with the padded
-    frames zeroed after each (so a padded batch gives the same states as each utterance alone), the
-    first T positional embeddings, and a key-padding mask in every layer.
+    Replaces `WhisperEncoder.forward`, which requires exactly 3000 mel frames and ignores the
+    attention mask (Ultravox patches it the same way). This forward reuses its modules:
+    convolutions with the padded frames zeroed after each (so a padded batch gives the same states
+    as each utterance alone), the first T positional embeddings, and a key-padding mask in every
+    layer.
     """
 
     def forward(
@@ -75,12 +75,11 @@ class MaskedWhisperEncoder(WhisperEncoder):
         )
         if num_frames > 2 * self.max_source_positions:
             raise ValueError(
-                f"audio of {num_frames} mel frames exceeds the encoder's {2 * self.max_source_positions}"
+                f"audio of {num_frames} mel frames exceeds the encoder's "
+                f"{2 * self.max_source_positions}"
             )
-        x = (
-            nn.functional.gelu(self.conv1(input_features))
-            * frame_mask(lengths, num_frames)[:, None, :]
-        )
+        x = nn.functional.gelu(self.conv1(input_features))
+        x = x * frame_mask(lengths, num_frames)[:, None, :]
         x = nn.functional.gelu(self.conv2(x))
         valid = frame_mask(self._get_feat_extract_output_lengths(lengths), x.shape[-1])
         x = x.transpose(1, 2) * valid[..., None] + self.embed_positions.weight[: x.shape[-1]]
@@ -93,11 +92,27 @@ class MaskedWhisperEncoder(WhisperEncoder):
         return BaseModelOutput(last_hidden_state=self.layer_norm(x))
 
 
-class StackingProjector(nn.Module):
-    """[B, T, D_enc] -> [B, ceil(T/k), D_llm]: k consecutive frames concatenated, then an MLP or SwiGLU block.
+def _encoder_from_config(config: PretrainedConfig) -> PreTrainedModel:
+    if config.model_type == "whisper":
+        return MaskedWhisperEncoder(config)
+    return AutoModel.from_config(config)
 
-    mlp: LayerNorm -> Linear -> GELU -> Linear (SLAM-LLM).
-    swiglu: RMSNorm -> Linear -> SwiGLU -> RMSNorm -> Linear (Ultravox).
+
+# -- projector ----------------------------------------------------------------------------------------
+class SwiGLU(nn.Module):
+    """[..., 2H] -> [..., H]: value x SiLU(gate), the two halves of the input (no torch built-in)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = x.chunk(2, dim=-1)
+        return value * nn.functional.silu(gate)
+
+
+class StackingProjector(nn.Module):
+    """[B, T, D_enc] -> [B, ceil(T/k), D_llm]: k consecutive frames concatenated (the last group
+    zero-padded), then an MLP or SwiGLU block.
+
+    mlp: LayerNorm -> Linear -> GELU -> Linear (SLAM-LLM's `EncoderProjectorConcat`).
+    swiglu: RMSNorm -> Linear -> SwiGLU -> RMSNorm -> Linear (Ultravox's `UltravoxProjector`).
     """
 
     def __init__(
@@ -109,11 +124,8 @@ class StackingProjector(nn.Module):
         hidden_dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.stack_factor, stacked, hidden = (
-            stack_factor,
-            in_dim * stack_factor,
-            hidden_dim or out_dim,
-        )
+        self.stack_factor = stack_factor
+        stacked, hidden = in_dim * stack_factor, hidden_dim or out_dim
         if kind == "mlp":
             self.net = nn.Sequential(
                 nn.LayerNorm(stacked),
@@ -133,6 +145,7 @@ class StackingProjector(nn.Module):
             raise ValueError(f"unknown projector kind {kind!r}; choose mlp or swiglu")
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Input frames [B] -> output frames [B] (ceil(T/k))."""
         return -(-lengths // self.stack_factor)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
@@ -141,25 +154,12 @@ class StackingProjector(nn.Module):
         return self.net(states.reshape(batch, -1, dim * self.stack_factor))
 
 
-class SwiGLU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = x.chunk(2, dim=-1)
-        return value * nn.functional.silu(gate)
-
-
-@dataclass
-class SpeechLMOutput(CausalLMOutputWithPast):
-    """`loss` (what training minimises) = `lm_loss` on the transcript tokens + ctc_weight x `ctc_loss`."""
-
-    lm_loss: torch.Tensor | None = None
-    ctc_loss: torch.Tensor | None = None
-
-
+# -- model --------------------------------------------------------------------------------------------
 class SpeechLMConfig(PretrainedConfig):
     """audio_config: any transformers audio encoder config (whisper, wav2vec2, hubert, ...);
-    text_config: any causal LM config; lora: peft `LoraConfig` keywords, or None; ctc_weight > 0 adds a
-    character CTC head on the encoder and `ctc_weight` x its loss (hybrid CTC/attention training, as ESPnet
-    does), over `ctc_alphabet` (id 0 is the blank)."""
+    text_config: any causal LM config; lora: peft `LoraConfig` keywords, or None; ctc_weight > 0
+    adds a character CTC head on the encoder and `ctc_weight` x its loss (hybrid CTC/attention
+    training, as ESPnet does), over `ctc_alphabet` (id 0 is the blank)."""
 
     model_type = "slmlab_speechlm"
     sub_configs = {"audio_config": AutoConfig, "text_config": AutoConfig}
@@ -179,33 +179,31 @@ class SpeechLMConfig(PretrainedConfig):
     ) -> None:
         self.audio_config = _as_config(audio_config or {"model_type": "whisper"})
         self.text_config = _as_config(text_config or {"model_type": "qwen2"})
-        self.stack_factor, self.projector, self.projector_hidden = (
-            stack_factor,
-            projector,
-            projector_hidden,
-        )
-        self.audio_token_id, self.lora, self.ctc_weight, self.ctc_alphabet = (
-            audio_token_id,
-            lora,
-            ctc_weight,
-            ctc_alphabet,
-        )
+        self.stack_factor = stack_factor
+        self.projector = projector
+        self.projector_hidden = projector_hidden
+        self.audio_token_id = audio_token_id
+        self.lora = lora
+        self.ctc_weight = ctc_weight
+        self.ctc_alphabet = ctc_alphabet
         super().__init__(**kwargs)
 
 
 def _as_config(config) -> PretrainedConfig:
+    """A config, or a dict `{model_type, sizes...}` -> that model type's config."""
     if isinstance(config, PretrainedConfig):
         return config
     config = dict(config)
     return CONFIG_MAPPING[config.pop("model_type")](**config)
 
 
-def _encoder_from_config(config: PretrainedConfig) -> PreTrainedModel:
-    return (
-        MaskedWhisperEncoder(config)
-        if config.model_type == "whisper"
-        else AutoModel.from_config(config)
-    )
+@dataclass
+class SpeechLMOutput(CausalLMOutputWithPast):
+    """`loss` (what training minimises) = `lm_loss` on the transcript tokens
+    + ctc_weight x `ctc_loss`."""
+
+    lm_loss: torch.Tensor | None = None
+    ctc_loss: torch.Tensor | None = None
 
 
 class SpeechLM(PreTrainedModel):
@@ -215,9 +213,8 @@ class SpeechLM(PreTrainedModel):
     base_model_prefix = "speechlm"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _tied_weights_keys = [
-        r"lm_head\.weight"
-    ]  # decoders that tie their head to the input embeddings (GPT-2)
+    # decoders that tie their head to the input embeddings (GPT-2)
+    _tied_weights_keys = [r"lm_head\.weight"]
 
     def __init__(
         self,
@@ -226,10 +223,11 @@ class SpeechLM(PreTrainedModel):
         decoder: PreTrainedModel | None = None,
     ) -> None:
         super().__init__(config)
-        self.encoder = encoder if encoder is not None else _encoder_from_config(config.audio_config)
-        self.decoder = (
-            decoder if decoder is not None else AutoModelForCausalLM.from_config(config.text_config)
-        )
+        if encoder is None:
+            encoder = _encoder_from_config(config.audio_config)
+        if decoder is None:
+            decoder = AutoModelForCausalLM.from_config(config.text_config)
+        self.encoder, self.decoder = encoder, decoder
         audio = config.audio_config
         audio_dim = audio.d_model if audio.model_type == "whisper" else audio.hidden_size
         self.projector = StackingProjector(
@@ -239,10 +237,11 @@ class SpeechLM(PreTrainedModel):
             config.projector,
             config.projector_hidden,
         )
-        # character CTC on the 50 Hz encoder states: direct acoustic supervision for an encoder trained from scratch
-        self.ctc_head = (
-            nn.Linear(audio_dim, len(config.ctc_alphabet) + 1) if config.ctc_weight > 0 else None
-        )
+        # character CTC on the 50 Hz encoder states: direct acoustic supervision for an encoder
+        # trained from scratch
+        self.ctc_head = None
+        if config.ctc_weight > 0:
+            self.ctc_head = nn.Linear(audio_dim, len(config.ctc_alphabet) + 1)
         if config.lora:
             from peft import LoraConfig, get_peft_model
 
@@ -260,21 +259,42 @@ class SpeechLM(PreTrainedModel):
     def get_output_embeddings(self) -> nn.Module:
         return self.decoder.get_output_embeddings()
 
-    # -- audio ------------------------------------------------------------------------------------------
+    # -- audio --------------------------------------------------------------------------------------
     @property
     def input_name(self) -> str:
-        """The encoder's input: `input_features` (log-mel) for Whisper, `input_values` (waveform) otherwise."""
-        return (
-            "input_features" if self.config.audio_config.model_type == "whisper" else "input_values"
-        )
+        """The encoder's input: `input_features` (log-mel) for Whisper, `input_values` (waveform)
+        otherwise."""
+        if self.config.audio_config.model_type == "whisper":
+            return "input_features"
+        return "input_values"
 
     def encoder_output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
-        """Encoder frames for inputs of `input_lengths` samples (or mel frames), from its convolution strides."""
+        """Encoder frames for inputs of `input_lengths` samples (or mel frames), from its
+        convolution strides."""
         return self.encoder._get_feat_extract_output_lengths(input_lengths).long()
 
     def audio_output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
         """Audio embeddings (= `<|audio|>` tokens) per utterance after stacking."""
         return self.projector.output_lengths(self.encoder_output_lengths(input_lengths))
+
+    def encoder_states(
+        self, features: torch.Tensor, feature_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """features [B, S] or [B, n_mels, F], zero-padded; feature_lengths [B]
+        -> (states [B, T_enc, D_enc] at 50 Hz, zero after each utterance's end; lengths [B])."""
+        mask = frame_mask(feature_lengths, features.shape[-1]).long()
+        # group-normed wav2vec2 variants (wav2vec2-base) must not get a mask: they were trained on
+        # zero padding
+        use_mask = (
+            self.input_name == "input_features"
+            or getattr(self.config.audio_config, "feat_extract_norm", "") == "layer"
+        )
+        states = self.encoder(
+            **{self.input_name: features}, attention_mask=mask if use_mask else None
+        ).last_hidden_state
+        lengths = self.encoder_output_lengths(feature_lengths)
+        # zeros after the end, as an utterance alone is padded
+        return states * frame_mask(lengths, states.shape[1])[..., None], lengths
 
     def encode_audio(
         self, features: torch.Tensor, feature_lengths: torch.Tensor
@@ -284,39 +304,23 @@ class SpeechLM(PreTrainedModel):
         states, lengths = self.encoder_states(features, feature_lengths)
         return self.projector(states), self.projector.output_lengths(lengths)
 
-    def encoder_states(
-        self, features: torch.Tensor, feature_lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (states [B, T_enc, D_enc] at 50 Hz, zero after each utterance's end; lengths [B])."""
-        mask = frame_mask(feature_lengths, features.shape[-1]).long()
-        # group-normed wav2vec2 variants (wav2vec2-base) must not get a mask: they were trained on zero padding
-        use_mask = (
-            self.input_name == "input_features"
-            or getattr(self.config.audio_config, "feat_extract_norm", "") == "layer"
-        )
-        states = self.encoder(
-            **{self.input_name: features}, attention_mask=mask if use_mask else None
-        ).last_hidden_state
-        lengths = self.encoder_output_lengths(feature_lengths)
-        return states * frame_mask(lengths, states.shape[1])[
-            ..., None
-        ], lengths  # zeros, as an utterance alone is padded
-
     def embed_inputs(
         self, input_ids: torch.Tensor, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor
     ) -> torch.Tensor:
-        """Text embeddings with the i-th utterance's audio frames written, in order, over its `<|audio|>` tokens."""
+        """input_ids [B, L] -> text embeddings [B, L, D_llm] with the i-th utterance's audio frames
+        written, in order, over its `<|audio|>` tokens (`config.audio_token_id`)."""
         is_audio = input_ids == self.config.audio_token_id
         frames = audio_embeds[frame_mask(audio_lengths, audio_embeds.shape[1])]
         if int(is_audio.sum()) != len(frames):
             raise ValueError(
-                f"{int(is_audio.sum())} {AUDIO_TOKEN} tokens in the prompt for {len(frames)} audio frames; "
-                "expand the placeholder with `audio_output_lengths`"
+                f"{int(is_audio.sum())} audio tokens (id {self.config.audio_token_id}) in the "
+                f"prompt for {len(frames)} audio frames; expand the placeholder with "
+                "`audio_output_lengths`"
             )
         embeds = self.get_input_embeddings()(input_ids.masked_fill(is_audio, 0))
         return embeds.masked_scatter(is_audio[..., None], frames.to(embeds.dtype))
 
-    # -- LM ---------------------------------------------------------------------------------------------
+    # -- LM -----------------------------------------------------------------------------------------
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -327,9 +331,9 @@ class SpeechLM(PreTrainedModel):
         ctc_targets: torch.Tensor | None = None,
         ctc_target_lengths: torch.Tensor | None = None,
     ) -> SpeechLMOutput:
-        """input_ids [B, L] with ceil(T_enc/k) `<|audio|>` tokens per row; labels [B, L] (-100 where no loss);
-        ctc_targets [B, N] transcript characters (`ctc_character_ids`, padded) and their lengths [B], for the CTC head.
-        loss = lm_loss (+ ctc_weight x ctc_loss)."""
+        """input_ids [B, L] with ceil(T_enc/k) `<|audio|>` tokens per row; labels [B, L] (-100 where
+        no loss); ctc_targets [B, N] transcript characters (`ctc_character_ids`, padded) and their
+        lengths [B], for the CTC head. loss = lm_loss (+ ctc_weight x ctc_loss)."""
         states, lengths = self.encoder_states(features, feature_lengths)
         audio_embeds, audio_lengths = self.projector(states), self.projector.output_lengths(lengths)
         inputs_embeds = self.embed_inputs(input_ids, audio_embeds, audio_lengths)
@@ -356,20 +360,22 @@ class SpeechLM(PreTrainedModel):
         feature_lengths: torch.Tensor,
         **generate_kwargs,
     ) -> torch.Tensor:
-        """Left-padded prompts -> new token ids [B, N], through the decoder's `generate` (greedy, sampling, beam)."""
+        """Left-padded prompts -> new token ids [B, N], through the decoder's `generate` (greedy,
+        sampling, beam)."""
         audio_embeds, audio_lengths = self.encode_audio(features, feature_lengths)
         inputs_embeds = self.embed_inputs(input_ids, audio_embeds, audio_lengths)
         return self.decoder.generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs
         )
 
-    # -- training set-up --------------------------------------------------------------------------------
+    # -- training set-up ----------------------------------------------------------------------------
     FREEZABLE = ("encoder", "projector", "decoder", "decoder_except_head")
 
     def freeze(self, parts: list[str]) -> None:
-        """Stop gradients to the named parts; `decoder_except_head` leaves only the LM head trainable in the
-        decoder (with a tied head, as GPT-2 has, that is also the input embedding). Parameters the
-        libraries keep frozen (Whisper's positions, peft's base weights) stay frozen."""
+        """Stop gradients to the named parts; `decoder_except_head` leaves only the LM head trainable
+        in the decoder (with a tied head, as GPT-2 has, that is also the input embedding).
+        Parameters the libraries keep frozen (Whisper's positions, peft's base weights) stay
+        frozen."""
         unknown = set(parts) - set(self.FREEZABLE)
         if unknown:
             raise ValueError(f"cannot freeze {sorted(unknown)}; choose among {self.FREEZABLE}")
@@ -388,8 +394,8 @@ class SpeechLM(PreTrainedModel):
 def build_speechlm(
     vocab_size: int,
     audio_token_id: int,
-    encoder: dict,
-    decoder: dict,
+    encoder: dict | PreTrainedModel,
+    decoder: dict | PreTrainedModel,
     stack_factor: int = 4,
     projector: str = "swiglu",
     projector_hidden: int | None = None,
@@ -400,23 +406,15 @@ def build_speechlm(
     bos_token_id: int | None = None,
     eos_token_id: int | None = None,
 ) -> SpeechLM:
-    """encoder / decoder: `{model_type, sizes...}` for a fresh tiny model, or `{pretrained_path: <local folder>}`.
-
-    A pretrained decoder has its embeddings resized when the tokenizer has grown (the `<|audio|>` token).
-    """
-    encoder, decoder = dict(encoder), dict(decoder)
-    encoder_path, decoder_path = (
-        encoder.pop("pretrained_path", None),
-        decoder.pop("pretrained_path", None),
-    )
-    audio_model = _load_encoder(encoder_path) if encoder_path else None
-    text_model = _load_local(AutoModelForCausalLM, decoder_path) if decoder_path else None
-    if text_model is not None and text_model.get_input_embeddings().num_embeddings < vocab_size:
-        text_model.resize_token_embeddings(vocab_size)
-    text_config = (
-        text_model.config
-        if text_model is not None
-        else _as_config(
+    """encoder / decoder: `{model_type, sizes...}` for a fresh network at those sizes (a fresh
+    decoder takes `vocab_size` and the special ids), or a built model to use as it is (loaded by
+    `models/pretrained.py`)."""
+    encoder_model = encoder if isinstance(encoder, PreTrainedModel) else None
+    decoder_model = decoder if isinstance(decoder, PreTrainedModel) else None
+    if decoder_model is not None:
+        text_config = decoder_model.config
+    else:
+        text_config = _as_config(
             {
                 **decoder,
                 "vocab_size": vocab_size,
@@ -425,9 +423,8 @@ def build_speechlm(
                 "eos_token_id": eos_token_id,
             }
         )
-    )
     config = SpeechLMConfig(
-        audio_config=audio_model.config if audio_model is not None else encoder,
+        audio_config=encoder_model.config if encoder_model is not None else encoder,
         text_config=text_config,
         stack_factor=stack_factor,
         projector=projector,
@@ -437,102 +434,4 @@ def build_speechlm(
         ctc_weight=ctc_weight,
         ctc_alphabet=ctc_alphabet,
     )
-    return SpeechLM(config, encoder=audio_model, decoder=text_model)
-
-
-def _load_local(auto_class, path: str):
-    if not Path(path).is_dir():
-        raise FileNotFoundError(
-            f"pretrained model folder not found: {path} (slmlab never downloads)"
-        )
-    return auto_class.from_pretrained(path, local_files_only=True)
-
-
-def _load_encoder(path: str) -> PreTrainedModel:
-    """A local encoder checkpoint: Whisper's encoder half (from a whole Whisper model), or any `AutoModel`."""
-    if _load_local(AutoConfig, path).model_type == "whisper":
-        whole = _load_local(WhisperModel, path)
-        encoder = MaskedWhisperEncoder(whole.config)
-        encoder.load_state_dict(whole.get_encoder().state_dict())
-        return encoder
-    return _load_local(AutoModel, path)
-
-
-def build_feature_extractor(
-    audio_config: PretrainedConfig, pretrained_path: str | None = None, sample_rate: int = 16000
-):
-    """The encoder's own feature extractor from its local folder when it has one, else the matching default:
-    Whisper log-mel (n_mels from the config) or normalised waveforms for wav2vec2/HuBERT."""
-    if pretrained_path and (Path(pretrained_path) / "preprocessor_config.json").is_file():
-        return AutoFeatureExtractor.from_pretrained(pretrained_path, local_files_only=True)
-    if audio_config.model_type == "whisper":
-        return WhisperFeatureExtractor(
-            feature_size=audio_config.num_mel_bins, sampling_rate=sample_rate
-        )
-    return Wav2Vec2FeatureExtractor(
-        sampling_rate=sample_rate, do_normalize=True, return_attention_mask=True
-    )
-
-
-def extract_features(
-    feature_extractor, waveforms: list[torch.Tensor], sample_rate: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each waveform [S_i] through the feature extractor alone, then zero-padded, so that an utterance's
-    features never depend on its batch: -> ([B, S] waveforms or [B, n_mels, F] log-mel, lengths [B])."""
-    name = feature_extractor.model_input_names[0]
-    items = [
-        torch.as_tensor(
-            feature_extractor(
-                w.numpy(), sampling_rate=sample_rate, padding=False, return_tensors="np"
-            )[name][0]
-        )
-        for w in waveforms
-    ]
-    lengths = torch.tensor([it.shape[-1] for it in items])
-    padded = torch.zeros(len(items), *items[0].shape[:-1], int(lengths.max()))
-    for row, item in zip(padded, items):
-        row[..., : item.shape[-1]] = item
-    return padded, lengths
-
-
-def prompt_batch(
-    tokenizer,
-    template: str,
-    audio_tokens: list[int],
-    targets: list[list[int]] | None = None,
-    padding_side: str = "right",
-) -> dict[str, torch.Tensor]:
-    """Rows of bos + template with its `<|audio|>` repeated audio_tokens[i] times (+ targets[i]), padded.
-
-    template: e.g. "<|audio|> transcribe:"; targets: token ids to learn (transcript + eos).
-    -> input_ids [B, L], attention_mask [B, L], labels [B, L] (-100 on bos, prompt, audio and padding).
-    Right padding for training; left padding for `generate`.
-    """
-    if template.count(AUDIO_TOKEN) != 1:
-        raise ValueError(f"the prompt template must hold {AUDIO_TOKEN} exactly once: {template!r}")
-    before, after = template.split(AUDIO_TOKEN)
-    before_ids, after_ids = (
-        tokenizer.encode(before, bos=True, eos=False),
-        tokenizer.encode(after, bos=False, eos=False),
-    )
-    audio_id = tokenizer.hf.convert_tokens_to_ids(AUDIO_TOKEN)
-    rows, label_rows = [], []
-    for i, n in enumerate(audio_tokens):
-        prompt = before_ids + [audio_id] * n + after_ids
-        target = targets[i] if targets is not None else []
-        rows.append(prompt + target)
-        label_rows.append([-100] * len(prompt) + target)
-    width = max(map(len, rows))
-    batch = {
-        "input_ids": torch.full((len(rows), width), tokenizer.pad_id),
-        "attention_mask": torch.zeros(len(rows), width, dtype=torch.long),
-        "labels": torch.full((len(rows), width), -100),
-    }
-    for i, (row, labels) in enumerate(zip(rows, label_rows)):
-        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-        batch["input_ids"][i, span], batch["labels"][i, span] = (
-            torch.tensor(row),
-            torch.tensor(labels),
-        )
-        batch["attention_mask"][i, span] = 1
-    return batch
+    return SpeechLM(config, encoder=encoder_model, decoder=decoder_model)

@@ -8,8 +8,10 @@ import torch
 from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from slmlab.models.speechlm import AUDIO_TOKEN, ctc_character_ids, extract_features, prompt_batch
+from slmlab.models.speechlm import ctc_character_ids
 from slmlab.tasks.base import SLMTask
+from slmlab.tokenizers.frontends import extract_features
+from slmlab.tokenizers.prompts import AUDIO_TOKEN, prompt_batch
 
 
 class SpeechLMTask(SLMTask):

@@ -1,0 +1,63 @@
+"""Pretrained checkpoints from local folders (transformers `save_pretrained` layout); nothing is
+ever downloaded.
+
+`load_local` is transformers' `from_pretrained` restricted to a folder that exists;
+`load_or_build_speechlm` gives SpeechLM (`models/speechlm.py`) a pretrained encoder and/or decoder
+(a decoder's embeddings grown to the tokenizer's vocabulary, for the `<|audio|>` token) and
+builds any half without a folder from its sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel, WhisperModel
+
+from slmlab.models.speechlm import MaskedWhisperEncoder, SpeechLM, build_speechlm
+
+
+def load_local(auto_class, path: str):
+    """`auto_class.from_pretrained(path)` (a model, config or any class with that method) from a
+    local folder only: a missing folder is an error, never a download from the hub."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(
+            f"pretrained model folder not found: {path} (slmlab never downloads)"
+        )
+    return auto_class.from_pretrained(path, local_files_only=True)
+
+
+def load_audio_encoder(path: str) -> PreTrainedModel:
+    """A local encoder checkpoint: Whisper's encoder half from a whole Whisper model, or any
+    `AutoModel` (wav2vec2, HuBERT, ...). The Whisper half is copied into `MaskedWhisperEncoder`,
+    which replaces `WhisperModel.get_encoder()`'s fixed 30 s input."""
+    if load_local(AutoConfig, path).model_type == "whisper":
+        whole = load_local(WhisperModel, path)
+        encoder = MaskedWhisperEncoder(whole.config)
+        encoder.load_state_dict(whole.get_encoder().state_dict())
+        return encoder
+    return load_local(AutoModel, path)
+
+
+def load_or_build_speechlm(
+    vocab_size: int, audio_token_id: int, encoder: dict, decoder: dict, **network
+) -> SpeechLM:
+    """encoder / decoder: `{pretrained_path: <local folder>}` to load that half, or
+    `{model_type, sizes...}` (with `pretrained_path` null or absent) to build it fresh;
+    network: the other keywords of `build_speechlm` (stacking, projector, LoRA, CTC, special ids).
+
+    A pretrained decoder has its embeddings resized when the tokenizer has grown (the `<|audio|>`
+    token)."""
+    encoder, decoder = dict(encoder), dict(decoder)
+    encoder_path = encoder.pop("pretrained_path", None)
+    decoder_path = decoder.pop("pretrained_path", None)
+    audio_model = load_audio_encoder(encoder_path) if encoder_path else None
+    text_model = load_local(AutoModelForCausalLM, decoder_path) if decoder_path else None
+    if text_model is not None and text_model.get_input_embeddings().num_embeddings < vocab_size:
+        text_model.resize_token_embeddings(vocab_size)
+    return build_speechlm(
+        vocab_size,
+        audio_token_id,
+        audio_model if audio_model is not None else encoder,
+        text_model if text_model is not None else decoder,
+        **network,
+    )
