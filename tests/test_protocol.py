@@ -113,3 +113,13 @@ def test_a_toy_fourth_arm_runs_through_training_evaluation_and_the_report(
     readme = (tmp_path / "report" / "README.md").read_text()
     assert "| bigram | n/a | n/a |" in readme  # asr_wer, asr_cer: not declared
     assert float(rows[0]["text_ppl"]) == pytest.approx(evaluated["text_ppl"])
+
+
+def test_fsdp_wraps_the_blocks_the_chosen_arm_declares():
+    from hydra.utils import instantiate
+    from torchtune.modules import TransformerSelfAttentionLayer
+
+    from slmlab.runs import compose
+
+    policy = compose("train", ["model=csm", "strategy=fsdp"]).trainer.strategy.auto_wrap_policy
+    assert instantiate(policy) == {TransformerSelfAttentionLayer}

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from slmlab.constants import SAMPLE_RATE
 from slmlab.models.speechlm import ctc_character_ids
 from slmlab.tasks.base import SLMTask
 from slmlab.tokenizers.frontends import extract_features
@@ -17,10 +18,40 @@ from slmlab.tokenizers.prompts import AUDIO_TOKEN, prompt_batch
 class SpeechLMTask(SLMTask):
     """batch["audio"]: [B, S] at `sample_rate`; batch["text_ids"]: bos + BPE + eos. Loss on transcript + eos only.
 
-    net: a partial of `build_speechlm` (sizes from config); feature_extractor: a partial of
-    `build_feature_extractor`; freeze: parts of `SpeechLM.FREEZABLE`; generation: keywords for the
-    decoder's `generate` (num_beams, do_sample, temperature, top_p, max_new_tokens).
+    net: a partial of `models.pretrained.load_or_build_speechlm` (sizes or local folders from config);
+    feature_extractor: a partial of `tokenizers.frontends.build_feature_extractor`; freeze: parts of
+    `SpeechLM.FREEZABLE`; generation: keywords for the decoder's `generate` (num_beams, do_sample,
+    temperature, top_p, max_new_tokens).
     """
+
+    capabilities = frozenset({"transcribe"})
+
+    @classmethod
+    def fsdp_block_classes(cls) -> set[type]:
+        """The encoders' layers (Whisper, wav2vec2, HuBERT) and the decoders' (Qwen2, Llama, GPT-2)."""
+        from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+        from transformers.models.hubert.modeling_hubert import (
+            HubertEncoderLayer,
+            HubertEncoderLayerStableLayerNorm,
+        )
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+        from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
+        from transformers.models.wav2vec2.modeling_wav2vec2 import (
+            Wav2Vec2EncoderLayer,
+            Wav2Vec2EncoderLayerStableLayerNorm,
+        )
+        from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
+
+        return {
+            WhisperEncoderLayer,
+            Wav2Vec2EncoderLayer,
+            Wav2Vec2EncoderLayerStableLayerNorm,
+            HubertEncoderLayer,
+            HubertEncoderLayerStableLayerNorm,
+            Qwen2DecoderLayer,
+            LlamaDecoderLayer,
+            GPT2Block,
+        }
 
     def __init__(
         self,
@@ -31,7 +62,7 @@ class SpeechLMTask(SLMTask):
         scheduler=None,
         prompt_template: str = f"{AUDIO_TOKEN} transcribe:",
         freeze: list[str] = (),
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         generation: dict | None = None,
         sample_count: int = 4,
     ) -> None:
