@@ -9,13 +9,12 @@ and the same transcript targets. A step is forward, backward and an AdamW update
 from __future__ import annotations
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
 from slmlab.bench import median_seconds
-from slmlab.cli import CONF_DIR
 from slmlab.models.speechlm import build_speechlm, frame_mask
+from slmlab.runs import compose
 
 VOCAB, AUDIO_ID, PAD_ID, BATCH, TARGET_TOKENS = 1030, 1029, 0, 16, 12
 
@@ -46,8 +45,7 @@ def _rows(audio_tokens: torch.Tensor, targets: torch.Tensor) -> dict:
 
 def _demo_sizes() -> tuple[dict, dict]:
     """The encoder and decoder presets of `model=speechlm` (whisper_tiny, qwen2_tiny), as `make demo` trains them."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        net = compose("train", overrides=["model=speechlm"]).model.task.net
+    net = compose("train", ["model=speechlm"]).model.task.net
     encoder, decoder = (OmegaConf.to_container(net[part]) for part in ("encoder", "decoder"))
     return (
         {k: v for k, v in encoder.items() if k != "pretrained_path"},
