@@ -32,7 +32,7 @@ def test_builtin_codec_round_trip_shapes_rate_and_reload(tiny_corpus, clip, tmp_
     codec.save(tmp_path / "codec")
     assert torch.equal(BuiltinCodec.load(tmp_path / "codec").encode(clip), codes)
     report = json.loads(
-        next((tiny_corpus.root / "tokenizers").glob("codec_4x32_*/resynthesis.json")).read_text()
+        next((tiny_corpus.root / "artifacts" / "codec").glob("4x32-*/resynthesis.json")).read_text()
     )
     by_k = list(report["mel_l1_by_codebooks"].values())
     assert all(

@@ -69,7 +69,7 @@ def test_judge_asr_fits_on_the_tiny_corpus_and_reloads(tiny_corpus):
     model = {"dim": 32, "layers": 1, "heads": 2, "ffn_dim": 64, "kernel_size": 7}
     judge = load_or_fit_judge(tiny_corpus, model=model, epochs=4)
     assert set(judge.floor) >= {"wer", "cer"} and 0 <= judge.floor["cer"]
-    folder = next((Path(tiny_corpus.root) / "judge").glob("ctc_*"))
+    folder = next((Path(tiny_corpus.root) / "artifacts" / "judge").glob("ctc-*/judge.pt")).parent
     assert json.loads((folder / "floor.json").read_text())["utterances"] == 24
     test, _ = read_manifest(tiny_corpus.manifest("test"), check_audio=False)
     waves = [load_audio(r.audio_filepath, 16000) for r in test[:3]]

@@ -256,7 +256,7 @@ def test_the_unit_vocoder_speaks_and_reports_its_resynthesis(
     audio = speech_tokenizer.decode(speech_tokenizer.to_string(merged))
     assert abs(len(audio) - len(waveform)) < 0.5 * len(waveform) and audio.abs().max() > 0
     report_files = list(
-        (tiny_corpus.root / "tokenizers").glob("speech_mfcc_50_*/vocoder_*/resynthesis.json")
+        (tiny_corpus.root / "artifacts" / "unit_vocoder").glob("hu50-dim64-*/resynthesis.json")
     )
     report = json.loads(report_files[0].read_text())["test"]
     assert (

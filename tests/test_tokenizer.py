@@ -19,9 +19,9 @@ def test_bpe_round_trip_and_special_tokens():
     assert tok.encode("[SPEECH][Hu0] dog", bos=False, eos=False)[:2] == new_ids[1:]
 
 
-def test_bpe_is_fitted_once_and_saved_next_to_the_corpus(tiny_corpus):
+def test_bpe_is_fitted_once_and_saved_with_the_corpus(tiny_corpus):
     first = load_or_fit_bpe(tiny_corpus, vocab_size=512)
-    folder = tiny_corpus.root / "tokenizers" / "bpe_512_2"
+    folder = next((tiny_corpus.root / "artifacts" / "bpe").glob("bpe512-*/tokenizer.json")).parent
     assert (folder / "tokenizer.json").is_file()
     mtime = (folder / "tokenizer.json").stat().st_mtime_ns
     second = load_or_fit_bpe(tiny_corpus, vocab_size=512)

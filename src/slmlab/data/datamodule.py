@@ -8,16 +8,16 @@ before training) reads the cache. Batches are length-bucketed and padded per fie
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from slmlab.artifacts import artifact_dir, fingerprint, fit_once, manifest_fingerprints
+from slmlab.constants import SAMPLE_RATE
 from slmlab.data.batching import LengthBucketBatchSampler, pad_stack
 from slmlab.data.manifest import Utterance, audio_path, load_audio, read_manifest
 
@@ -46,7 +46,7 @@ class WaveformField:
     cached = False
     pad_value = 0.0
 
-    def __init__(self, sample_rate: int = 16000) -> None:
+    def __init__(self, sample_rate: int = SAMPLE_RATE) -> None:
         self.sample_rate = sample_rate
 
     def __call__(self, record: Utterance) -> torch.Tensor:
@@ -70,7 +70,8 @@ class SpeechStreamField:
         return f"{self.stream}-{self.tokenizer.fingerprint()}"
 
     def __call__(self, record: Utterance) -> torch.Tensor:
-        return self.tokenizer.encode_streams(load_audio(record.audio_filepath, 16000), (self.stream,))[self.stream]
+        wav = load_audio(record.audio_filepath, SAMPLE_RATE)
+        return self.tokenizer.encode_streams(wav, (self.stream,))[self.stream]
 
 
 class CodecField:
@@ -143,11 +144,15 @@ class UtteranceDataset(Dataset):
         return {**self.utterance(i), "context": [self.utterance(j) for j in self.previous[i]]}
 
 
+def _load_tokens(folder: Path) -> list[torch.Tensor]:
+    return torch.load(folder / "tokens.pt")["values"]
+
+
 class SpeechDataModule(L.LightningDataModule):
     """corpus: an object with `prepare()`, `manifest(split)` and `root` (see `data/` configs)."""
 
     def __init__(self, corpus, tokenizers: dict, fields: list[str], batch_size: int = 32,
-                 max_tokens: int | None = None, num_workers: int = 0, sample_rate: int = 16000,
+                 max_tokens: int | None = None, num_workers: int = 0, sample_rate: int = SAMPLE_RATE,
                  max_duration: float | None = 20.0, on_wrong_rate: str = "resample",
                  on_duration_mismatch: str = "correct", bucket_batches: int = 50, seed: int = 0,
                  cache_dir: str | None = None, context_turns: int = 0) -> None:
@@ -158,16 +163,12 @@ class SpeechDataModule(L.LightningDataModule):
         self.sample_rate, self.max_duration, self.bucket_batches, self.seed = sample_rate, max_duration, bucket_batches, seed
         self.policies = {"on_wrong_rate": on_wrong_rate, "on_duration_mismatch": on_duration_mismatch}
         self.context_turns = context_turns
-        self.cache_dir = Path(cache_dir) if cache_dir else Path(corpus.root) / "cache"
+        self.cache_root = Path(cache_dir) if cache_dir else Path(corpus.root)  # holds artifacts/token_cache
         self.datasets: dict[str, UtteranceDataset] = {}
         self.reports: dict[str, dict] = {}
         self._prepared: dict[str, tuple[list[Utterance], dict]] = {}
 
     # -- cache ------------------------------------------------------------------------------------
-    def _cache_path(self, split: str, name: str) -> Path:
-        manifest_hash = hashlib.sha1(Path(self.corpus.manifest(split)).read_bytes()).hexdigest()[:12]
-        return self.cache_dir / f"{split}.{self.fields[name].fingerprint()}.{manifest_hash}.pt"
-
     def _prepare_split(self, split: str) -> tuple[list[Utterance], dict[str, list[torch.Tensor]]]:
         """Validate the split's manifest and load (or build) its token cache, once per process."""
         if split not in self._prepared:
@@ -184,24 +185,26 @@ class SpeechDataModule(L.LightningDataModule):
         return records
 
     def _load_or_build_cache(self, split: str, records: list[Utterance]) -> dict[str, list[torch.Tensor]]:
+        """Each cached field's values for `records`, built once into `<cache_dir or corpus root>/artifacts/
+        token_cache/<split>-<field>-<key>/tokens.pt` (`artifacts.py`), keyed by the field's tokenizer
+        fingerprint, the manifest's bytes and the ids of the records kept from it."""
+        inputs = {**manifest_fingerprints(self.corpus, split),
+                  "records": fingerprint(" ".join(r.id for r in records).encode())}
         cached = {}
         for name, field in self.fields.items():
             if not field.cached:
                 continue
-            path = self._cache_path(split, name)
-            if path.is_file():
-                stored = torch.load(path)
-                if stored["ids"] == [r.id for r in records]:
-                    cached[name] = stored["values"]
-                    continue
-                log.info("cache %s was built for another set of records; rebuilding", path)
-            values = [field(r) for r in records]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.partial")  # jobs of a parallel sweep may build it together
-            torch.save({"ids": [r.id for r in records], "values": values}, partial)
-            partial.rename(path)
-            log.info("cached %s/%s for %d records -> %s", split, name, len(values), path)
-            cached[name] = values
+            settings = {"field": name, "fingerprint": field.fingerprint()}
+
+            def build(tmp: Path, name=name, field=field) -> list[torch.Tensor]:
+                values = [field(r) for r in records]
+                torch.save({"ids": [r.id for r in records], "values": values}, tmp / "tokens.pt")
+                log.info("cached %s/%s for %d records", split, name, len(values))
+                return values
+
+            folder = artifact_dir(self.cache_root, "token_cache", f"{split}-{name}", settings, inputs)
+            record = {"settings": settings, "inputs": inputs}
+            cached[name] = fit_once(folder, build, _load_tokens, record)
         return cached
 
     # -- Lightning hooks ----------------------------------------------------------------------------

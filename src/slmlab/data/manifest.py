@@ -22,6 +22,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from slmlab.constants import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
 KNOWN_KEYS = ("id", "audio_filepath", "duration", "text", "speaker", "style", "words")
@@ -99,7 +101,7 @@ class ManifestReport:
                 "problems": {action: dict(sorted(counts.items())) for action, counts in sorted(by_action.items())}}
 
 
-def read_manifest(path: str | Path, *, sample_rate: int | None = 16000, max_duration: float | None = None,
+def read_manifest(path: str | Path, *, sample_rate: int | None = SAMPLE_RATE, max_duration: float | None = None,
                   on_wrong_rate: str = "resample", on_duration_mismatch: str = "correct",
                   duration_tolerance: float = 0.1, check_audio: bool = True) -> tuple[list[Utterance], ManifestReport]:
     """Read and validate a JSONL manifest.

@@ -7,6 +7,8 @@ Layout of `root` (all paths inside manifests are relative to `root`):
     probes/syntactic.jsonl               sentence vs. minimally ungrammatical twin (sBLIMP-like)
     wav16k/*.wav wav24k/*.wav            16 kHz and 24 kHz mono PCM-16
     corpus.json                          preset, seed, counts, hours, speakers, styles, vocabulary size
+    artifact.json                        preset and seed, written on publishing (`artifacts.py`)
+    artifacts/                           what is fitted on it later: tokenizers, judge, token cache
 
 The same preset and seed give the same files, byte for byte.
 """
@@ -15,13 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from slmlab.artifacts import fit_once
+from slmlab.constants import CORPUS_SAMPLE_RATES
 from slmlab.data.espeak import speak_many
 from slmlab.data.grammar import ADJECTIVES, NOUNS, Grammar, Sentence, nonword, vocabulary
 from slmlab.data.manifest import Utterance, write_manifest
@@ -55,7 +58,6 @@ STYLES = {
     "sad": (32, 12, 125),
     "monotone": (45, 0, 170),
 }
-SAMPLE_RATES = (16000, 24000)
 
 
 @dataclass
@@ -86,13 +88,17 @@ class SyntheticCorpus:
         return (self.root / "corpus.json").is_file()
 
     def prepare(self) -> dict:
-        """Synthesise unless `corpus.json` is there; return its summary."""
-        if not self.ready:
-            self.synthesise()
-        return json.loads((self.root / "corpus.json").read_text())
+        """Synthesise unless `corpus.json` is there; return its summary. The corpus is written into a
+        temporary folder next to `root` and renamed into place once whole (`artifacts.py`); a second
+        process preparing the same root meanwhile waits for the first and reads its corpus."""
+        if self.ready:
+            return _summary(self.root)
+        record = {"settings": {"preset": self.preset, "seed": self.seed}}
+        return fit_once(self.root, self.synthesise, _summary, record)
 
     # ---------------------------------------------------------------------------------------------
-    def synthesise(self) -> None:
+    def synthesise(self, tmp: Path) -> None:
+        """Write the whole corpus into the folder `tmp`."""
         started = time.perf_counter()
         rng = random.Random(self.seed)
         grammar = Grammar(rng)
@@ -132,13 +138,11 @@ class SyntheticCorpus:
             jobs["lexical"] += pair
             lexical_rows.append({"id": f"lex_{i:05d}", "good": pair[0].id, "bad": pair[1].id})
 
-        tmp = self.root.with_name(self.root.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for rate in SAMPLE_RATES:
+        for rate in CORPUS_SAMPLE_RATES:
             (tmp / f"wav{rate // 1000}k").mkdir(parents=True)
         all_jobs = [job for group in jobs.values() for job in group]
         log.info("synthesising %d utterances with %d workers into %s", len(all_jobs), self.workers, self.root)
-        requests = [[job.text, SPEAKERS[job.speaker], *STYLES[job.style], str(tmp), job.id, list(SAMPLE_RATES)]
+        requests = [[job.text, SPEAKERS[job.speaker], *STYLES[job.style], str(tmp), job.id, list(CORPUS_SAMPLE_RATES)]
                     for job in all_jobs]
         results = {job.id: Utterance(job.id, paths[0], duration, job.text, job.speaker, job.style, words,
                                      {"audio_filepath_24k": paths[1]})
@@ -159,8 +163,10 @@ class SyntheticCorpus:
         summary = {"preset": self.preset, "seed": self.seed, "size": asdict(self.size), "hours": hours,
                    "utterances": {split: len(group) for split, group in jobs.items()},
                    "speakers": SPEAKERS, "styles": {k: dict(zip(("pitch", "range", "rate"), v)) for k, v in STYLES.items()},
-                   "vocabulary_size": len(known), "sample_rates": list(SAMPLE_RATES)}
+                   "vocabulary_size": len(known), "sample_rates": list(CORPUS_SAMPLE_RATES)}
         (tmp / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
-        shutil.rmtree(self.root, ignore_errors=True)
-        tmp.rename(self.root)
         log.info("corpus ready in %.1f s: %s", time.perf_counter() - started, json.dumps(summary["utterances"]))
+
+
+def _summary(root: Path) -> dict:
+    return json.loads((root / "corpus.json").read_text())

@@ -2,19 +2,16 @@
 
 By default a small character CTC recogniser (a stride-2 convolution, then torchaudio's `Conformer`; greedy
 decoding, then each word snapped to the corpus's lexicon) is fitted once on the corpus's real train audio,
-frozen and cached under `<corpus>/judge/`; its WER on the real test audio is the floor of every
-speech-output metric. At scale, `eval.judge.pretrained_path` names a
-local transformers recogniser (CTC or Whisper) that replaces it.
+frozen and cached under `<corpus>/artifacts/judge/` (`artifacts.py`); its WER on the real test audio is
+the floor of every speech-output metric. At scale, `eval.judge.pretrained_path` names a local
+transformers recogniser (CTC or Whisper) that replaces it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -22,13 +19,12 @@ import torch
 import torch.nn as nn
 import torchaudio
 
+from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
+from slmlab.constants import CTC_ALPHABET, SAMPLE_RATE
 from slmlab.data.manifest import load_audio, read_manifest
 from slmlab.eval.metrics import error_rates, normalise_text
 
 log = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
-CHARACTERS = " abcdefghijklmnopqrstuvwxyz'"  # index + 1; 0 is the CTC blank
 
 
 class LogMel:
@@ -45,7 +41,7 @@ class LogMel:
 
 
 class CTCRecognizer(nn.Module):
-    """mel [B, T, n_mels] at 100 Hz -> character log-probs [B, T / 2**strides, 1 + len(CHARACTERS)]: stride-2
+    """mel [B, T, n_mels] at 100 Hz -> character log-probs [B, T / 2**strides, 1 + len(CTC_ALPHABET)]: stride-2
     convolutions (one gives 50 Hz, enough frames for fast speech's ~20 characters/s), then torchaudio's Conformer."""
 
     def __init__(
@@ -70,7 +66,7 @@ class CTCRecognizer(nn.Module):
         self.conformer = torchaudio.models.Conformer(
             dim, heads, ffn_dim, layers, kernel_size, dropout=dropout
         )
-        self.head = nn.Linear(dim, 1 + len(CHARACTERS))
+        self.head = nn.Linear(dim, 1 + len(CTC_ALPHABET))
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         for _ in range(self.strides):
@@ -91,7 +87,7 @@ def greedy_ctc(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
     texts = []
     for path, n in zip(log_probs.argmax(-1), lengths.tolist()):
         path = torch.unique_consecutive(path[:n])
-        texts.append(normalise_text("".join(CHARACTERS[i - 1] for i in path.tolist() if i > 0)))
+        texts.append(normalise_text("".join(CTC_ALPHABET[i - 1] for i in path.tolist() if i > 0)))
     return texts
 
 
@@ -200,7 +196,7 @@ def fit_ctc_judge(
     generator = torch.Generator().manual_seed(seed)
     features = LogMel(n_mels)
     mels = [features(w) for w in waveforms]
-    targets = [torch.tensor([CHARACTERS.index(c) + 1 for c in normalise_text(t)]) for t in texts]
+    targets = [torch.tensor([CTC_ALPHABET.index(c) + 1 for c in normalise_text(t)]) for t in texts]
     steps = max(1, math.ceil(epochs * len(mels) / batch_size))
     warmup = max(1, steps // 10)
     recognizer = CTCRecognizer(n_mels=n_mels, **model)
@@ -253,8 +249,8 @@ def load_or_fit_judge(
     seed: int = 0,
 ):
     """The judge for `corpus`: the local recogniser at `pretrained_path`, or the CTC judge fitted on the
-    corpus's train audio by the first call (saved under `<corpus>/judge/ctc_<hash>/` with `floor.json`, its
-    WER and CER on the real test audio)."""
+    corpus's train audio by the first call (saved under `<corpus>/artifacts/judge/ctc-<key>/` with
+    `floor.json`, its WER and CER on the real test audio)."""
     if pretrained_path:
         return PretrainedJudge(pretrained_path)
     model = dict(model or {})
@@ -266,41 +262,38 @@ def load_or_fit_judge(
         "lexicon": lexicon,
         "seed": seed,
     }
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    folder = Path(corpus.root) / "judge" / f"ctc_{key}"
-    if (folder / "judge.pt").is_file():
+    inputs = manifest_fingerprints(corpus, "train", "test")
+
+    def fit(tmp: Path) -> CTCJudge:
+        records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+        log.info("fitting the judge ASR on %d train utterances for %s epochs", len(records), epochs)
+        started = time.perf_counter()
+        judge = fit_ctc_judge(
+            [load_audio(r.audio_filepath, SAMPLE_RATE) for r in records],
+            [r.text for r in records],
+            model,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            lexicon=lexicon,
+            seed=seed,
+        )
+        test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
+        hypotheses = judge.transcribe([load_audio(r.audio_filepath, SAMPLE_RATE) for r in test])
+        judge.floor = {
+            **error_rates(hypotheses, [r.text for r in test]),
+            "utterances": len(test),
+            "fit_seconds": round(time.perf_counter() - started, 1),
+        }
+        judge.save(tmp)
+        (tmp / "floor.json").write_text(json.dumps(judge.floor, indent=2) + "\n")
+        log.info("judge ASR on the real test audio: %s", json.dumps(judge.floor))
+        return judge
+
+    def load(folder: Path) -> CTCJudge:
         judge = CTCJudge.load(folder)
         judge.floor = json.loads((folder / "floor.json").read_text())
         return judge
-    records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
-    log.info("fitting the judge ASR on %d train utterances for %s epochs", len(records), epochs)
-    started = time.perf_counter()
-    judge = fit_ctc_judge(
-        [load_audio(r.audio_filepath, SAMPLE_RATE) for r in records],
-        [r.text for r in records],
-        model,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        lexicon=lexicon,
-        seed=seed,
-    )
-    test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
-    hypotheses = judge.transcribe([load_audio(r.audio_filepath, SAMPLE_RATE) for r in test])
-    judge.floor = {
-        **error_rates(hypotheses, [r.text for r in test]),
-        "utterances": len(test),
-        "fit_seconds": round(time.perf_counter() - started, 1),
-    }
-    tmp = folder.with_name(
-        f"{folder.name}.{os.getpid()}.partial"
-    )  # parallel jobs may fit it together
-    judge.save(tmp)
-    (tmp / "floor.json").write_text(json.dumps(judge.floor, indent=2) + "\n")
-    try:
-        tmp.rename(folder)
-    except OSError:  # another job finished first: keep its judge
-        shutil.rmtree(tmp)
-        return load_or_fit_judge(corpus, None, model, epochs, batch_size, lr, lexicon, seed)
-    log.info("judge ASR -> %s; on the real test audio %s", folder, json.dumps(judge.floor))
-    return judge
+
+    folder = artifact_dir(corpus.root, "judge", "ctc", settings, inputs)
+    return fit_once(folder, fit, load, {"settings": settings, "inputs": inputs})

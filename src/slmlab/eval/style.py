@@ -2,28 +2,27 @@
 
 Prosody statistics of a clip (pitch level and range, voicing, loudness, spectral change and syllable rate)
 feed a multinomial logistic regression (replaces scikit-learn's `LogisticRegression`), fitted on random
-crops of the corpus's real train audio and cached under `<corpus>/judge/`.
+crops of the corpus's real train audio and cached under `<corpus>/artifacts/style_classifier/`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchaudio
 
+from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
+from slmlab.constants import SAMPLE_RATE
 from slmlab.data.manifest import load_audio, read_manifest
 from slmlab.eval.metrics import classification_accuracy
 from slmlab.tokenizers.units import f0_contour
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 _MEL = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=40)
 
 
@@ -145,15 +144,10 @@ def fit_style_classifier(
 def load_or_fit_style_classifier(
     corpus, crop_seconds: float = 2.0, seed: int = 0
 ) -> StyleClassifier | None:
-    """Fitted on `crop_seconds` crops of the train audio (the length of a continuation) by the first call;
-    its accuracy on crops of the real test audio is in `.report` (the ceiling of the probe). None when the
-    train records carry no `style` (LibriSpeech, most manifests): there is nothing to classify."""
-    key = hashlib.sha1(
-        json.dumps({"crop_seconds": crop_seconds, "seed": seed}).encode()
-    ).hexdigest()[:8]
-    path = Path(corpus.root) / "judge" / f"style_{key}.pt"
-    if path.is_file():
-        return StyleClassifier.load(path)
+    """Fitted on `crop_seconds` crops of the train audio (the length of a continuation) by the first call
+    (saved under `<corpus>/artifacts/style_classifier/`); its accuracy on crops of the real test audio is
+    in `.report` (the ceiling of the probe). None when the train records carry no `style` (LibriSpeech,
+    most manifests): there is nothing to classify."""
     styled = {
         split: [r for r in read_manifest(corpus.manifest(split), check_audio=False)[0] if r.style]
         for split in ("train", "test")
@@ -163,27 +157,35 @@ def load_or_fit_style_classifier(
             "no style labels in %s: no style classifier, no style metrics", corpus.manifest("train")
         )
         return None
-    generator = torch.Generator().manual_seed(seed)
+    settings = {"crop_seconds": crop_seconds, "seed": seed}
+    inputs = manifest_fingerprints(corpus, "train", "test")
 
-    def crops(split: str) -> tuple[list[torch.Tensor], list[str]]:
-        return (
-            [
-                random_crop(load_audio(r.audio_filepath, SAMPLE_RATE), crop_seconds, generator)
-                for r in styled[split]
-            ],
-            [r.style for r in styled[split]],
-        )
+    def fit(tmp: Path) -> StyleClassifier:
+        generator = torch.Generator().manual_seed(seed)
 
-    classifier = fit_style_classifier(*crops("train"))
-    test_clips, test_labels = crops("test")
-    classifier.report = {
-        **classification_accuracy(classifier.predict(test_clips), test_labels),
-        "crop_seconds": crop_seconds,
-        "test_clips": len(test_labels),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")  # parallel jobs: whole files only
-    classifier.save(partial)
-    partial.replace(path)
-    log.info("style classifier -> %s; on real test crops %s", path, json.dumps(classifier.report))
-    return classifier
+        def crops(split: str) -> tuple[list[torch.Tensor], list[str]]:
+            return (
+                [
+                    random_crop(load_audio(r.audio_filepath, SAMPLE_RATE), crop_seconds, generator)
+                    for r in styled[split]
+                ],
+                [r.style for r in styled[split]],
+            )
+
+        classifier = fit_style_classifier(*crops("train"))
+        test_clips, test_labels = crops("test")
+        classifier.report = {
+            **classification_accuracy(classifier.predict(test_clips), test_labels),
+            "crop_seconds": crop_seconds,
+            "test_clips": len(test_labels),
+        }
+        classifier.save(tmp / "style_classifier.pt")
+        log.info("style classifier on real test crops: %s", json.dumps(classifier.report))
+        return classifier
+
+    def load(folder: Path) -> StyleClassifier:
+        return StyleClassifier.load(folder / "style_classifier.pt")
+
+    name = f"crop{crop_seconds:g}s"
+    folder = artifact_dir(corpus.root, "style_classifier", name, settings, inputs)
+    return fit_once(folder, fit, load, {"settings": settings, "inputs": inputs})

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
+from slmlab.constants import CODEC_FRAME_RATE, CODEC_SAMPLE_RATE
 from slmlab.data.manifest import audio_path, load_audio, read_manifest
 from slmlab.tokenizers.mel import MelVocoder
 from slmlab.tokenizers.units import assign_nearest, kmeans
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 class MimiCodec:
     """`tokenizer/speech=codec_mimi`: Mimi from `weights_path` (a moshi safetensors or torch file)."""
 
-    sample_rate, frame_rate, cardinality = 24000, 12.5, 2048
+    sample_rate, frame_rate, cardinality = CODEC_SAMPLE_RATE, CODEC_FRAME_RATE, 2048
 
     def __init__(self, weights_path: str, num_codebooks: int = 32, corpus=None) -> None:
         """corpus: accepted for a uniform call with the fitted tokenizers, not used."""
@@ -66,7 +68,7 @@ class BuiltinCodec:
     """`tokenizer/speech=codec_builtin`: fitted state = per-bin mel mean/std and the residual codebooks
     [K, cardinality, 8 * n_mels]."""
 
-    frame_rate = 12.5
+    frame_rate = CODEC_FRAME_RATE
 
     def __init__(
         self,
@@ -145,7 +147,7 @@ def fit_builtin_codec(
     waveforms,
     num_codebooks: int = 8,
     cardinality: int = 256,
-    sample_rate: int = 24000,
+    sample_rate: int = CODEC_SAMPLE_RATE,
     mel: dict | None = None,
     griffin_lim_iters: int = 32,
     vocoder_path: str | None = None,
@@ -227,7 +229,7 @@ def load_or_fit_builtin_codec(
     corpus,
     num_codebooks: int = 8,
     cardinality: int = 256,
-    sample_rate: int = 24000,
+    sample_rate: int = CODEC_SAMPLE_RATE,
     mel: dict | None = None,
     griffin_lim_iters: int = 32,
     vocoder_path: str | None = None,
@@ -235,7 +237,8 @@ def load_or_fit_builtin_codec(
     seed: int = 0,
 ) -> BuiltinCodec:
     """`tokenizer/speech=codec_builtin`: fit on (at most `max_frames` random frames of) the corpus's train audio
-    once (saved under `<corpus>/tokenizers/`, with `resynthesis.json` on 16 test clips); later calls load it."""
+    once (saved under `<corpus>/artifacts/codec/`, with `resynthesis.json` on 16 test clips); later calls
+    load it."""
     settings = {
         "num_codebooks": num_codebooks,
         "cardinality": cardinality,
@@ -244,33 +247,38 @@ def load_or_fit_builtin_codec(
         "max_frames": max_frames,
         "seed": seed,
     }
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    folder = Path(corpus.root) / "tokenizers" / f"codec_{num_codebooks}x{cardinality}_{key}"
-    if (folder / "codec.pt").is_file():
+    inputs = manifest_fingerprints(corpus, "train", "test")
+
+    def fit(tmp: Path) -> BuiltinCodec:
+        records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+        log.info(
+            "fitting the built-in codec (%d x %d) on %d utterances",
+            num_codebooks,
+            cardinality,
+            len(records),
+        )
+        codec = fit_builtin_codec(
+            [load_audio(audio_path(r), sample_rate) for r in records],
+            num_codebooks,
+            cardinality,
+            sample_rate,
+            mel,
+            griffin_lim_iters,
+            vocoder_path,
+            max_frames,
+            seed,
+        )
+        test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
+        clips = [load_audio(audio_path(r), sample_rate) for r in test[:16]]
+        report = resynthesis_report(codec, clips)
+        log.info("built-in codec resynthesis on test: %s", json.dumps(report))
+        codec.save(tmp)
+        (tmp / "resynthesis.json").write_text(json.dumps(report, indent=2))
+        return codec
+
+    def load(folder: Path) -> BuiltinCodec:
         return BuiltinCodec.load(folder, griffin_lim_iters, vocoder_path)
-    records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
-    log.info(
-        "fitting the built-in codec (%d x %d) on %d utterances",
-        num_codebooks,
-        cardinality,
-        len(records),
-    )
-    codec = fit_builtin_codec(
-        [load_audio(audio_path(r), sample_rate) for r in records],
-        num_codebooks,
-        cardinality,
-        sample_rate,
-        mel,
-        griffin_lim_iters,
-        vocoder_path,
-        max_frames,
-        seed,
-    )
-    test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
-    report = resynthesis_report(codec, [load_audio(audio_path(r), sample_rate) for r in test[:16]])
-    log.info("built-in codec resynthesis on test: %s", json.dumps(report))
-    tmp = folder.with_name(folder.name + ".partial")
-    codec.save(tmp)
-    (tmp / "resynthesis.json").write_text(json.dumps(report, indent=2))
-    tmp.rename(folder)
-    return codec
+
+    name = f"{num_codebooks}x{cardinality}"
+    folder = artifact_dir(corpus.root, "codec", name, settings, inputs)
+    return fit_once(folder, fit, load, {"settings": settings, "inputs": inputs})

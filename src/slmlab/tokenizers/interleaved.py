@@ -19,6 +19,8 @@ from collections import Counter
 
 import torch
 
+from slmlab.constants import TOKEN_RATES
+
 TEXT, SPEECH = "[TEXT]", "[SPEECH]"
 MODALITIES = ("TEXT", "SPEECH", "ARBITRARY")
 
@@ -210,7 +212,7 @@ class InterleavedSequences:
         elif kind == "text":
             body = [vocab.text_id, *vocab.text.encode(text, bos=False, eos=False)]
         else:
-            end = len(streams["units"]) / 25.0
+            end = len(streams["units"]) / TOKEN_RATES["Hu"]
             cuts = word_boundaries(words, end)
             body = []
             for modality, first, last in draw_spans(

@@ -14,6 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
 from slmlab.data.manifest import read_manifest
 
 log = logging.getLogger(__name__)
@@ -97,28 +98,27 @@ def fit_bpe(texts: list[str], vocab_size: int, min_frequency: int = 2) -> TextTo
 
 
 def load_or_fit_bpe(corpus, vocab_size: int = 1024, min_frequency: int = 2) -> TextTokenizer:
-    """`tokenizer/text=bpe`: fit on the corpus's train transcripts once, saved next to the corpus."""
-    folder = Path(corpus.root) / "tokenizers" / f"bpe_{vocab_size}_{min_frequency}"
-    if (folder / "tokenizer.json").is_file():
-        return TextTokenizer.from_pretrained(folder)
-    records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
-    tokenizer = fit_bpe([r.text for r in records], vocab_size, min_frequency)
-    tmp = folder.with_name(
-        folder.name + ".partial"
-    )  # written aside, then renamed: never half a tokenizer
-    tokenizer.save(tmp)
-    (tmp / "fitted_on.json").write_text(
-        json.dumps(
-            {
-                "manifest": str(corpus.manifest("train")),
-                "records": len(records),
-                "vocab_size": len(tokenizer),
-            }
-        )
+    """`tokenizer/text=bpe`: fit on the corpus's train transcripts once, saved under
+    `<corpus>/artifacts/bpe/` (`artifacts.py`)."""
+    settings = {"vocab_size": vocab_size, "min_frequency": min_frequency}
+    inputs = manifest_fingerprints(corpus, "train")
+
+    def fit(tmp: Path) -> None:
+        records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+        tokenizer = fit_bpe([r.text for r in records], vocab_size, min_frequency)
+        tokenizer.save(tmp)
+        fitted_on = {
+            "manifest": str(corpus.manifest("train")),
+            "records": len(records),
+            "vocab_size": len(tokenizer),
+        }
+        (tmp / "fitted_on.json").write_text(json.dumps(fitted_on))
+        log.info("fitted a %d-token BPE on %d transcripts", len(tokenizer), len(records))
+
+    folder = artifact_dir(corpus.root, "bpe", f"bpe{vocab_size}", settings, inputs)
+    return fit_once(
+        folder, fit, TextTokenizer.from_pretrained, {"settings": settings, "inputs": inputs}
     )
-    tmp.rename(folder)
-    log.info("fitted a %d-token BPE on %d transcripts -> %s", len(tokenizer), len(records), folder)
-    return TextTokenizer.from_pretrained(folder)
 
 
 def load_pretrained(path: str, corpus=None) -> TextTokenizer:

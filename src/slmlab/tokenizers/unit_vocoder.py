@@ -11,7 +11,6 @@ must then be given here). The reference's unit HiFi-GAN (speechbrain/fairseq) fi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -21,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
+from slmlab.constants import SAMPLE_RATE
 from slmlab.data.manifest import load_audio, read_manifest
 from slmlab.tokenizers.mel import MelVocoder
-from slmlab.tokenizers.units import SAMPLE_RATE, dedup
+from slmlab.tokenizers.units import dedup
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,6 @@ def resynthesis_report(tokenizer, vocoder: UnitVocoder, records, limit: int = 32
 def load_or_fit_unit_vocoder(
     corpus,
     tokenizer,
-    tokenizer_folder: Path,
     epochs: float = 9.0,
     batch_size: int = 16,
     lr: float = 2e-3,
@@ -257,7 +257,8 @@ def load_or_fit_unit_vocoder(
     seed: int = 0,
 ) -> UnitVocoder:
     """Fit `UnitToMel` on the corpus's train split once, for `epochs` passes over it in random batches (saved
-    in the tokenizer's folder with a resynthesis report on the test split); later calls load it."""
+    under `<corpus>/artifacts/unit_vocoder/`, keyed by the tokenizer's fingerprint, with a resynthesis
+    report on the test split); later calls load it."""
     mel = {"n_fft": 1024, "win_length": 640, "hop_length": 160, "n_mels": 80, **(mel or {})}
     settings = {
         "epochs": epochs,
@@ -269,53 +270,59 @@ def load_or_fit_unit_vocoder(
         "seed": seed,
         "conditioning": "merged-stream",
     }  # bump when the training examples change, so old fits are not reused
-    folder = (
-        tokenizer_folder
-        / f"vocoder_{hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]}"
-    )
+    inputs = {
+        "tokenizer": tokenizer.fingerprint(),
+        **manifest_fingerprints(corpus, "train", "test"),
+    }
     sizes = tokenizer.sizes
     model = UnitToMel(
         sizes["Hu"], sizes["Pi"], sizes["St"], mel["n_mels"], dim, layers, 640 / mel["hop_length"]
     )
-    if (folder / "unit_to_mel.pt").is_file():
+
+    def fit(tmp: Path) -> UnitVocoder:
+        vocoder = UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
+        records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+        steps = max(1, math.ceil(epochs * len(records) / batch_size))
+        log.info("fitting the unit vocoder on %d utterances for %d steps", len(records), steps)
+        examples = _training_examples(tokenizer, records, vocoder)
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, lr, total_steps=steps, pct_start=0.05
+        )
+        model.train()
+        for step in range(steps):
+            picks = torch.randint(len(examples), (batch_size,), generator=generator)
+            batch = _batch(
+                [examples[i] for i in picks],
+                drop_prosody=torch.rand(batch_size, generator=generator) < 0.5,
+            )
+            mel_loss, duration_loss = vocoder_loss(model, batch)
+            optimizer.zero_grad()
+            (mel_loss + duration_loss).backward()
+            optimizer.step()
+            schedule.step()
+            if step % 250 == 0 or step == steps - 1:
+                log.info(
+                    "unit vocoder step %d: mel L1 %.3f, duration MSE %.3f",
+                    step,
+                    mel_loss.item(),
+                    duration_loss.item(),
+                )
+        model.eval()
+        test_records, _ = read_manifest(corpus.manifest("test"), check_audio=False)
+        report = resynthesis_report(tokenizer, vocoder, test_records)
+        log.info("unit vocoder resynthesis on test: %s", json.dumps(report))
+        torch.save(model.state_dict(), tmp / "unit_to_mel.pt")
+        (tmp / "resynthesis.json").write_text(
+            json.dumps({"settings": settings, "test": report}, indent=2)
+        )
+        return vocoder
+
+    def load(folder: Path) -> UnitVocoder:
         model.load_state_dict(torch.load(folder / "unit_to_mel.pt"))
         return UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
-    vocoder = UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
-    records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
-    steps = max(1, math.ceil(epochs * len(records) / batch_size))
-    log.info("fitting the unit vocoder on %d utterances for %d steps", len(records), steps)
-    examples = _training_examples(tokenizer, records, vocoder)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.05)
-    model.train()
-    for step in range(steps):
-        picks = torch.randint(len(examples), (batch_size,), generator=generator)
-        batch = _batch(
-            [examples[i] for i in picks],
-            drop_prosody=torch.rand(batch_size, generator=generator) < 0.5,
-        )
-        mel_loss, duration_loss = vocoder_loss(model, batch)
-        optimizer.zero_grad()
-        (mel_loss + duration_loss).backward()
-        optimizer.step()
-        schedule.step()
-        if step % 250 == 0 or step == steps - 1:
-            log.info(
-                "unit vocoder step %d: mel L1 %.3f, duration MSE %.3f",
-                step,
-                mel_loss.item(),
-                duration_loss.item(),
-            )
-    model.eval()
-    test_records, _ = read_manifest(corpus.manifest("test"), check_audio=False)
-    report = resynthesis_report(tokenizer, vocoder, test_records)
-    log.info("unit vocoder resynthesis on test: %s", json.dumps(report))
-    tmp = folder.with_name(folder.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), tmp / "unit_to_mel.pt")
-    (tmp / "resynthesis.json").write_text(
-        json.dumps({"settings": settings, "test": report}, indent=2)
-    )
-    tmp.rename(folder)
-    return vocoder
+
+    name = f"hu{sizes['Hu']}-dim{dim}"
+    folder = artifact_dir(corpus.root, "unit_vocoder", name, settings, inputs)
+    return fit_once(folder, fit, load, {"settings": settings, "inputs": inputs})

@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
+from slmlab.constants import SAMPLE_RATE, TOKEN_RATES
 from slmlab.data.manifest import load_audio, read_manifest
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-RATES = {"St": 1.0, "Hu": 25.0, "Pi": 12.5}  # tokens per second of each stream
 KIND_OF = {"style": "St", "units": "Hu", "pitch": "Pi"}  # stream name -> token kind
 MERGE_ORDER = {
     "St": 0,
@@ -273,7 +273,7 @@ class SpeechTokenizer:
         events = []
         for name, values in streams.items():
             kind = KIND_OF[name]
-            times = torch.arange(len(values)) / RATES[kind]
+            times = torch.arange(len(values)) / TOKEN_RATES[kind]
             inside = (times >= start) & (times < (end if end is not None else float("inf")))
             values, times = values[inside], times[inside]
             if self.dedup and len(values):
@@ -448,7 +448,8 @@ def load_or_fit_speech_tokenizer(
     seed: int = 0,
 ) -> SpeechTokenizer:
     """`tokenizer/speech=units_*`: fit on the corpus's train audio once (first `slmlab-prepare` or training
-    run), saved under `<corpus>/tokenizers/`; with `decoder` settings, the unit vocoder too."""
+    run), saved under `<corpus>/artifacts/units/` (`artifacts.py`); with `decoder` settings, the unit
+    vocoder too."""
     from slmlab.tokenizers.unit_vocoder import load_or_fit_unit_vocoder
 
     settings = {
@@ -461,11 +462,9 @@ def load_or_fit_speech_tokenizer(
         "hubert_layer": hubert_layer,
         "seed": seed,
     }
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    folder = Path(corpus.root) / "tokenizers" / f"speech_{features}_{n_units}_{key}"
-    if (folder / "speech_tokenizer.pt").is_file():
-        tokenizer = SpeechTokenizer.load(folder)
-    else:
+    inputs = manifest_fingerprints(corpus, "train")
+
+    def fit(tmp: Path) -> SpeechTokenizer:
         records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
         log.info(
             "fitting speech tokens (%s, %d units) on %d utterances", features, n_units, len(records)
@@ -473,12 +472,13 @@ def load_or_fit_speech_tokenizer(
         tokenizer = fit_speech_tokenizer(
             (load_audio(r.audio_filepath, SAMPLE_RATE) for r in records), **settings
         )
-        tmp = folder.with_name(folder.name + ".partial")
         tokenizer.save(tmp)
-        tmp.rename(folder)
-        log.info("speech tokenizer -> %s", folder)
+        return tokenizer
+
+    folder = artifact_dir(corpus.root, "units", f"{features}{n_units}", settings, inputs)
+    tokenizer = fit_once(
+        folder, fit, SpeechTokenizer.load, {"settings": settings, "inputs": inputs}
+    )
     if decoder is not None:
-        tokenizer.decoder = load_or_fit_unit_vocoder(
-            corpus, tokenizer, folder, **{"seed": seed, **decoder}
-        )
+        tokenizer.decoder = load_or_fit_unit_vocoder(corpus, tokenizer, **{"seed": seed, **decoder})
     return tokenizer
