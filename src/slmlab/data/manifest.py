@@ -8,6 +8,7 @@ unknown keys are kept in `Utterance.extra` and written back.
 `manifest:line id=...: reason -> action` and collected in a `ManifestReport`, whose `summary()`
 goes into the run's `metrics.json`.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,13 +46,19 @@ class Utterance:
     extra: dict = field(default_factory=dict)
 
     def to_json(self, relative_to: Path | None = None) -> dict:
-        record = {"id": self.id, "audio_filepath": _relative(self.audio_filepath, relative_to),
-                  "duration": round(self.duration, 4), "text": self.text}
+        record = {
+            "id": self.id,
+            "audio_filepath": _relative(self.audio_filepath, relative_to),
+            "duration": round(self.duration, 4),
+            "text": self.text,
+        }
         for key in ("speaker", "style", "words"):
             if getattr(self, key) is not None:
                 record[key] = getattr(self, key)
         for key, value in self.extra.items():
-            record[key] = _relative(value, relative_to) if key.startswith("audio_filepath") else value
+            record[key] = (
+                _relative(value, relative_to) if key.startswith("audio_filepath") else value
+            )
         return record
 
 
@@ -87,7 +94,9 @@ class ManifestReport:
 
     def add(self, line: int, record_id: str | None, reason: str, detail: str, action: str) -> None:
         self.problems.append(Problem(line, record_id, reason, detail, action))
-        log.warning("%s:%d id=%s: %s (%s) -> %s", self.path, line, record_id, reason, detail, action)
+        log.warning(
+            "%s:%d id=%s: %s (%s) -> %s", self.path, line, record_id, reason, detail, action
+        )
 
     @property
     def skipped(self) -> int:
@@ -97,13 +106,27 @@ class ManifestReport:
         by_action: dict[str, Counter] = {}
         for p in self.problems:
             by_action.setdefault(p.action, Counter())[p.reason] += 1
-        return {"manifest": self.path, "records": self.total, "kept": self.kept, "skipped": self.skipped,
-                "problems": {action: dict(sorted(counts.items())) for action, counts in sorted(by_action.items())}}
+        return {
+            "manifest": self.path,
+            "records": self.total,
+            "kept": self.kept,
+            "skipped": self.skipped,
+            "problems": {
+                action: dict(sorted(counts.items())) for action, counts in sorted(by_action.items())
+            },
+        }
 
 
-def read_manifest(path: str | Path, *, sample_rate: int | None = SAMPLE_RATE, max_duration: float | None = None,
-                  on_wrong_rate: str = "resample", on_duration_mismatch: str = "correct",
-                  duration_tolerance: float = 0.1, check_audio: bool = True) -> tuple[list[Utterance], ManifestReport]:
+def read_manifest(
+    path: str | Path,
+    *,
+    sample_rate: int | None = SAMPLE_RATE,
+    max_duration: float | None = None,
+    on_wrong_rate: str = "resample",
+    on_duration_mismatch: str = "correct",
+    duration_tolerance: float = 0.1,
+    check_audio: bool = True,
+) -> tuple[list[Utterance], ManifestReport]:
     """Read and validate a JSONL manifest.
 
     Policies: a file at another sample rate is kept and resampled on load (`on_wrong_rate="resample"`)
@@ -112,9 +135,14 @@ def read_manifest(path: str | Path, *, sample_rate: int | None = SAMPLE_RATE, ma
     (`"reject"`). Missing, unreadable or empty audio, empty text, a duplicate id, word timings outside
     the audio and utterances longer than `max_duration` s are always skipped.
     """
-    if on_wrong_rate not in ("resample", "reject") or on_duration_mismatch not in ("correct", "reject"):
-        raise ValueError(f"unknown policy: on_wrong_rate={on_wrong_rate!r} (resample|reject), "
-                         f"on_duration_mismatch={on_duration_mismatch!r} (correct|reject)")
+    if on_wrong_rate not in ("resample", "reject") or on_duration_mismatch not in (
+        "correct",
+        "reject",
+    ):
+        raise ValueError(
+            f"unknown policy: on_wrong_rate={on_wrong_rate!r} (resample|reject), "
+            f"on_duration_mismatch={on_duration_mismatch!r} (correct|reject)"
+        )
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
@@ -132,13 +160,25 @@ def read_manifest(path: str | Path, *, sample_rate: int | None = SAMPLE_RATE, ma
         except ValueError as err:
             if not records and not report.problems:
                 raise ManifestFormatError(
-                    f"{path}:{n} is not a JSONL manifest: the first record does not parse as a JSON object ({err}). "
-                    'Expected one object per line, e.g. {"id": "u1", "audio_filepath": "a.wav", "duration": 1.2, "text": "hello"}'
+                    f"{path}:{n} is not a JSONL manifest: the first record does not parse as a JSON "
+                    f"object ({err}). Expected one object per line, e.g. "
+                    '{"id": "u1", "audio_filepath": "a.wav", "duration": 1.2, "text": "hello"}'
                 ) from None
             report.add(n, None, "malformed_json", str(err), "skipped")
             continue
-        record = _check_record(raw, n, path, report, seen, sample_rate, max_duration, on_wrong_rate,
-                               on_duration_mismatch, duration_tolerance, check_audio)
+        record = _check_record(
+            raw,
+            n,
+            path,
+            report,
+            seen,
+            sample_rate,
+            max_duration,
+            on_wrong_rate,
+            on_duration_mismatch,
+            duration_tolerance,
+            check_audio,
+        )
         if record is not None:
             seen[record.id] = n
             records.append(record)
@@ -146,8 +186,19 @@ def read_manifest(path: str | Path, *, sample_rate: int | None = SAMPLE_RATE, ma
     return records, report
 
 
-def _check_record(raw, n, path, report, seen, sample_rate, max_duration, on_wrong_rate, on_duration_mismatch,
-                  duration_tolerance, check_audio) -> Utterance | None:
+def _check_record(
+    raw,
+    n,
+    path,
+    report,
+    seen,
+    sample_rate,
+    max_duration,
+    on_wrong_rate,
+    on_duration_mismatch,
+    duration_tolerance,
+    check_audio,
+) -> Utterance | None:
     audio = raw.get("audio_filepath")
     record_id = str(raw.get("id") or (Path(audio).stem if audio else f"line{n}"))
 
@@ -169,7 +220,9 @@ def _check_record(raw, n, path, report, seen, sample_rate, max_duration, on_wron
             return skip("audio_missing", f"no file at {audio_path}")
         try:
             info = sf.info(str(audio_path))
-        except Exception as err:  # soundfile raises LibsndfileError/RuntimeError for unreadable files
+        except (
+            Exception
+        ) as err:  # soundfile raises LibsndfileError/RuntimeError for unreadable files
             return skip("audio_unreadable", f"{audio_path}: {err}")
         if info.frames == 0:
             return skip("audio_empty", f"{audio_path} has no samples")
@@ -177,13 +230,27 @@ def _check_record(raw, n, path, report, seen, sample_rate, max_duration, on_wron
         if sample_rate is not None and info.samplerate != sample_rate:
             if on_wrong_rate == "reject":
                 return skip("wrong_sample_rate", f"{info.samplerate} Hz, expected {sample_rate} Hz")
-            report.add(n, record_id, "wrong_sample_rate", f"{info.samplerate} Hz, resampled to {sample_rate} Hz on load", "resampled")
+            report.add(
+                n,
+                record_id,
+                "wrong_sample_rate",
+                f"{info.samplerate} Hz, resampled to {sample_rate} Hz on load",
+                "resampled",
+            )
         if duration is None or abs(float(duration) - true_duration) > duration_tolerance:
             if duration is not None and on_duration_mismatch == "reject":
-                return skip("duration_mismatch", f"manifest says {duration} s, audio is {true_duration:.3f} s")
+                return skip(
+                    "duration_mismatch",
+                    f"manifest says {duration} s, audio is {true_duration:.3f} s",
+                )
             if duration is not None:
-                report.add(n, record_id, "duration_mismatch",
-                           f"manifest says {duration} s, audio is {true_duration:.3f} s; using the audio's", "corrected")
+                report.add(
+                    n,
+                    record_id,
+                    "duration_mismatch",
+                    f"manifest says {duration} s, audio is {true_duration:.3f} s; using the audio's",
+                    "corrected",
+                )
             duration = true_duration
     if duration is None or float(duration) <= 0:
         return skip("audio_empty", f"duration {duration}")
@@ -191,13 +258,27 @@ def _check_record(raw, n, path, report, seen, sample_rate, max_duration, on_wron
     if max_duration is not None and duration > max_duration:
         return skip("too_long", f"{duration:.2f} s > max_duration {max_duration} s")
     words = raw.get("words")
-    if words is not None and any(not (0 <= w["start"] <= w["end"] <= duration + duration_tolerance) for w in words):
+    if words is not None and any(
+        not (0 <= w["start"] <= w["end"] <= duration + duration_tolerance) for w in words
+    ):
         return skip("bad_word_timings", "a word's start/end lies outside the audio")
     extra = {k: v for k, v in raw.items() if k not in KNOWN_KEYS}
-    for key, value in extra.items():  # other audio paths (e.g. audio_filepath_24k) resolve like the main one
+    for (
+        key,
+        value,
+    ) in extra.items():  # other audio paths (e.g. audio_filepath_24k) resolve like the main one
         if key.startswith("audio_filepath") and isinstance(value, str) and not os.path.isabs(value):
             extra[key] = str((path.parent / value).resolve())
-    return Utterance(record_id, str(audio_path), duration, text.strip(), raw.get("speaker"), raw.get("style"), words, extra)
+    return Utterance(
+        record_id,
+        str(audio_path),
+        duration,
+        text.strip(),
+        raw.get("speaker"),
+        raw.get("style"),
+        words,
+        extra,
+    )
 
 
 def load_audio(path: str, sample_rate: int) -> torch.Tensor:

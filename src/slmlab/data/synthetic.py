@@ -12,6 +12,7 @@ Layout of `root` (all paths inside manifests are relative to `root`):
 
 The same preset and seed give the same files, byte for byte.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,12 @@ PRESETS = {
 }
 # speaker name -> eSpeak voice (language variant + voice variant)
 SPEAKERS = {
-    "us_m3": "en-us+m3", "us_f2": "en-us+f2", "gb_m1": "en+m1",
-    "rp_f4": "en-gb-x-rp+f4", "scot_m2": "en-gb-scotland+m2", "wi_f3": "en-029+f3",
+    "us_m3": "en-us+m3",
+    "us_f2": "en-us+f2",
+    "gb_m1": "en+m1",
+    "rp_f4": "en-gb-x-rp+f4",
+    "scot_m2": "en-gb-scotland+m2",
+    "wi_f3": "en-029+f3",
 }
 # style name -> eSpeak (pitch 0-100, pitch range 0-100, rate in words per minute)
 STYLES = {
@@ -109,7 +114,9 @@ class SyntheticCorpus:
             sentence = grammar.sentence()
             sentences.setdefault(sentence.text, sentence)
         probe_sentences: dict[str, Sentence] = {}
-        while len(probe_sentences) < self.size.syntactic_pairs:  # unseen, and breakable by a minimal edit
+        while (
+            len(probe_sentences) < self.size.syntactic_pairs
+        ):  # unseen, and breakable by a minimal edit
             sentence = grammar.sentence()
             if sentence.edits and sentence.text not in sentences:
                 probe_sentences.setdefault(sentence.text, sentence)
@@ -117,55 +124,116 @@ class SyntheticCorpus:
         bounds = np.cumsum([0, self.size.train, self.size.val, self.size.test])
         jobs: dict[str, list[_Job]] = {}
         for split, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:]):
-            jobs[split] = [_Job(f"{split}_{i:06d}", texts[lo + i], rng.choice(speakers), rng.choice(styles))
-                           for i in range(hi - lo)]
+            jobs[split] = [
+                _Job(f"{split}_{i:06d}", texts[lo + i], rng.choice(speakers), rng.choice(styles))
+                for i in range(hi - lo)
+            ]
         syntactic_rows, jobs["syntactic"] = [], []
         for i, (text, sentence) in enumerate(probe_sentences.items()):
             bad_text, kind = sentence.ungrammatical(rng)
             speaker = rng.choice(speakers)
-            pair = [_Job(f"syn_{i:05d}_good", text, speaker, "neutral"), _Job(f"syn_{i:05d}_bad", bad_text, speaker, "neutral")]
+            pair = [
+                _Job(f"syn_{i:05d}_good", text, speaker, "neutral"),
+                _Job(f"syn_{i:05d}_bad", bad_text, speaker, "neutral"),
+            ]
             jobs["syntactic"] += pair
-            syntactic_rows.append({"id": f"syn_{i:05d}", "kind": kind, "good": pair[0].id, "bad": pair[1].id})
+            syntactic_rows.append(
+                {"id": f"syn_{i:05d}", "kind": kind, "good": pair[0].id, "bad": pair[1].id}
+            )
         known = vocabulary()
         candidates = sorted(w for w in set(NOUNS) | set(ADJECTIVES) if len(w) >= 4)
         lexical_rows, jobs["lexical"] = [], []
-        for i, word in enumerate(rng.sample(candidates, min(self.size.lexical_pairs, len(candidates)))):
+        for i, word in enumerate(
+            rng.sample(candidates, min(self.size.lexical_pairs, len(candidates)))
+        ):
             foil = nonword(word, rng, known)
             if foil is None:
                 continue
             speaker = rng.choice(speakers)
-            pair = [_Job(f"lex_{i:05d}_word", word, speaker, "neutral"), _Job(f"lex_{i:05d}_nonword", foil, speaker, "neutral")]
+            pair = [
+                _Job(f"lex_{i:05d}_word", word, speaker, "neutral"),
+                _Job(f"lex_{i:05d}_nonword", foil, speaker, "neutral"),
+            ]
             jobs["lexical"] += pair
             lexical_rows.append({"id": f"lex_{i:05d}", "good": pair[0].id, "bad": pair[1].id})
 
         for rate in CORPUS_SAMPLE_RATES:
             (tmp / f"wav{rate // 1000}k").mkdir(parents=True)
         all_jobs = [job for group in jobs.values() for job in group]
-        log.info("synthesising %d utterances with %d workers into %s", len(all_jobs), self.workers, self.root)
-        requests = [[job.text, SPEAKERS[job.speaker], *STYLES[job.style], str(tmp), job.id, list(CORPUS_SAMPLE_RATES)]
-                    for job in all_jobs]
-        results = {job.id: Utterance(job.id, paths[0], duration, job.text, job.speaker, job.style, words,
-                                     {"audio_filepath_24k": paths[1]})
-                   for job, (paths, duration, words) in zip(all_jobs, speak_many(requests, self.workers))}
+        log.info(
+            "synthesising %d utterances with %d workers into %s",
+            len(all_jobs),
+            self.workers,
+            self.root,
+        )
+        requests = [
+            [
+                job.text,
+                SPEAKERS[job.speaker],
+                *STYLES[job.style],
+                str(tmp),
+                job.id,
+                list(CORPUS_SAMPLE_RATES),
+            ]
+            for job in all_jobs
+        ]
+        results = {
+            job.id: Utterance(
+                job.id,
+                paths[0],
+                duration,
+                job.text,
+                job.speaker,
+                job.style,
+                words,
+                {"audio_filepath_24k": paths[1]},
+            )
+            for job, (paths, duration, words) in zip(all_jobs, speak_many(requests, self.workers))
+        }
 
         for split in ("train", "val", "test"):
             write_manifest(tmp / f"{split}.jsonl", [results[job.id] for job in jobs[split]])
         for name, rows in (("lexical", lexical_rows), ("syntactic", syntactic_rows)):
-            write_manifest(tmp / "probes" / f"{name}_audio.jsonl", [results[job.id] for job in jobs[name]])
+            write_manifest(
+                tmp / "probes" / f"{name}_audio.jsonl", [results[job.id] for job in jobs[name]]
+            )
             with open(tmp / "probes" / f"{name}.jsonl", "w") as f:
                 for row in rows:
                     good, bad = results[row["good"]], results[row["bad"]]
-                    f.write(json.dumps({**row, "good_text": good.text, "bad_text": bad.text,
-                                        "good_audio": str(Path(good.audio_filepath).relative_to(tmp)),
-                                        "bad_audio": str(Path(bad.audio_filepath).relative_to(tmp)),
-                                        "speaker": good.speaker}) + "\n")
-        hours = {split: round(sum(results[j.id].duration for j in jobs[split]) / 3600, 3) for split in jobs}
-        summary = {"preset": self.preset, "seed": self.seed, "size": asdict(self.size), "hours": hours,
-                   "utterances": {split: len(group) for split, group in jobs.items()},
-                   "speakers": SPEAKERS, "styles": {k: dict(zip(("pitch", "range", "rate"), v)) for k, v in STYLES.items()},
-                   "vocabulary_size": len(known), "sample_rates": list(CORPUS_SAMPLE_RATES)}
+                    f.write(
+                        json.dumps(
+                            {
+                                **row,
+                                "good_text": good.text,
+                                "bad_text": bad.text,
+                                "good_audio": str(Path(good.audio_filepath).relative_to(tmp)),
+                                "bad_audio": str(Path(bad.audio_filepath).relative_to(tmp)),
+                                "speaker": good.speaker,
+                            }
+                        )
+                        + "\n"
+                    )
+        hours = {
+            split: round(sum(results[j.id].duration for j in jobs[split]) / 3600, 3)
+            for split in jobs
+        }
+        summary = {
+            "preset": self.preset,
+            "seed": self.seed,
+            "size": asdict(self.size),
+            "hours": hours,
+            "utterances": {split: len(group) for split, group in jobs.items()},
+            "speakers": SPEAKERS,
+            "styles": {k: dict(zip(("pitch", "range", "rate"), v)) for k, v in STYLES.items()},
+            "vocabulary_size": len(known),
+            "sample_rates": list(CORPUS_SAMPLE_RATES),
+        }
         (tmp / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
-        log.info("corpus ready in %.1f s: %s", time.perf_counter() - started, json.dumps(summary["utterances"]))
+        log.info(
+            "corpus ready in %.1f s: %s",
+            time.perf_counter() - started,
+            json.dumps(summary["utterances"]),
+        )
 
 
 def _summary(root: Path) -> dict:
