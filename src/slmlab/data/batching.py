@@ -1,4 +1,5 @@
 """Length-bucketed batches (the usual speech-toolkit bucketing: ESPnet's and NeMo's samplers) and padding."""
+
 from __future__ import annotations
 
 import random
@@ -16,8 +17,17 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     Every rank gets the same number of batches (the list is padded by repeating batches).
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, max_tokens: int | None = None, shuffle: bool = True,
-                 bucket_batches: int = 50, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        max_tokens: int | None = None,
+        shuffle: bool = True,
+        bucket_batches: int = 50,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         self.lengths, self.batch_size, self.max_tokens = list(lengths), batch_size, max_tokens
         self.shuffle, self.bucket_batches, self.seed = shuffle, bucket_batches, seed
         self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
@@ -33,11 +43,16 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         window = self.batch_size * self.bucket_batches if self.shuffle else len(order)
         batches = []
         for start in range(0, len(order), window):
-            chunk = sorted(order[start:start + window], key=lambda i: self.lengths[i])
+            chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i])
             batch: list[int] = []
             for i in chunk:  # ascending, so item i is the longest of the batch it joins
-                if batch and (len(batch) == self.batch_size or
-                              (self.max_tokens is not None and self.lengths[i] * (len(batch) + 1) > self.max_tokens)):
+                if batch and (
+                    len(batch) == self.batch_size
+                    or (
+                        self.max_tokens is not None
+                        and self.lengths[i] * (len(batch) + 1) > self.max_tokens
+                    )
+                ):
                     batches.append(batch)
                     batch = []
                 batch.append(i)
@@ -46,11 +61,11 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             rng.shuffle(batches)
         if len(batches) % self.num_replicas:
-            batches += batches[:self.num_replicas - len(batches) % self.num_replicas]
+            batches += batches[: self.num_replicas - len(batches) % self.num_replicas]
         return batches
 
     def __iter__(self):
-        return iter(self._all_batches()[self.rank::self.num_replicas])
+        return iter(self._all_batches()[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
         return len(self._all_batches()) // self.num_replicas
@@ -61,5 +76,5 @@ def pad_stack(tensors: list[torch.Tensor], pad_value: float) -> tuple[torch.Tens
     lengths = torch.tensor([t.shape[0] for t in tensors])
     out = tensors[0].new_full((len(tensors), int(lengths.max()), *tensors[0].shape[1:]), pad_value)
     for i, t in enumerate(tensors):
-        out[i, :t.shape[0]] = t
+        out[i, : t.shape[0]] = t
     return out, lengths

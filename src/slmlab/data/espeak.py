@@ -7,16 +7,17 @@ pauses around it trimmed by an energy threshold.
 
 This is a minimal ctypes binding of `speak_lib.h`; it replaces calling the `espeak-ng` executable.
 """
+
 from __future__ import annotations
 
 import ctypes
 import json
 import math
 import multiprocessing as mp
+import re
 import subprocess
 import sys
 import tempfile
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,9 @@ class _Event(ctypes.Structure):
     ]
 
 
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
 
 
 @dataclass
@@ -72,17 +75,34 @@ class EspeakSynthesizer:
         if EspeakSynthesizer._lib is None:
             lib = ctypes.CDLL(espeakng_loader.get_library_path())
             lib.espeak_Initialize.restype = ctypes.c_int
-            lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+            lib.espeak_Initialize.argtypes = [
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.c_char_p,
+                ctypes.c_int,
+            ]
             lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
             lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-            lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                         ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p]
+            lib.espeak_Synth.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_size_t,
+                ctypes.c_uint,
+                ctypes.c_int,
+                ctypes.c_uint,
+                ctypes.c_uint,
+                ctypes.POINTER(ctypes.c_uint),
+                ctypes.c_void_p,
+            ]
             data_parent = espeakng_loader.get_data_path().rsplit("/", 1)[0]
-            rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent.encode(), INITIALIZE_DONT_EXIT)
+            rate = lib.espeak_Initialize(
+                AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent.encode(), INITIALIZE_DONT_EXIT
+            )
             if rate <= 0:
                 raise RuntimeError(f"eSpeak NG failed to initialise from {data_parent}")
             lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-            lib.espeak_ng_SetRandSeed(0)  # the engine seeds its noise generator from the clock otherwise
+            lib.espeak_ng_SetRandSeed(
+                0
+            )  # the engine seeds its noise generator from the clock otherwise
             EspeakSynthesizer._lib, EspeakSynthesizer._sample_rate = lib, rate
         self.lib = EspeakSynthesizer._lib
         self.sample_rate = EspeakSynthesizer._sample_rate
@@ -101,20 +121,35 @@ class EspeakSynthesizer:
             i += 1
         return 0
 
-    def synthesize(self, text: str, voice: str = "en-us", pitch: int = 50, pitch_range: int = 50,
-                   rate: int = 175) -> Synthesis:
+    def synthesize(
+        self,
+        text: str,
+        voice: str = "en-us",
+        pitch: int = 50,
+        pitch_range: int = 50,
+        rate: int = 175,
+    ) -> Synthesis:
         """Speak `text` (plain words separated by spaces) with eSpeak's voice and prosody settings."""
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise ValueError(f"unknown eSpeak voice {voice!r}")
-        for param, value in ((PARAM_PITCH, pitch), (PARAM_RANGE, pitch_range), (PARAM_RATE, rate), (PARAM_VOLUME, 100)):
+        for param, value in (
+            (PARAM_PITCH, pitch),
+            (PARAM_RANGE, pitch_range),
+            (PARAM_RATE, rate),
+            (PARAM_VOLUME, 100),
+        ):
             self.lib.espeak_SetParameter(param, int(value), 0)
         self._chunks, self._events = [], []
         encoded = text.encode() + b"\0"
         buffer = ctypes.create_string_buffer(encoded)
-        status = self.lib.espeak_Synth(buffer, len(encoded), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
+        status = self.lib.espeak_Synth(
+            buffer, len(encoded), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None
+        )
         if status != 0:
             raise RuntimeError(f"eSpeak NG synthesis failed (status {status}) for {text!r}")
-        wav = (np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)).astype(np.float32) / 32768.0
+        wav = (np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)).astype(
+            np.float32
+        ) / 32768.0
         return Synthesis(wav, self.sample_rate, self._word_times(text, wav))
 
     def _word_times(self, text: str, wav: np.ndarray) -> list[tuple[str, float, float]]:
@@ -136,18 +171,27 @@ class EspeakSynthesizer:
         for words, begin, end in zip(groups, group_starts, group_starts[1:] + [total]):
             letters = np.cumsum([0] + [len(w) for w in words])
             edges = begin + (end - begin) * letters / letters[-1]
-            times += [(w, *_trim_silence(wav, self.sample_rate, b, e)) for w, b, e in zip(words, edges[:-1], edges[1:])]
+            times += [
+                (w, *_trim_silence(wav, self.sample_rate, b, e))
+                for w, b, e in zip(words, edges[:-1], edges[1:])
+            ]
         return times
 
 
-def _trim_silence(wav: np.ndarray, sr: int, start: float, end: float, frame_s: float = 0.01,
-                  threshold: float = 0.01) -> tuple[float, float]:
+def _trim_silence(
+    wav: np.ndarray,
+    sr: int,
+    start: float,
+    end: float,
+    frame_s: float = 0.01,
+    threshold: float = 0.01,
+) -> tuple[float, float]:
     """Shrink [start, end] (seconds) over leading and trailing 10 ms frames whose RMS is below `threshold`."""
     hop = int(frame_s * sr)
     i, j = int(start * sr), int(end * sr)
 
     def loud(a: int) -> bool:
-        frame = wav[a:a + hop]
+        frame = wav[a : a + hop]
         return float(np.sqrt(np.mean(frame * frame))) >= threshold
 
     while j - hop > i and not loud(j - hop):
@@ -187,7 +231,10 @@ def speak_many(requests: list[list], workers: int = 2) -> list[tuple[list[str], 
     with tempfile.TemporaryDirectory() as tmp:
         jobs, results = Path(tmp) / "requests.json", Path(tmp) / "results.json"
         jobs.write_text(json.dumps(requests))
-        subprocess.run([sys.executable, "-m", "slmlab.data.espeak", str(jobs), str(results), str(workers)], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "slmlab.data.espeak", str(jobs), str(results), str(workers)],
+            check=True,
+        )
         return [tuple(r) for r in json.loads(results.read_text())]
 
 

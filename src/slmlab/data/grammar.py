@@ -6,6 +6,7 @@ imperatives) with number agreement. Every sentence knows the minimal edits that 
 ungrammatical (agreement flip, determiner/noun number clash, adjective/noun order swap), which
 gives the sBLIMP-like syntactic pairs; `nonword(word)` gives the sWUGGY-like lexical foil.
 """
+
 from __future__ import annotations
 
 import random
@@ -21,9 +22,18 @@ boat train car bus bicycle road bridge river lake mountain hill forest tree flow
 apple orange banana cake bread cookie sandwich candle key ring phone computer camera
 piano guitar drum song story village city market school church castle island beach
 """.split()
-IRREGULAR_PLURALS = {"sheep": "sheep", "fish": "fish", "mouse": "mice", "child": "children", "man": "men",
-                     "woman": "women", "wolf": "wolves", "knife": "knives", "shoe": "shoes"}
-ANIMATE = set(NOUNS[:NOUNS.index("house")])
+IRREGULAR_PLURALS = {
+    "sheep": "sheep",
+    "fish": "fish",
+    "mouse": "mice",
+    "child": "children",
+    "man": "men",
+    "woman": "women",
+    "wolf": "wolves",
+    "knife": "knives",
+    "shoe": "shoes",
+}
+ANIMATE = set(NOUNS[: NOUNS.index("house")])
 
 ADJECTIVES = """
 big small tall short old young new happy sad angry quiet loud brave clever lazy busy
@@ -88,7 +98,9 @@ INTRANSITIVE_VERBS = _verbs(INTRANSITIVE)
 
 def vocabulary() -> set[str]:
     """Every surface form the grammar can produce."""
-    words = set(NOUNS) | {plural(n) for n in NOUNS} | set(ADJECTIVES) | set(ADVERBS) | set(PREPOSITIONS)
+    words = (
+        set(NOUNS) | {plural(n) for n in NOUNS} | set(ADJECTIVES) | set(ADVERBS) | set(PREPOSITIONS)
+    )
     words |= set(NAMES) | set(NUMBERS) | set(SINGULAR_DETS) | set(PLURAL_DETS) | set(FUNCTION_WORDS)
     for forms in TRANSITIVE_VERBS + INTRANSITIVE_VERBS:
         words |= set(forms)
@@ -109,7 +121,7 @@ class Sentence:
     def ungrammatical(self, rng: random.Random) -> tuple[str, str]:
         """A minimally ungrammatical twin (same length) and the kind of edit that made it."""
         kind, pos, replacement = rng.choice(self.edits)
-        words = self.words[:pos] + replacement + self.words[pos + len(replacement):]
+        words = self.words[:pos] + replacement + self.words[pos + len(replacement) :]
         return " ".join(words), kind
 
 
@@ -129,7 +141,9 @@ class Grammar:
         words, edits = [det], []
         if allow_adjective and r.random() < 0.5:
             adjective = r.choice(ADJECTIVES)
-            edits.append(("adjective_order", len(words), [plural(noun) if is_plural else noun, adjective]))
+            edits.append(
+                ("adjective_order", len(words), [plural(noun) if is_plural else noun, adjective])
+            )
             words.append(adjective)
         if marks_number and plural(noun) != noun:
             edits.append(("determiner_number", len(words), [noun if is_plural else plural(noun)]))
@@ -149,9 +163,19 @@ class Grammar:
 
     # -- sentence shapes ---------------------------------------------------------------------------
     def sentence(self) -> Sentence:
-        shape = self.rng.choice([self._intransitive, self._transitive, self._copula, self._existential,
-                                 self._question, self._relative, self._coordination, self._past,
-                                 self._imperative])
+        shape = self.rng.choice(
+            [
+                self._intransitive,
+                self._transitive,
+                self._copula,
+                self._existential,
+                self._question,
+                self._relative,
+                self._coordination,
+                self._past,
+                self._imperative,
+            ]
+        )
         return shape()
 
     def _build(self, parts) -> Sentence:
@@ -185,17 +209,25 @@ class Grammar:
     def _copula(self) -> Sentence:
         subj, subj_edits, is_plural = self.noun_phrase(allow_adjective=self.rng.random() < 0.5)
         verb = ("are", "is") if is_plural else ("is", "are")
-        adjective = ([self.rng.choice(["very", "so"])] if self.rng.random() < 0.3 else []) + [self.rng.choice(ADJECTIVES)]
-        return self._build([(subj, subj_edits), ([verb[0]], [("agreement", 0, [verb[1]])]), (adjective, [])])
+        adjective = ([self.rng.choice(["very", "so"])] if self.rng.random() < 0.3 else []) + [
+            self.rng.choice(ADJECTIVES)
+        ]
+        return self._build(
+            [(subj, subj_edits), ([verb[0]], [("agreement", 0, [verb[1]])]), (adjective, [])]
+        )
 
     def _existential(self) -> Sentence:
         noun = self.rng.choice(NOUNS)
         if self.rng.random() < 0.5:
             head = ["there", "is", "a" if noun[0] not in "aeiou" else "an", noun]
-            edits = [("agreement", 1, ["are"])] + ([("determiner_number", 3, [plural(noun)])] if plural(noun) != noun else [])
+            edits = [("agreement", 1, ["are"])] + (
+                [("determiner_number", 3, [plural(noun)])] if plural(noun) != noun else []
+            )
         else:
             head = ["there", "are", self.rng.choice(NUMBERS), plural(noun)]
-            edits = [("agreement", 1, ["is"])] + ([("determiner_number", 3, [noun])] if plural(noun) != noun else [])
+            edits = [("agreement", 1, ["is"])] + (
+                [("determiner_number", 3, [noun])] if plural(noun) != noun else []
+            )
         return self._build([(head, edits), self._prepositional()])
 
     def _question(self) -> Sentence:
@@ -203,14 +235,27 @@ class Grammar:
         aux = ("do", "does") if is_plural else ("does", "do")
         base, _, _ = self.rng.choice(TRANSITIVE_VERBS)
         obj, obj_edits, _ = self.noun_phrase()
-        return self._build([([aux[0]], [("agreement", 0, [aux[1]])]), (subj, subj_edits), ([base], []), (obj, obj_edits)])
+        return self._build(
+            [
+                ([aux[0]], [("agreement", 0, [aux[1]])]),
+                (subj, subj_edits),
+                ([base], []),
+                (obj, obj_edits),
+            ]
+        )
 
     def _relative(self) -> Sentence:
         head, head_edits, is_plural = self.noun_phrase(animate=True)
         _, _, past = self.rng.choice(TRANSITIVE_VERBS)
         obj, obj_edits, _ = self.noun_phrase(allow_adjective=False)
-        return self._build([(head, head_edits), (["who", past], []), (obj, obj_edits),
-                            self._verb(INTRANSITIVE_VERBS, is_plural)])
+        return self._build(
+            [
+                (head, head_edits),
+                (["who", past], []),
+                (obj, obj_edits),
+                self._verb(INTRANSITIVE_VERBS, is_plural),
+            ]
+        )
 
     def _coordination(self) -> Sentence:
         first, second = self._intransitive(), self._intransitive()
@@ -232,8 +277,22 @@ class Grammar:
         return self._build([(["please", base], []), (obj, obj_edits), self._prepositional()])
 
 
-_CONSONANT_SWAPS = {"b": "dg", "d": "bg", "g": "bd", "p": "tk", "t": "pk", "k": "pt", "m": "n", "n": "m",
-                    "l": "r", "r": "l", "f": "v", "v": "f", "s": "z", "z": "s"}
+_CONSONANT_SWAPS = {
+    "b": "dg",
+    "d": "bg",
+    "g": "bd",
+    "p": "tk",
+    "t": "pk",
+    "k": "pt",
+    "m": "n",
+    "n": "m",
+    "l": "r",
+    "r": "l",
+    "f": "v",
+    "v": "f",
+    "s": "z",
+    "z": "s",
+}
 _VOWEL_SWAPS = {"a": "eio", "e": "aiou", "i": "aeo", "o": "aeiu", "u": "aeio"}
 
 
@@ -241,7 +300,7 @@ def nonword(word: str, rng: random.Random, known: set[str]) -> str | None:
     """A pronounceable non-word of the same length: one consonant and one vowel letter swapped for
     phonetically close ones (sWUGGY pairs differ similarly). None if every try is a known word."""
     consonants = [i for i, c in enumerate(word) if c in _CONSONANT_SWAPS]
-    vowels = [i for i, c in enumerate(word) if c in _VOWEL_SWAPS and word[i - 1:i] != "q"]
+    vowels = [i for i, c in enumerate(word) if c in _VOWEL_SWAPS and word[i - 1 : i] != "q"]
     if not consonants or not vowels:
         return None
     for _ in range(20):
