@@ -6,14 +6,16 @@ import pytest
 import torch
 
 from slmlab.data.batching import LengthBucketBatchSampler
-from slmlab.data.datamodule import SpeechDataModule, TextIdsField
+from slmlab.data.datamodule import SpeechDataModule
+from slmlab.data.fields import TextIdsField, WaveformField
 from slmlab.tokenizers.text import load_or_fit_bpe
+
+FIELDS = {"text_ids": TextIdsField, "audio": WaveformField}
 
 
 def make(corpus, fields=("text_ids",), vocab_size=512):
-    return SpeechDataModule(
-        corpus, {"text": load_or_fit_bpe(corpus, vocab_size)}, list(fields), batch_size=8
-    )
+    tokenizers = {"text": load_or_fit_bpe(corpus, vocab_size)}
+    return SpeechDataModule(corpus, {n: FIELDS[n](tokenizers) for n in fields}, batch_size=8)
 
 
 def test_batches_hold_the_fields_the_arm_names(tiny_corpus):
@@ -27,7 +29,7 @@ def test_batches_hold_the_fields_the_arm_names(tiny_corpus):
         batch["audio"].dim() == 2 and int(batch["audio_lengths"].max()) == batch["audio"].shape[1]
     )
     lengths = batch["text_ids_lengths"]
-    assert (batch["text_ids"][0, lengths[0] :] == dm.tokenizers["text"].pad_id).all()
+    assert (batch["text_ids"][0, lengths[0] :] == dm.fields["text_ids"].pad_value).all()
 
 
 def test_second_run_reads_the_cache(tiny_corpus, monkeypatch):

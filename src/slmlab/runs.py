@@ -83,9 +83,10 @@ def build(cfg: DictConfig):
         tokenizers["speech"] = extra["speech_tokenizer"] = instantiate(
             cfg.tokenizer.speech, corpus=corpus
         )
-    datamodule = instantiate(
-        cfg.datamodule, corpus=corpus, tokenizers=tokenizers, fields=list(cfg.model.fields)
-    )
+    fields = {
+        name: instantiate(field, tokenizers=tokenizers) for name, field in cfg.model.fields.items()
+    }
+    datamodule = instantiate(cfg.datamodule, corpus=corpus, fields=fields)
     task = instantiate(cfg.model.task, tokenizer=tokenizers["text"], **extra)
     return datamodule, task
 

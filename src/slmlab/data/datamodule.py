@@ -1,11 +1,13 @@
 """The one DataModule every arm trains from.
 
-An arm names the fields it needs (`model.fields` in its config). A field turns an `Utterance` into a
-tensor; tokenized fields are computed once per split and cached on disk under a key made of the
-manifest's content and the field's tokenizer fingerprint, so a second run (or `slmlab-prepare`
+An arm names the fields it needs (`model.fields` in its config, built into `data/fields.py` objects
+from the run's tokenizers). A field turns an `Utterance` into a tensor; tokenized fields are
+computed once per split and cached on disk (`artifacts.py`, kind `token_cache`) under a key made of
+the manifest's content and the field's tokenizer fingerprint, so a second run (or `slmlab-prepare`
 before training) reads the cache. Batches are length-bucketed and padded per field:
 `batch[name]` is [B, L_max, ...] and `batch[name + "_lengths"]` is [B].
 """
+
 from __future__ import annotations
 
 import json
@@ -19,91 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 from slmlab.artifacts import artifact_dir, fingerprint, fit_once, manifest_fingerprints
 from slmlab.constants import SAMPLE_RATE
 from slmlab.data.batching import LengthBucketBatchSampler, pad_stack
-from slmlab.data.manifest import Utterance, audio_path, load_audio, read_manifest
+from slmlab.data.manifest import Utterance, read_manifest
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-
-
-class TextIdsField:
-    """text_ids: LongTensor [L] = bos + BPE(text) + eos."""
-
-    cached = True
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer, self.pad_value = tokenizer, tokenizer.pad_id
-
-    def fingerprint(self) -> str:
-        return "text_ids-" + self.tokenizer.fingerprint()
-
-    def __call__(self, record: Utterance) -> torch.Tensor:
-        return torch.tensor(self.tokenizer.encode(record.text), dtype=torch.long)
-
-
-class WaveformField:
-    """audio: FloatTensor [T] at `sample_rate`, read from disk on every access (not cached)."""
-
-    cached = False
-    pad_value = 0.0
-
-    def __init__(self, sample_rate: int = SAMPLE_RATE) -> None:
-        self.sample_rate = sample_rate
-
-    def __call__(self, record: Utterance) -> torch.Tensor:
-        return load_audio(record.audio_filepath, self.sample_rate)
-
-
-class SpeechStreamField:
-    """units / pitch / style: LongTensor [T] of frame-level speech tokens (25, 12.5, 1 Hz; not deduplicated)
-    from the speech tokenizer (`tokenizers/units.py`), read from 16 kHz audio."""
-
-    cached = True
-    pad_value = 0
-
-    def __init__(self, tokenizer, stream: str) -> None:
-        if tokenizer is None or not hasattr(tokenizer, "encode_streams"):
-            raise ValueError(f"data field {stream!r} needs a units speech tokenizer (tokenizer/speech=units_mfcc "
-                             f"or units_hubert); got {type(tokenizer).__name__}")
-        self.tokenizer, self.stream = tokenizer, stream
-
-    def fingerprint(self) -> str:
-        return f"{self.stream}-{self.tokenizer.fingerprint()}"
-
-    def __call__(self, record: Utterance) -> torch.Tensor:
-        wav = load_audio(record.audio_filepath, SAMPLE_RATE)
-        return self.tokenizer.encode_streams(wav, (self.stream,))[self.stream]
-
-
-class CodecField:
-    """codes: LongTensor [T, K] of a codec's K codebooks at its frame rate (`tokenizers/codecs.py`), read at
-    the codec's sample rate (the corpus's 24 kHz file when it has one)."""
-
-    cached = True
-    pad_value = 0
-
-    def __init__(self, codec) -> None:
-        if codec is None or not hasattr(codec, "num_codebooks"):
-            raise ValueError(f"data field 'codes' needs a codec (tokenizer/speech=codec_builtin or codec_mimi); "
-                             f"got {type(codec).__name__}")
-        self.codec = codec
-
-    def fingerprint(self) -> str:
-        return f"codes-{self.codec.fingerprint()}"
-
-    def __call__(self, record: Utterance) -> torch.Tensor:
-        return self.codec.encode(load_audio(audio_path(record), self.codec.sample_rate)).T.contiguous()
-
-
-def build_fields(names: list[str], tokenizers: dict, sample_rate: int) -> dict:
-    """Field name -> field object; an arm that needs a new kind of field adds it here."""
-    builders = {"text_ids": lambda: TextIdsField(tokenizers["text"]), "audio": lambda: WaveformField(sample_rate),
-                **{stream: (lambda s=stream: SpeechStreamField(tokenizers.get("speech"), s))
-                   for stream in ("units", "pitch", "style")},
-                "codes": lambda: CodecField(tokenizers.get("speech"))}
-    unknown = [n for n in names if n not in builders]
-    if unknown:
-        raise ValueError(f"unknown data fields {unknown}; known fields: {sorted(builders)}")
-    return {name: builders[name]() for name in names}
 
 
 def previous_turns(records: list[Utterance], count: int) -> list[list[int]]:
@@ -116,7 +37,13 @@ def previous_turns(records: list[Utterance], count: int) -> list[list[int]]:
         if count <= 0 or conversation is None or turn is None:
             turns.append([])
         else:
-            turns.append([where[(conversation, t)] for t in range(turn - count, turn) if (conversation, t) in where])
+            turns.append(
+                [
+                    where[(conversation, t)]
+                    for t in range(turn - count, turn)
+                    if (conversation, t) in where
+                ]
+            )
     return turns
 
 
@@ -124,8 +51,13 @@ class UtteranceDataset(Dataset):
     """item: id, text, words, style, speaker, each field's tensor, and `context`: the previous turns of the
     utterance's conversation (`context_turns` of them at most) as dicts of text, speaker and fields."""
 
-    def __init__(self, records: list[Utterance], cached: dict[str, list[torch.Tensor]], fields: dict,
-                 context_turns: int = 0) -> None:
+    def __init__(
+        self,
+        records: list[Utterance],
+        cached: dict[str, list[torch.Tensor]],
+        fields: dict,
+        context_turns: int = 0,
+    ) -> None:
         self.records, self.fields, self.cached = records, fields, cached
         self.previous = previous_turns(records, context_turns)
 
@@ -134,8 +66,13 @@ class UtteranceDataset(Dataset):
 
     def utterance(self, i: int) -> dict:
         record = self.records[i]
-        item = {"id": record.id, "text": record.text, "words": record.words, "style_label": record.style,
-                "speaker": record.speaker}
+        item = {
+            "id": record.id,
+            "text": record.text,
+            "words": record.words,
+            "style_label": record.style,
+            "speaker": record.speaker,
+        }
         for name, field in self.fields.items():
             item[name] = self.cached[name][i] if name in self.cached else field(record)
         return item
@@ -149,21 +86,42 @@ def _load_tokens(folder: Path) -> list[torch.Tensor]:
 
 
 class SpeechDataModule(L.LightningDataModule):
-    """corpus: an object with `prepare()`, `manifest(split)` and `root` (see `data/` configs)."""
+    """corpus: an object with `prepare()`, `manifest(split)` and `root` (see `data/` configs);
+    fields: name -> field (`data/fields.py`), what the arm is served."""
 
-    def __init__(self, corpus, tokenizers: dict, fields: list[str], batch_size: int = 32,
-                 max_tokens: int | None = None, num_workers: int = 0, sample_rate: int = SAMPLE_RATE,
-                 max_duration: float | None = 20.0, on_wrong_rate: str = "resample",
-                 on_duration_mismatch: str = "correct", bucket_batches: int = 50, seed: int = 0,
-                 cache_dir: str | None = None, context_turns: int = 0) -> None:
+    def __init__(
+        self,
+        corpus,
+        fields: dict,
+        batch_size: int = 32,
+        max_tokens: int | None = None,
+        num_workers: int = 0,
+        sample_rate: int = SAMPLE_RATE,
+        max_duration: float | None = 20.0,
+        on_wrong_rate: str = "resample",
+        on_duration_mismatch: str = "correct",
+        bucket_batches: int = 50,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        context_turns: int = 0,
+    ) -> None:
         super().__init__()
-        self.corpus, self.tokenizers = corpus, tokenizers
-        self.fields = build_fields(list(fields), tokenizers, sample_rate)
+        self.corpus, self.fields = corpus, dict(fields)
         self.batch_size, self.max_tokens, self.num_workers = batch_size, max_tokens, num_workers
-        self.sample_rate, self.max_duration, self.bucket_batches, self.seed = sample_rate, max_duration, bucket_batches, seed
-        self.policies = {"on_wrong_rate": on_wrong_rate, "on_duration_mismatch": on_duration_mismatch}
+        self.sample_rate, self.max_duration, self.bucket_batches, self.seed = (
+            sample_rate,
+            max_duration,
+            bucket_batches,
+            seed,
+        )
+        self.policies = {
+            "on_wrong_rate": on_wrong_rate,
+            "on_duration_mismatch": on_duration_mismatch,
+        }
         self.context_turns = context_turns
-        self.cache_root = Path(cache_dir) if cache_dir else Path(corpus.root)  # holds artifacts/token_cache
+        self.cache_root = (
+            Path(cache_dir) if cache_dir else Path(corpus.root)
+        )  # holds artifacts/token_cache
         self.datasets: dict[str, UtteranceDataset] = {}
         self.reports: dict[str, dict] = {}
         self._prepared: dict[str, tuple[list[Utterance], dict]] = {}
@@ -177,19 +135,29 @@ class SpeechDataModule(L.LightningDataModule):
         return self._prepared[split]
 
     def _records(self, split: str) -> list[Utterance]:
-        records, report = read_manifest(self.corpus.manifest(split), sample_rate=self.sample_rate,
-                                        max_duration=self.max_duration, **self.policies)
+        records, report = read_manifest(
+            self.corpus.manifest(split),
+            sample_rate=self.sample_rate,
+            max_duration=self.max_duration,
+            **self.policies,
+        )
         self.reports[split] = report.summary()
         if not records:
-            raise ValueError(f"no usable record in {self.corpus.manifest(split)}: {json.dumps(report.summary())}")
+            raise ValueError(
+                f"no usable record in {self.corpus.manifest(split)}: {json.dumps(report.summary())}"
+            )
         return records
 
-    def _load_or_build_cache(self, split: str, records: list[Utterance]) -> dict[str, list[torch.Tensor]]:
+    def _load_or_build_cache(
+        self, split: str, records: list[Utterance]
+    ) -> dict[str, list[torch.Tensor]]:
         """Each cached field's values for `records`, built once into `<cache_dir or corpus root>/artifacts/
         token_cache/<split>-<field>-<key>/tokens.pt` (`artifacts.py`), keyed by the field's tokenizer
         fingerprint, the manifest's bytes and the ids of the records kept from it."""
-        inputs = {**manifest_fingerprints(self.corpus, split),
-                  "records": fingerprint(" ".join(r.id for r in records).encode())}
+        inputs = {
+            **manifest_fingerprints(self.corpus, split),
+            "records": fingerprint(" ".join(r.id for r in records).encode()),
+        }
         cached = {}
         for name, field in self.fields.items():
             if not field.cached:
@@ -202,7 +170,9 @@ class SpeechDataModule(L.LightningDataModule):
                 log.info("cached %s/%s for %d records", split, name, len(values))
                 return values
 
-            folder = artifact_dir(self.cache_root, "token_cache", f"{split}-{name}", settings, inputs)
+            folder = artifact_dir(
+                self.cache_root, "token_cache", f"{split}-{name}", settings, inputs
+            )
             record = {"settings": settings, "inputs": inputs}
             cached[name] = fit_once(folder, build, _load_tokens, record)
         return cached
@@ -217,8 +187,11 @@ class SpeechDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
             if split not in self.datasets:
-                self.datasets[split] = UtteranceDataset(*self._prepare_split(split), fields=self.fields,
-                                                        context_turns=self.context_turns)
+                self.datasets[split] = UtteranceDataset(
+                    *self._prepare_split(split),
+                    fields=self.fields,
+                    context_turns=self.context_turns,
+                )
         for split, summary in self.reports.items():
             if summary["problems"]:
                 log.warning("data %s: %s", split, json.dumps(summary))
@@ -235,10 +208,22 @@ class SpeechDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         trainer = self.trainer
         sampler = LengthBucketBatchSampler(
-            self._lengths(split), self.batch_size, self.max_tokens, shuffle, self.bucket_batches, self.seed,
-            num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
-        return DataLoader(self.datasets[split], batch_sampler=sampler, collate_fn=self.collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+            self._lengths(split),
+            self.batch_size,
+            self.max_tokens,
+            shuffle,
+            self.bucket_batches,
+            self.seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+        return DataLoader(
+            self.datasets[split],
+            batch_sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -250,9 +235,14 @@ class SpeechDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def collate(self, items: list[dict]) -> dict:
-        batch = {key: [it[key] for it in items] for key in ("id", "text", "words", "style_label", "speaker", "context")}
+        batch = {
+            key: [it[key] for it in items]
+            for key in ("id", "text", "words", "style_label", "speaker", "context")
+        }
         for name, field in self.fields.items():
-            batch[name], batch[f"{name}_lengths"] = pad_stack([it[name] for it in items], field.pad_value)
+            batch[name], batch[f"{name}_lengths"] = pad_stack(
+                [it[name] for it in items], field.pad_value
+            )
         return batch
 
     def summary(self) -> dict:
