@@ -1,4 +1,5 @@
 """Real corpora behind the interface of `SyntheticCorpus`: `prepare()`, `manifest(split)`, `root`."""
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,9 @@ def read_librispeech(folder: str | Path) -> list[Utterance]:
     folder = Path(folder)
     transcripts = sorted(folder.glob("*/*/*.trans.txt"))
     if not transcripts:
-        raise FileNotFoundError(f"no SPEAKER/CHAPTER/*.trans.txt under {folder}: not a LibriSpeech-style folder")
+        raise FileNotFoundError(
+            f"no SPEAKER/CHAPTER/*.trans.txt under {folder}: not a LibriSpeech-style folder"
+        )
     records = []
     for transcript in transcripts:
         speaker = transcript.parent.parent.name
@@ -28,8 +31,16 @@ def read_librispeech(folder: str | Path) -> list[Utterance]:
             utterance_id, _, text = line.strip().partition(" ")
             audio = transcript.parent / f"{utterance_id}.flac"
             duration = sf.info(str(audio)).duration if audio.is_file() else 0.0
-            records.append(Utterance(utterance_id, str(audio.resolve()), duration, text.lower(), speaker,
-                                     extra={"source": f"{transcript}:{n}"}))
+            records.append(
+                Utterance(
+                    utterance_id,
+                    str(audio.resolve()),
+                    duration,
+                    text.lower(),
+                    speaker,
+                    extra={"source": f"{transcript}:{n}"},
+                )
+            )
     return records
 
 
@@ -38,7 +49,11 @@ class LibriSpeechCorpus:
     test-clean) turned into manifests under `root` once."""
 
     def __init__(self, source: str, root: str, splits: dict[str, list[str]]) -> None:
-        self.source, self.root, self.splits = Path(source), Path(root), {k: list(v) for k, v in splits.items()}
+        self.source, self.root, self.splits = (
+            Path(source),
+            Path(root),
+            {k: list(v) for k, v in splits.items()},
+        )
 
     def manifest(self, split: str) -> Path:
         return self.root / f"{split}.jsonl"
@@ -49,7 +64,13 @@ class LibriSpeechCorpus:
                 continue
             records = [r for subset in subsets for r in read_librispeech(self.source / subset)]
             write_manifest(self.manifest(split), records, relative_paths=False)
-            log.info("librispeech %s: %d utterances from %s -> %s", split, len(records), subsets, self.manifest(split))
+            log.info(
+                "librispeech %s: %d utterances from %s -> %s",
+                split,
+                len(records),
+                subsets,
+                self.manifest(split),
+            )
         return {"source": str(self.source), "splits": self.splits}
 
 
@@ -66,5 +87,7 @@ class ManifestCorpus:
     def prepare(self) -> dict:
         missing = [f"{split}={path}" for split, path in self.paths.items() if not path.is_file()]
         if missing:
-            raise FileNotFoundError(f"data=manifest: manifest files not found: {', '.join(missing)}")
+            raise FileNotFoundError(
+                f"data=manifest: manifest files not found: {', '.join(missing)}"
+            )
         return {split: str(path) for split, path in self.paths.items()}
