@@ -93,7 +93,10 @@ def test_a_toy_fourth_arm_runs_through_training_evaluation_and_the_report(
         "trainer.val_check_interval=10",
         "evaluate=true",
         "eval.utterances=3",
+        "eval.style_prompts=2",
         "eval.probe_pairs=3",
+        "eval.max_seconds=1.0",
+        "eval.continuation_seconds=0.5",  # the judges of the miniature sweep: fitted once for both
         "eval.judge.epochs=2",
         "eval.judge.model={dim: 32, layers: 1, heads: 2, ffn_dim: 64, kernel_size: 7}",
         f"hydra.run.dir={run_dir}",
