@@ -32,6 +32,8 @@ demo: $(STAMP)
 	@echo ">> [4/4] the report"
 	$(BIN)/slmlab-compare
 	@echo ">> done: experiments/compare_tiny/README.md"
+	@echo ">> tracked files this rewrote (git diff shows how this reproduction differs from the committed results):"
+	@git status --short -- README.md experiments/compare_tiny 2>/dev/null || echo "   (not a git checkout)"
 
 demo-fit-units:
 	$(BIN)/slmlab-prepare $(DATA) model=spiritlm_expressive threads=1

@@ -62,8 +62,14 @@ def fit_on_tiny_corpus(cfg) -> tuple:
     return task, before, {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
+TORCHAO_NOTICE = (
+    "Skipping import of cpp extensions"  # silenced by slmlab/__init__.py, for every CLI
+)
+
+
 def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a console script of this venv the way a user does; fail with its output on error."""
+    """Run a console script of this venv the way a user does; fail with its output on error, or when
+    it prints torchao's import notice."""
     exe = Path(sys.executable).parent / args[0]
     env = {**os.environ, "SLMLAB_ROOT": str(REPO_ROOT)}
     proc = subprocess.run(
@@ -72,4 +78,5 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
     assert proc.returncode == 0, (
         f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     )
+    assert TORCHAO_NOTICE not in proc.stdout + proc.stderr, f"{args[0]} printed torchao's notice"
     return proc

@@ -16,6 +16,7 @@ from slmlab.eval.metrics import (
     pair_accuracy,
     trivial_error_rates,
 )
+from slmlab.runs import REPO_ROOT
 
 
 def test_error_rates_of_known_strings():
@@ -289,7 +290,11 @@ def test_the_report_writer_on_two_fake_runs(tmp_path):
     (tmp_path / "sweep" / "3" / ".hydra" / "config.yaml").write_text("seed: 0\n")
     out = tmp_path / "experiments" / "study"
     table = write_report(
-        tmp_path / "sweep", out, "Which arm hears best?", ["slmlab-train -m experiment=x"]
+        tmp_path / "sweep",
+        out,
+        "Which arm hears best?",
+        ["slmlab-train -m experiment=x"],
+        root=tmp_path,
     )
     assert table["speechlm"]["asr_wer"] == (pytest.approx(0.45), pytest.approx(0.0707, abs=1e-3), 2)
     assert table["text_lm"]["asr_wer"] is None and table["speechlm"]["text_ppl"] is None
@@ -305,6 +310,7 @@ def test_the_report_writer_on_two_fake_runs(tmp_path):
         ("speechlm", "1"),
         ("text_lm", "0"),
     ]
+    assert rows[0]["run"] == "sweep/0"  # relative to the project root given
     mean = next(r for r in rows if r["arm"] == "speechlm" and r["seed"].startswith("mean"))
     assert mean["seed"] == "mean of 2" and float(mean["asr_wer"]) == pytest.approx(0.45)
     assert (out / "val_curves.png").stat().st_size > 1000 and (
@@ -370,8 +376,9 @@ def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     csm_run = next(r["run"] for r in rows if r["arm"] == "csm" and r["seed"] == "0")
+    assert not Path(csm_run).is_absolute()  # relative to the project root, not this machine's paths
     events = EventAccumulator(
-        str(Path(csm_run) / "tensorboard"), size_guidance={"audio": 0, "images": 0}
+        str(REPO_ROOT / csm_run / "tensorboard"), size_guidance={"audio": 0, "images": 0}
     )
     events.Reload()
     tags = events.Tags()

@@ -41,3 +41,15 @@ def test_torchaudio_matches_torch():
     import torchaudio
 
     assert torch.__version__.split("+")[0] == torchaudio.__version__.split("+")[0]
+
+
+def test_only_torchaos_extension_notice_is_silenced(caplog):
+    import logging
+
+    import slmlab  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("torchao")
+    with caplog.at_level(logging.WARNING, logger="torchao"):
+        logger.warning("Skipping import of cpp extensions due to incompatible torch version 2.9.1")
+        logger.warning("another torchao warning")
+    assert [r.getMessage() for r in caplog.records] == ["another torchao warning"]

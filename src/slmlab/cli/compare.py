@@ -28,7 +28,14 @@ def latest_sweep(log_dir: str, study: str) -> Path:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
 def main(cfg: DictConfig) -> None:
     sweep_dir = cfg.sweep_dir or latest_sweep(cfg.paths.log_dir, cfg.study)
-    write_report(sweep_dir, cfg.out_dir, cfg.question, list(cfg.commands), cfg.project_readme)
+    write_report(
+        sweep_dir,
+        cfg.out_dir,
+        cfg.question,
+        list(cfg.commands),
+        cfg.project_readme,
+        root=cfg.paths.root_dir,
+    )
     print(Path(cfg.out_dir) / "README.md")
 
 

@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +185,8 @@ def format_cell(name: str, cell: tuple[float, float, int] | None) -> str:
     return f"{text} ± {spread:,.{digits}f}" if n > 1 else text
 
 
-def write_csv(path: Path, runs: list[Run], table: dict) -> None:
+def write_csv(path: Path, runs: list[Run], table: dict, root: Path) -> None:
+    """One row per run (its folder relative to `root`, the project), then the mean and spread per arm."""
     names = list(LABELS)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -194,7 +196,7 @@ def write_csv(path: Path, runs: list[Run], table: dict) -> None:
                 [
                     r.arm,
                     r.seed,
-                    str(r.folder),
+                    os.path.relpath(r.folder, root),
                     *["" if r.values.get(n) is None else r.values[n] for n in names],
                 ]
             )
@@ -361,15 +363,16 @@ def write_report(
     question: str,
     commands: list[str],
     project_readme: str | Path | None = None,
+    root: str | Path = ".",
 ) -> dict:
     """Aggregate the runs under `sweep_dir` into `out_dir` (and its tables into `project_readme`, between
-    markers); return the aggregated table."""
+    markers); return the aggregated table. results.csv names run folders relative to `root`."""
     runs, skipped = find_runs(Path(sweep_dir))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = aggregate(runs)
     baselines = next((r.baselines for r in runs if r.baselines), {})
-    write_csv(out_dir / "results.csv", runs, table)
+    write_csv(out_dir / "results.csv", runs, table, Path(root))
     plot_curves(out_dir / "val_curves.png", runs)
     plot_metrics(out_dir / "metrics.png", table, baselines)
     seeds = sorted({r.seed for r in runs})
