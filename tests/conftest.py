@@ -62,6 +62,17 @@ def fit_on_tiny_corpus(cfg) -> tuple:
     return task, before, {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
+# slmlab-eval at a test's size; tests that evaluate on the tiny corpus share these, so that one judge
+# and one style classifier are fitted for all of them (the artifacts are keyed by these settings)
+TINY_EVAL = [
+    "eval.utterances=3",
+    "eval.style_prompts=2",
+    "eval.probe_pairs=3",
+    "eval.max_seconds=1.0",
+    "eval.continuation_seconds=0.5",
+    "eval.judge.epochs=2",
+    "eval.judge.model={dim: 32, layers: 1, heads: 2, ffn_dim: 64, kernel_size: 7}",
+]
 TORCHAO_NOTICE = (
     "Skipping import of cpp extensions"  # silenced by slmlab/__init__.py, for every CLI
 )

@@ -321,19 +321,13 @@ def test_the_report_writer_on_two_fake_runs(tmp_path):
 def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):
     """`slmlab-train -m experiment=compare_tiny` on the tiny corpus for a few steps (both job slots, every
     arm trained, tested and evaluated), then `slmlab-compare` on its folder."""
-    from conftest import run_cli
+    from conftest import TINY_EVAL, run_cli
 
     sweep = tmp_path / "sweep"
     settings = [
         f"paths.data_dir={data_dir}",
         "data.preset=tiny",
-        "eval.utterances=3",
-        "eval.style_prompts=2",
-        "eval.probe_pairs=3",
-        "eval.max_seconds=1.0",
-        "eval.continuation_seconds=0.5",
-        "eval.judge.epochs=2",
-        "eval.judge.model={dim: 32, layers: 1, heads: 2, ffn_dim: 64, kernel_size: 7}",
+        *TINY_EVAL,
     ]
     # as make demo does: fit the tokenizers and judges first, so that the parallel jobs only read them
     run_cli("slmlab-prepare", *settings, "model=spiritlm_expressive", cwd=tmp_path)

@@ -79,7 +79,7 @@ def test_a_toy_fourth_arm_runs_through_training_evaluation_and_the_report(
 ):
     """tests/toy_arm holds a task file and a model config and nothing else; slmlab-train finds them
     through Hydra's search path and the module path, slmlab-eval's metrics and the report follow."""
-    from conftest import run_cli
+    from conftest import TINY_EVAL, run_cli
 
     monkeypatch.setenv("PYTHONPATH", str(TOY_ARM))
     run_dir = tmp_path / "bigram"
@@ -92,13 +92,7 @@ def test_a_toy_fourth_arm_runs_through_training_evaluation_and_the_report(
         "trainer.max_steps=20",
         "trainer.val_check_interval=10",
         "evaluate=true",
-        "eval.utterances=3",
-        "eval.style_prompts=2",
-        "eval.probe_pairs=3",
-        "eval.max_seconds=1.0",
-        "eval.continuation_seconds=0.5",  # the judges of the miniature sweep: fitted once for both
-        "eval.judge.epochs=2",
-        "eval.judge.model={dim: 32, layers: 1, heads: 2, ffn_dim: 64, kernel_size: 7}",
+        *TINY_EVAL,
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )
