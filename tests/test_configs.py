@@ -171,3 +171,37 @@ def test_cpu_strategies_instantiate_a_trainer(strategy, tmp_path):
         cfg = compose("train", overrides=[f"strategy={strategy}", f"paths.output_dir={tmp_path}"])
     trainer = instantiate(cfg.trainer, logger=False)
     assert trainer.world_size == (2 if strategy == "ddp_cpu" else 1)
+
+
+def test_sweep_job_folders_are_named_by_what_varies_and_safe(tmp_path):
+    """hydra.sweep.subdir: the overrides that vary across the sweep (from the sweeper's
+    multirun.yaml), a group's choice alone; the job number only where nothing varies or a value had
+    to be made safe."""
+    from slmlab.runs import sweep_job_name
+
+    def name(job_overrides, num, sweep_overrides, params=None):
+        sweep = {"sweeper": {"params": params}, "overrides": {"task": sweep_overrides}}
+        OmegaConf.save({"hydra": sweep}, tmp_path / "multirun.yaml")
+        job = {
+            "sweep": {"dir": str(tmp_path)},
+            "job": {"num": num},
+            "overrides": {"task": job_overrides},
+            "runtime": {"choices": {"model": "csm", "experiment": "x"}},
+        }
+        return sweep_job_name(_root_=OmegaConf.create({"hydra": job}))
+
+    swept = {"model": "csm,speechlm"}
+    assert name(
+        ["model=csm", "experiment=x", "seed=1"], 3, ["experiment=x", "seed=0,1"], swept
+    ) == ("csm_seed1")
+    assert (
+        name(["paths.data_dir='/d/b=c'"], 1, ["paths.data_dir=/d/a,'/d/b=c'"]) == "data_dir-d-b-c_1"
+    )
+    assert name(["seed=0", "trainer.max_steps=4"], 0, ["seed=0", "trainer.max_steps=4"]) == "0"
+    (tmp_path / "multirun.yaml").unlink()
+    assert (
+        sweep_job_name(
+            _root_=OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "job": {"num": 2}}})
+        )
+        == "2"
+    )

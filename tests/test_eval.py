@@ -221,8 +221,37 @@ def test_the_evaluator_reports_what_an_arm_supports_and_nothing_else(tiny_corpus
     )
 
 
+class _FlakyArm(_EchoArm):
+    """Like _EchoArm, but its first test sentence comes out empty and its second raises."""
+
+    def synthesise(self, text, speaker=None, max_seconds=8.0):
+        first, second = list(self.audio_of)[:2]
+        if text == second:
+            raise RuntimeError("no end frame")
+        return torch.zeros(0) if text == first else self.audio_of[text]
+
+
+def test_empty_and_failed_generations_are_counted_scored_wrong_and_logged_once(tiny_corpus, caplog):
+    from slmlab.eval.evaluate import Evaluator
+
+    evaluator = Evaluator(tiny_corpus, _Judge(tiny_corpus), _Styles(), utterances=6)
+    arm = _FlakyArm(tiny_corpus)
+    with caplog.at_level("WARNING", logger="slmlab.eval.evaluate"):
+        evaluation = evaluator(arm)
+    assert evaluation.empty == {"asr_wer": 0, "tts_wer": 2}
+    assert 0 < evaluation.metrics["tts_wer"] < 1  # the two are scored as wrong, not dropped
+    ids = [r.id for r in evaluator.test[:2]]
+    warnings = [m for m in caplog.messages if "tts_wer" in m]
+    assert len(warnings) == 2 and all(any(f"id={i}" in m for m in warnings) for i in ids)
+
+
 def _fake_run(
-    folder: Path, arm: str, seed: int, eval_metrics: dict, val_curve: list[float]
+    folder: Path,
+    arm: str,
+    seed: int,
+    eval_metrics: dict,
+    val_curve: list[float],
+    empty_outputs: dict | None = None,
 ) -> None:
     from omegaconf import OmegaConf
     from torch.utils.tensorboard import SummaryWriter
@@ -250,7 +279,11 @@ def _fake_run(
                 "peak_memory_bytes": 2**30,
                 "train_seconds": 120.0,
                 "metrics": {"test/loss": 3.0},
-                "eval": {"metrics": eval_metrics, "baselines": baselines},
+                "eval": {
+                    "metrics": eval_metrics,
+                    "baselines": baselines,
+                    "empty_outputs": empty_outputs or {},
+                },
             }
         )
     )
@@ -271,6 +304,7 @@ def test_the_report_writer_on_two_fake_runs(tmp_path):
         0,
         {**none, "asr_wer": 0.40, "asr_cer": 0.2},
         [3.0, 2.0, 1.5],
+        empty_outputs={"asr_wer": 2},  # two empty transcripts
     )
     _fake_run(
         tmp_path / "sweep" / "1",
@@ -278,6 +312,7 @@ def test_the_report_writer_on_two_fake_runs(tmp_path):
         1,
         {**none, "asr_wer": 0.50, "asr_cer": 0.3},
         [3.1, 2.2, 1.6],
+        empty_outputs={"asr_wer": 1},
     )
     _fake_run(
         tmp_path / "sweep" / "2",
@@ -311,6 +346,10 @@ def test_the_report_writer_on_two_fake_runs(tmp_path):
         ("text_lm", "0"),
     ]
     assert rows[0]["run"] == "sweep/0"  # relative to the project root given
+    assert rows[0]["asr_wer_empty"] == "2" and rows[1]["asr_wer_empty"] == "1"
+    assert rows[2]["asr_wer_empty"] == ""  # text_lm transcribes nothing: n/a, not 0
+    generation_table = readme.split("**Likelihoods")[0]
+    assert "| asr_wer 3 |" in generation_table and "| n/a |" in generation_table
     mean = next(r for r in rows if r["arm"] == "speechlm" and r["seed"].startswith("mean"))
     assert mean["seed"] == "mean of 2" and float(mean["asr_wer"]) == pytest.approx(0.45)
     assert (out / "val_curves.png").stat().st_size > 1000 and (
@@ -369,7 +408,15 @@ def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):
     assert "judge ASR's WER on the real audio" in readme and "n/a" in readme
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    # job folders, and so TensorBoard's runs, are named by the arm each job trains
+    arms = {"text_lm", "spiritlm_base", "spiritlm_expressive", "csm", "speechlm"}
+    assert {p.name for p in sweep.iterdir() if (p / ".hydra").is_dir()} == arms
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    runs = EventMultiplexer().AddRunsFromDirectory(str(sweep)).Runs()
+    assert {run.split("/")[0] for run in runs} == arms
     csm_run = next(r["run"] for r in rows if r["arm"] == "csm" and r["seed"] == "0")
+    assert Path(csm_run).name == "csm"
     assert not Path(csm_run).is_absolute()  # relative to the project root, not this machine's paths
     events = EventAccumulator(
         str(REPO_ROOT / csm_run / "tensorboard"), size_guidance={"audio": 0, "images": 0}

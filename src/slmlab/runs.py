@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import lightning as L
@@ -23,6 +24,7 @@ import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -38,6 +40,36 @@ CONF_DIR = str(REPO_ROOT / "conf")
 OmegaConf.register_new_resolver(
     "slmlab_root", lambda: os.environ.get("SLMLAB_ROOT", str(REPO_ROOT)), replace=True
 )
+
+
+def sweep_job_name(*, _root_: DictConfig) -> str:
+    """A sweep job's folder name from the overrides that vary across the sweep (`speechlm_seed0`,
+    `lr0.003`): a config group's choice by itself, any other key as `<last part of key><value>`.
+    Replaces Hydra's `${hydra.job.num}`, which names the jobs 0/, 1/, ...; the job number is kept
+    where nothing varies, or where a value had to be made safe ([A-Za-z0-9._+-] only) or short."""
+    hydra = _root_.hydra
+    multirun = Path(hydra.sweep.dir) / "multirun.yaml"  # written by the sweeper before any job
+    if not multirun.is_file():
+        return str(hydra.job.num)
+    sweep = OmegaConf.load(multirun).hydra
+    parser = OverridesParser.create()
+    params = [f"{key}={value}" for key, value in (sweep.sweeper.get("params") or {}).items()]
+    swept = parser.parse_overrides([*params, *sweep.overrides.task])
+    varying = {o.key_or_group for o in swept if o.is_sweep_override()}
+    parts = []
+    for override in parser.parse_overrides(list(hydra.overrides.task)):
+        if override.key_or_group in varying:
+            value = str(override.value())
+            is_group = override.key_or_group in hydra.runtime.choices
+            parts.append(value if is_group else override.key_or_group.split(".")[-1] + value)
+    name = "_".join(parts)
+    safe = re.sub(r"[^A-Za-z0-9._+-]+", "-", name)[:96]
+    if not name:
+        return str(hydra.job.num)
+    return safe if safe == name else f"{safe}_{hydra.job.num}"
+
+
+OmegaConf.register_new_resolver("slmlab_sweep_job", sweep_job_name, replace=True)
 
 # the run's settings shown in TensorBoard's hparams table (compact, so that a sweep's runs line up)
 HPARAMS = {
@@ -162,6 +194,7 @@ def evaluate_run(
     record["eval"] = {
         "metrics": evaluation.metrics,
         "baselines": evaluation.baselines,
+        "empty_outputs": evaluation.empty,
         "settings": settings,
     }
     path.write_text(json.dumps(record, indent=2) + "\n")

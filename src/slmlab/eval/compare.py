@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from slmlab.eval.evaluate import METRICS
+from slmlab.eval.evaluate import GENERATED, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ TABLES = {
         "resynthesis_wer",
         "style_accuracy",
         "resynthesis_style_accuracy",
+        "empty_outputs",
     ],
     "Likelihoods and zero-shot probes": [
         "text_ppl",
@@ -57,7 +58,13 @@ TABLES = {
         "generation_rtf",
     ],
 }
-LABELS = {**{k: k for k in METRICS}, **{k: label for k, (label, _) in TRAINING.items()}}
+# per generated metric, how many outputs were empty or failed (scored as wrong)
+EMPTY = {f"{k}_empty": ("eval", "empty_outputs", k) for k in GENERATED}
+LABELS = {
+    **{k: k for k in METRICS},
+    **{k: label for k, (label, _) in TRAINING.items()},
+    **{k: k for k in EMPTY},
+}
 
 
 @dataclass
@@ -99,6 +106,7 @@ def read_run(folder: Path) -> Run:
             value = value / 60
         values[name] = value
     values.update({k: _get(record, ("eval", "metrics", k)) for k in METRICS})
+    values.update({k: _get(record, path) for k, path in EMPTY.items()})
     arm = cfg.model.get("name") or cfg.model.task._target_.rsplit(".", 1)[-1]
     budget = {
         "steps": OmegaConf.select(cfg, "trainer.max_steps"),
@@ -210,14 +218,30 @@ def write_csv(path: Path, runs: list[Run], table: dict, root: Path) -> None:
             )
 
 
+def empty_outputs_cell(cells: dict) -> str:
+    """The arm's empty or failed outputs summed over seeds, per metric (`tts_wer 2, style_accuracy 1`);
+    0 when there were none, n/a when the arm generates nothing."""
+    counted = {k.removesuffix("_empty"): cells[k] for k in EMPTY if cells[k] is not None}
+    if not counted:
+        return "n/a"
+    totals = {k: round(mean * n) for k, (mean, _, n) in counted.items()}
+    return ", ".join(f"{k} {total}" for k, total in totals.items() if total) or "0"
+
+
 def markdown_tables(table: dict) -> str:
+    headers = {**LABELS, "empty_outputs": "empty or failed outputs (all seeds)"}
     parts = []
     for title, names in TABLES.items():
         parts.append(f"**{title}**\n")
-        parts.append("| arm | " + " | ".join(LABELS[n] for n in names) + " |")
+        parts.append("| arm | " + " | ".join(headers[n] for n in names) + " |")
         parts.append("|---" * (len(names) + 1) + "|")
         parts += [
-            f"| {arm} | " + " | ".join(format_cell(n, cells[n]) for n in names) + " |"
+            f"| {arm} | "
+            + " | ".join(
+                empty_outputs_cell(cells) if n == "empty_outputs" else format_cell(n, cells[n])
+                for n in names
+            )
+            + " |"
             for arm, cells in table.items()
         ]
         parts.append("")

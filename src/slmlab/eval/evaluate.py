@@ -63,16 +63,27 @@ METRICS = {
     ),
     "generation_rtf": ("seconds of compute per second of generated speech", "lower"),
 }
+# metrics scored on outputs the arm generates (the same outputs give asr_cer and tts_cer): their empty or
+# failed outputs are counted (Evaluation.empty, the report's `<metric>_empty` columns)
+GENERATED = (
+    "asr_wer",
+    "tts_wer",
+    "resynthesis_wer",
+    "style_accuracy",
+    "resynthesis_style_accuracy",
+)
 
 
 @dataclass
 class Evaluation:
     """metrics: METRICS' names -> value or None; baselines: what each metric must beat (trivial outputs,
-    chance) and the judges' own figures on real audio; samples: TTS examples for TensorBoard."""
+    chance) and the judges' own figures on real audio; samples: TTS examples for TensorBoard; empty: per
+    metric scored on generated outputs, how many of them were empty or failed (scored as wrong)."""
 
     metrics: dict[str, float | None]
     baselines: dict[str, float | str]
     samples: list[dict] = field(default_factory=list)
+    empty: dict[str, int] = field(default_factory=dict)
 
 
 def _load(record, sample_rate: int) -> torch.Tensor:
@@ -180,6 +191,7 @@ class Evaluator:
         texts, speakers = [r.text for r in test], [r.speaker for r in test]
         metrics: dict[str, float | None] = dict.fromkeys(METRICS)
         samples: list[dict] = []
+        self.empty: dict[str, int] = {}
         started = time.perf_counter()
         needs_audio = any(can(task, c) for c in ("transcribe", "score_speech", "resynthesise"))
         waves = [_load(r, rate) for r in test] if needs_audio else []
@@ -189,17 +201,20 @@ class Evaluator:
             ]
             rates = error_rates(hypotheses, texts)
             metrics["asr_wer"], metrics["asr_cer"] = rates["wer"], rates["cer"]
+            self._count_empty("asr_wer", test, [not h.strip() for h in hypotheses])
             samples += [
                 {"kind": "asr", "text": t, "hypothesis": h} for t, h in zip(texts, hypotheses)
             ][: self.tensorboard_samples]
         if can(task, "synthesise"):
-            outputs, seconds = [], 0.0
-            for text, speaker in zip(texts, speakers):
-                t0 = time.perf_counter()
-                outputs.append(
-                    _to_judge(task.synthesise(text, speaker, max_seconds=self.max_seconds), rate)
-                )
-                seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            outputs = self._generate(
+                "tts_wer",
+                test,
+                lambda i, r: _to_judge(
+                    task.synthesise(r.text, r.speaker, max_seconds=self.max_seconds), rate
+                ),
+            )
+            seconds = time.perf_counter() - t0
             rates = error_rates(self.judge.transcribe([_nonempty(w) for w in outputs]), texts)
             metrics["tts_wer"], metrics["tts_cer"] = rates["wer"], rates["cer"]
             metrics["generation_rtf"] = seconds / max(
@@ -215,10 +230,12 @@ class Evaluator:
                 for t, g, r in zip(texts, outputs, test)
             ][: self.tensorboard_samples]
         if can(task, "resynthesise"):
-            resynthesised = [_nonempty(_to_judge(task.resynthesise(w), rate)) for w in waves]
-            metrics["resynthesis_wer"] = error_rates(self.judge.transcribe(resynthesised), texts)[
-                "wer"
-            ]
+            resynthesised = self._generate(
+                "resynthesis_wer", test, lambda i, r: _to_judge(task.resynthesise(waves[i]), rate)
+            )
+            metrics["resynthesis_wer"] = error_rates(
+                self.judge.transcribe([_nonempty(w) for w in resynthesised]), texts
+            )["wer"]
         if can(task, "score_texts"):
             scores = task.score_texts(texts)
             metrics["text_ppl"] = math.exp(-sum(s for s, _ in scores) / sum(n for _, n in scores))
@@ -253,38 +270,67 @@ class Evaluator:
                 )
         if can(task, "continue_speech") and self.style_classifier is not None:
             prompts = [r for r in self.test if r.style][: self.style_prompts]
-            continuations = [
-                _nonempty(
-                    _to_judge(
-                        task.continue_speech(
-                            _load(r, rate),
-                            seconds=self.continuation_seconds,
-                            prompt_text=r.text,
-                            speaker=r.speaker,
-                            next_text=prompts[(i + 1) % len(prompts)].text,
-                        ),
-                        rate,
-                    )
-                )
-                for i, r in enumerate(prompts)
-            ]
-            predicted = self.style_classifier.predict(continuations)
+            continuations = self._generate(
+                "style_accuracy",
+                prompts,
+                lambda i, r: _to_judge(
+                    task.continue_speech(
+                        _load(r, rate),
+                        seconds=self.continuation_seconds,
+                        prompt_text=r.text,
+                        speaker=r.speaker,
+                        next_text=prompts[(i + 1) % len(prompts)].text,
+                    ),
+                    rate,
+                ),
+            )
+            predicted = self.style_classifier.predict([_nonempty(w) for w in continuations])
             metrics["style_accuracy"] = classification_accuracy(
                 predicted, [r.style for r in prompts]
             )["accuracy"]
             if can(task, "resynthesise"):
-                resynthesised = [
-                    _nonempty(_to_judge(task.resynthesise(_load(r, rate)), rate)) for r in prompts
-                ]
+                resynthesised = self._generate(
+                    "resynthesis_style_accuracy",
+                    prompts,
+                    lambda i, r: _to_judge(task.resynthesise(_load(r, rate)), rate),
+                )
                 metrics["resynthesis_style_accuracy"] = classification_accuracy(
-                    self.style_classifier.predict(resynthesised), [r.style for r in prompts]
+                    self.style_classifier.predict([_nonempty(w) for w in resynthesised]),
+                    [r.style for r in prompts],
                 )["accuracy"]
         log.info(
             "evaluated in %.0f s: %s",
             time.perf_counter() - started,
             json.dumps({k: v for k, v in metrics.items() if v is not None}),
         )
-        return Evaluation(metrics, self.baselines(), samples)
+        return Evaluation(metrics, self.baselines(), samples, self.empty)
+
+    def _generate(self, metric: str, records: list, generate) -> list[torch.Tensor]:
+        """`generate(i, record)` -> the arm's 16 kHz waveform for each record. A failed generation is
+        logged once with the record's id and its error, and becomes an empty output; empty outputs are
+        counted in `self.empty[metric]` and later scored as silence (wrong), never dropped. When every
+        generation fails, the last error is raised (a broken arm, not a bad item)."""
+        outputs, failed = [], 0
+        for i, record in enumerate(records):
+            try:
+                outputs.append(generate(i, record))
+            except Exception as error:  # one bad item must not lose the whole evaluation
+                if failed == i == len(records) - 1:
+                    raise  # every generation failed: a broken arm, not a bad item
+                log.warning("%s: generation failed for id=%s: %r", metric, record.id, error)
+                failed += 1
+                outputs.append(None)
+        short = [w is not None and len(w) < 0.1 * SAMPLE_RATE for w in outputs]
+        self._count_empty(metric, records, short)
+        self.empty[metric] += failed
+        return [torch.zeros(0) if w is None else w for w in outputs]
+
+    def _count_empty(self, metric: str, records: list, empty: list[bool]) -> None:
+        """Count the empty outputs of `metric` in `self.empty`, each logged once with its record's id."""
+        for record, is_empty in zip(records, empty):
+            if is_empty:
+                log.warning("%s: empty output for id=%s (scored as wrong)", metric, record.id)
+        self.empty[metric] = sum(empty)
 
     def _probe_scores(self, scores: list[tuple[float, int]]) -> list[float]:
         """An item's log-likelihood in total (`sum`, the convention of BLiMP and ZeroSpeech's sWUGGY / sBLIMP;

@@ -1,5 +1,6 @@
-"""An evaluation in TensorBoard: eval/* scalars, the hparams table with them, TTS audio (generated,
-then reference) with spectrograms, and ASR hypotheses beside their references."""
+"""An evaluation in TensorBoard: eval/* scalars (and eval/<metric>_empty, the empty or failed outputs),
+the hparams table with them, TTS audio (generated, then reference) with spectrograms, and ASR
+hypotheses beside their references."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def log_evaluation(
     logger.log_hyperparams(
         {k: ("n/a" if v is None else v) for k, v in hparams.items()}, metrics=scalars
     )
-    logger.log_metrics(scalars, step)  # also at the run's last step, beside the audio
+    empty = {f"eval/{k}_empty": float(n) for k, n in evaluation.empty.items()}
+    logger.log_metrics(scalars | empty, step)  # also at the run's last step, beside the audio
     writer = logger.experiment
     spectrogram = torchaudio.transforms.MelSpectrogram(
         SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=80
