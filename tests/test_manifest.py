@@ -94,7 +94,7 @@ def test_policies_can_reject_instead(bad_manifest):
     )
     assert [r.id for r in records] == ["ok"]
     assert {p.reason for p in report.problems} >= {"wrong_sample_rate", "duration_mismatch"}
-    with pytest.raises(ValueError, match="unknown policy"):
+    with pytest.raises(ValueError, match=r"on_wrong_rate: Input should be 'resample' or 'reject'"):
         read_manifest(bad_manifest, on_wrong_rate="drop")
 
 
@@ -106,11 +106,12 @@ def test_wrong_rate_audio_is_resampled_on_load(tmp_path):
 @pytest.mark.parametrize(
     "content", ['[{"id": "a"}]', "id,audio_filepath,text\na,a.wav,hi", "not json at all"]
 )
-def test_a_file_that_is_not_jsonl_fails_clearly(tmp_path, content):
+def test_a_file_that_is_not_jsonl_fails_clearly(tmp_path, content, caplog):
     path = tmp_path / "m.jsonl"
     path.write_text(content + "\n")
-    with pytest.raises(ManifestFormatError, match=r"m\.jsonl:1 is not a JSONL manifest"):
+    with pytest.raises(ManifestFormatError, match=r"m\.jsonl is not a JSONL manifest.*line 1: "):
         read_manifest(path)
+    assert "malformed_json" not in caplog.text  # one error for the file, not a warning per line
 
 
 def test_librispeech_folder_becomes_manifests(tmp_path):
@@ -121,7 +122,8 @@ def test_librispeech_folder_becomes_manifests(tmp_path):
     (chapter / "84-121123.trans.txt").write_text(
         "84-121123-0000 GO DO YOU HEAR\n84-121123-0001 BUT IN LESS THAN FIVE MINUTES\n"
     )
-    records = read_librispeech(tmp_path / "LibriSpeech" / "dev-clean")
+    records, report = read_librispeech(tmp_path / "LibriSpeech" / "dev-clean")
+    assert report.skipped == 0
     assert [(r.id, r.speaker, r.text) for r in records] == [
         ("84-121123-0000", "84", "go do you hear"),
         ("84-121123-0001", "84", "but in less than five minutes"),
@@ -132,3 +134,118 @@ def test_librispeech_folder_becomes_manifests(tmp_path):
     corpus.prepare()
     kept, report = read_manifest(corpus.manifest("val"))
     assert len(kept) == 2 and report.skipped == 0 and kept[1].duration == pytest.approx(2.0)
+
+
+GOOD = {"id": "good", "audio_filepath": "good.wav", "duration": 1.0, "text": "fine"}
+WORDS = [{"word": "a", "start": 0.1, "end": 0.3}, {"word": "b", "start": 0.4, "end": 0.9}]
+
+
+@pytest.mark.parametrize(
+    "change, reason, detail",
+    [
+        (
+            {"duration": "1.0"},
+            "bad_duration",
+            "duration: Input should be a valid number, got '1.0'",
+        ),
+        ({"duration": float("nan")}, "bad_duration", "duration: Input should be a finite number"),
+        (
+            {"duration": -1.0},
+            "bad_duration",
+            "duration: Input should be greater than or equal to 0",
+        ),
+        ({"duration": True}, "bad_duration", "duration: Input should be a valid number"),
+        ({"text": 5}, "bad_text", "text: Input should be a valid string"),
+        ({"text": None}, "bad_text", "text: Input should be a valid string"),
+        ({"audio_filepath": None}, "bad_audio_filepath", "audio_filepath: Input should be a valid"),
+        ({"speaker": ["s1"]}, "bad_speaker", "speaker: Input should be a valid string"),
+        ({"id": {"n": 1}}, "bad_id", "id: Input should be a valid string"),
+        ({"style": 3}, "bad_style", "style: Input should be a valid string"),
+        ({"words": "a b"}, "bad_words", "words: Input should be a valid list"),
+        ({"words": [{"word": "a", "start": 0.1}]}, "bad_words", "words.0.end: Field required"),
+        (
+            {"words": [{"word": "a", "start": 0.5, "end": 0.2}]},
+            "bad_words",
+            "starts at 0.5 s, after",
+        ),
+        (
+            {"words": [{"word": "a", "start": -0.1, "end": 0.2}]},
+            "bad_words",
+            "words.0.start: Input",
+        ),
+        ({"words": WORDS[::-1]}, "bad_words", "word 1 starts at 0.1 s, before word 0 ends (0.9 s)"),
+        ({"audio_filepath_24k": 24}, "bad_audio_filepath_24k", "a path is a non-empty string"),
+        ({"audio_filepath_24k": "no24k.wav"}, "audio_missing", "audio_filepath_24k: no file at"),
+    ],
+)
+def test_a_bad_field_skips_its_record_naming_the_field(tmp_path, caplog, change, reason, detail):
+    tone(tmp_path / "good.wav")
+    path = tmp_path / "m.jsonl"
+    lines = [GOOD, {**GOOD, "id": "bad", **change}, {**GOOD, "id": "after", "words": WORDS}]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    records, report = read_manifest(path)
+    assert [r.id for r in records] == ["good", "after"]
+    assert records[1].words == WORDS
+    ((problem,),) = [report.problems]
+    record_id = (
+        "good" if reason == "bad_id" else "bad"
+    )  # an unusable id: reported by its audio's name
+    assert (problem.line, problem.id, problem.reason) == (2, record_id, reason)
+    assert detail in problem.detail
+    assert f"{path}:2 id={record_id}: {reason} ({problem.detail}) -> skipped" in caplog.text
+    assert report.summary()["problems"] == {"skipped": {reason: 1}}
+
+
+def test_integer_ids_and_speakers_are_kept_as_strings(tmp_path):
+    tone(tmp_path / "good.wav")
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({**GOOD, "id": 7, "speaker": 1089}) + "\n")
+    (record,), _ = read_manifest(path)
+    assert (record.id, record.speaker) == ("7", "1089")
+
+
+def test_a_malformed_line_is_skipped_even_the_first(tmp_path, caplog):
+    tone(tmp_path / "good.wav")
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(
+        b'{"id": "cut", "audio_fil\n[1, 2]\n\xff\xfe not utf-8\n\n' + json.dumps(GOOD).encode()
+    )
+    records, report = read_manifest(path)
+    assert [r.id for r in records] == ["good"]
+    assert [(p.line, p.reason) for p in report.problems] == [
+        (n, "malformed_json") for n in (1, 2, 3)
+    ]
+    assert (report.total, report.kept, report.skipped) == (4, 1, 3)
+    assert f"{path}:3 id=None: malformed_json" in caplog.text
+
+
+def test_an_empty_manifest_is_refused(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n  \n")
+    with pytest.raises(
+        ManifestFormatError, match=r"m\.jsonl is not a JSONL manifest: none of its 0"
+    ):
+        read_manifest(path)
+
+
+def test_librispeech_reports_lines_without_audio_and_audio_without_lines(tmp_path, caplog):
+    chapter = tmp_path / "dev-clean" / "84" / "121123"
+    chapter.mkdir(parents=True)
+    tone(chapter / "84-121123-0000.flac")
+    tone(chapter / "84-121123-0002.flac")  # listed nowhere
+    (chapter / "84-121123-0003.flac").write_bytes(b"not audio")
+    transcript = chapter / "84-121123.trans.txt"
+    transcript.write_text(
+        "84-121123-0000 GO DO YOU HEAR\n84-121123-0001 NO FLAC FOR ME\n84-121123-0003 BROKEN\n"
+    )
+    records, report = read_librispeech(tmp_path / "dev-clean")
+    assert [r.id for r in records] == ["84-121123-0000"]
+    assert (report.total, report.kept, report.skipped) == (4, 1, 3)
+    problems = [(p.source, p.line, p.id, p.reason) for p in report.problems]
+    assert problems == [
+        (str(transcript), 2, "84-121123-0001", "audio_missing"),
+        (str(transcript), 3, "84-121123-0003", "audio_unreadable"),
+        (str(chapter / "84-121123-0002.flac"), None, "84-121123-0002", "no_transcript"),
+    ]
+    assert f"{transcript}:2 id=84-121123-0001: audio_missing" in caplog.text
+    assert f"{chapter / '84-121123-0002.flac'} id=84-121123-0002: no_transcript" in caplog.text

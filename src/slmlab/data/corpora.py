@@ -2,35 +2,51 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import soundfile as sf
 
-from slmlab.data.manifest import Utterance, write_manifest
+from slmlab.data.manifest import ManifestReport, Utterance, write_manifest
 
 log = logging.getLogger(__name__)
 
 
-def read_librispeech(folder: str | Path) -> list[Utterance]:
+def read_librispeech(folder: str | Path) -> tuple[list[Utterance], ManifestReport]:
     """Utterances of a LibriSpeech-style folder: SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt lines
-    `UTTERANCE_ID TRANSCRIPT` next to UTTERANCE_ID.flac. Transcripts are lower-cased; a listed
-    utterance without its audio is kept and reported by the manifest validation, not dropped here."""
+    `UTTERANCE_ID TRANSCRIPT` next to UTTERANCE_ID.flac, transcripts lower-cased. A transcript line
+    without its flac (logged by file and line) and a flac no transcript lists are skipped and counted
+    in the report; the manifest validation (`read_manifest`) checks the rest."""
     folder = Path(folder)
     transcripts = sorted(folder.glob("*/*/*.trans.txt"))
     if not transcripts:
         raise FileNotFoundError(
             f"no SPEAKER/CHAPTER/*.trans.txt under {folder}: not a LibriSpeech-style folder"
         )
-    records = []
+    report = ManifestReport(str(folder))
+    records, listed = [], set()
     for transcript in transcripts:
         speaker = transcript.parent.parent.name
-        for n, line in enumerate(transcript.read_text().splitlines(), start=1):
+        for n, line in enumerate(transcript.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
+            report.total += 1
             utterance_id, _, text = line.strip().partition(" ")
             audio = transcript.parent / f"{utterance_id}.flac"
-            duration = sf.info(str(audio)).duration if audio.is_file() else 0.0
+            listed.add(audio)
+            if not audio.is_file():
+                report.add(
+                    n, utterance_id, "audio_missing", f"no {audio}", "skipped", str(transcript)
+                )
+                continue
+            try:
+                duration = sf.info(str(audio)).duration
+            except RuntimeError as err:  # soundfile's LibsndfileError: not audio it can read
+                report.add(
+                    n, utterance_id, "audio_unreadable", str(err), "skipped", str(transcript)
+                )
+                continue
             records.append(
                 Utterance(
                     utterance_id,
@@ -41,7 +57,12 @@ def read_librispeech(folder: str | Path) -> list[Utterance]:
                     extra={"source": f"{transcript}:{n}"},
                 )
             )
-    return records
+    for audio in sorted(set(folder.glob("*/*/*.flac")) - listed):
+        report.total += 1
+        detail = f"not listed in any {audio.parent}/*.trans.txt"
+        report.add(None, audio.stem, "no_transcript", detail, "skipped", str(audio))
+    report.kept = len(records)
+    return records, report
 
 
 class LibriSpeechCorpus:
@@ -59,19 +80,26 @@ class LibriSpeechCorpus:
         return self.root / f"{split}.jsonl"
 
     def prepare(self) -> dict:
+        """Write each split's manifest once; returns the reading reports of the subsets read now."""
+        read = {}
         for split, subsets in self.splits.items():
             if self.manifest(split).is_file():
                 continue
-            records = [r for subset in subsets for r in read_librispeech(self.source / subset)]
+            records = []
+            for subset in subsets:
+                subset_records, report = read_librispeech(self.source / subset)
+                records += subset_records
+                read[subset] = report.summary()
             write_manifest(self.manifest(split), records, relative_paths=False)
             log.info(
-                "librispeech %s: %d utterances from %s -> %s",
+                "librispeech %s: %d utterances from %s -> %s (%s)",
                 split,
                 len(records),
                 subsets,
                 self.manifest(split),
+                json.dumps({subset: read[subset] for subset in subsets}),
             )
-        return {"source": str(self.source), "splits": self.splits}
+        return {"source": str(self.source), "splits": self.splits, "read": read}
 
 
 class ManifestCorpus:
