@@ -3,7 +3,8 @@
 `EspeakSynthesizer.synthesize(text, voice, pitch, pitch_range, rate)` returns the waveform at the
 engine's native rate (22.05 kHz) and one `(word, start_s, end_s)` per word. Word starts come from the
 engine's WORD events (the synthesis callback); a word ends where the next one starts, with the
-pauses around it trimmed by an energy threshold.
+pauses around it trimmed by an energy threshold. `phones(text, voice)` gives the phonemes eSpeak
+speaks for `text` (its text-to-phonemes API, what `espeak-ng -q -x --ipa` prints).
 
 This is a minimal ctypes binding of `speak_lib.h`; it replaces calling the `espeak-ng` executable.
 """
@@ -32,6 +33,10 @@ POS_CHARACTER = 1
 CHARS_UTF8 = 1
 EVENT_LIST_TERMINATED, EVENT_WORD = 0, 1
 PARAM_RATE, PARAM_VOLUME, PARAM_PITCH, PARAM_RANGE = 1, 2, 3, 4
+# espeak_TextToPhonemes' phonememode: bit 1 = IPA, bits 8-23 = the character between phonemes
+PHONEME_SEPARATOR = "_"
+PHONEMES_IPA = 0x02 | ord(PHONEME_SEPARATOR) << 8
+STRESS_MARKS = "ˈˌ"
 
 
 class _EventId(ctypes.Union):
@@ -99,6 +104,12 @@ class EspeakSynthesizer:
             )
             if rate <= 0:
                 raise RuntimeError(f"eSpeak NG failed to initialise from {data_parent}")
+            lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+            lib.espeak_TextToPhonemes.argtypes = [
+                ctypes.POINTER(ctypes.c_void_p),
+                ctypes.c_int,
+                ctypes.c_int,
+            ]
             lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
             lib.espeak_ng_SetRandSeed(
                 0
@@ -151,6 +162,23 @@ class EspeakSynthesizer:
             np.float32
         ) / 32768.0
         return Synthesis(wav, self.sample_rate, self._word_times(text, wav))
+
+    def phones(self, text: str, voice: str = "en-us") -> list[str]:
+        """The IPA phonemes (stress marks dropped) `voice` speaks for `text`, in order; eSpeak fuses
+        some word pairs ("there are") into one phonetic word, so no word boundaries are kept."""
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"unknown eSpeak voice {voice!r}")
+        buffer = ctypes.create_string_buffer(text.encode())
+        position = ctypes.c_void_p(
+            ctypes.addressof(buffer)
+        )  # the engine advances it clause by clause
+        phonemes = []
+        while position.value:
+            clause = self.lib.espeak_TextToPhonemes(
+                ctypes.byref(position), CHARS_UTF8, PHONEMES_IPA
+            )
+            phonemes += clause.decode().replace(" ", PHONEME_SEPARATOR).split(PHONEME_SEPARATOR)
+        return [p for p in (p.strip(STRESS_MARKS) for p in phonemes) if p]
 
     def _word_times(self, text: str, wav: np.ndarray) -> list[tuple[str, float, float]]:
         """eSpeak fires one WORD event per spoken group; it fuses some function words with their
