@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from slmlab.artifacts import artifact_dir, fingerprint, fit_once, manifest_fingerprints
 from slmlab.constants import SAMPLE_RATE
 from slmlab.data.batching import LengthBucketBatchSampler, pad_stack
-from slmlab.data.manifest import Utterance, read_manifest
+from slmlab.data.manifest import RecordPolicy, Utterance, read_split
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -108,16 +108,13 @@ class SpeechDataModule(L.LightningDataModule):
         super().__init__()
         self.corpus, self.fields = corpus, dict(fields)
         self.batch_size, self.max_tokens, self.num_workers = batch_size, max_tokens, num_workers
-        self.sample_rate, self.max_duration, self.bucket_batches, self.seed = (
-            sample_rate,
-            max_duration,
-            bucket_batches,
-            seed,
+        self.bucket_batches, self.seed = bucket_batches, seed
+        self.record_policy = RecordPolicy(
+            sample_rate=sample_rate,
+            max_duration=max_duration,
+            on_wrong_rate=on_wrong_rate,
+            on_duration_mismatch=on_duration_mismatch,
         )
-        self.policies = {
-            "on_wrong_rate": on_wrong_rate,
-            "on_duration_mismatch": on_duration_mismatch,
-        }
         self.context_turns = context_turns
         self.cache_root = (
             Path(cache_dir) if cache_dir else Path(corpus.root)
@@ -135,17 +132,8 @@ class SpeechDataModule(L.LightningDataModule):
         return self._prepared[split]
 
     def _records(self, split: str) -> list[Utterance]:
-        records, report = read_manifest(
-            self.corpus.manifest(split),
-            sample_rate=self.sample_rate,
-            max_duration=self.max_duration,
-            **self.policies,
-        )
+        records, report = read_split(self.corpus, split, self.record_policy)
         self.reports[split] = report.summary()
-        if not records:
-            raise ValueError(
-                f"no usable record in {self.corpus.manifest(split)}: {json.dumps(report.summary())}"
-            )
         return records
 
     def _load_or_build_cache(

@@ -21,7 +21,7 @@ import torchaudio
 
 from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
 from slmlab.constants import CTC_ALPHABET, SAMPLE_RATE
-from slmlab.data.manifest import load_audio, read_manifest
+from slmlab.data.manifest import load_audio, read_split
 from slmlab.eval.metrics import error_rates, normalise_text
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def load_or_fit_judge(
     inputs = manifest_fingerprints(corpus, "train", "test")
 
     def fit(tmp: Path) -> CTCJudge:
-        records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+        records, _ = read_split(corpus, "train")
         log.info("fitting the judge ASR on %d train utterances for %s epochs", len(records), epochs)
         started = time.perf_counter()
         judge = fit_ctc_judge(
@@ -278,7 +278,7 @@ def load_or_fit_judge(
             lexicon=lexicon,
             seed=seed,
         )
-        test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
+        test, _ = read_split(corpus, "test")
         hypotheses = judge.transcribe([load_audio(r.audio_filepath, SAMPLE_RATE) for r in test])
         judge.floor = {
             **error_rates(hypotheses, [r.text for r in test]),

@@ -17,7 +17,7 @@ import torchaudio
 
 from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
 from slmlab.constants import SAMPLE_RATE
-from slmlab.data.manifest import load_audio, read_manifest
+from slmlab.data.manifest import load_audio, read_split
 from slmlab.eval.metrics import classification_accuracy
 from slmlab.tokenizers.units import f0_contour
 
@@ -149,8 +149,7 @@ def load_or_fit_style_classifier(
     in `.report` (the ceiling of the probe). None when the train records carry no `style` (LibriSpeech,
     most manifests): there is nothing to classify."""
     styled = {
-        split: [r for r in read_manifest(corpus.manifest(split), check_audio=False)[0] if r.style]
-        for split in ("train", "test")
+        split: [r for r in read_split(corpus, split)[0] if r.style] for split in ("train", "test")
     }
     if not styled["train"]:
         log.info(

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
 from slmlab.constants import CODEC_FRAME_RATE, CODEC_SAMPLE_RATE
-from slmlab.data.manifest import audio_path, load_audio, read_manifest
+from slmlab.data.manifest import audio_path, load_audio, read_split
 from slmlab.tokenizers.mel import MelVocoder
 from slmlab.tokenizers.units import assign_nearest, kmeans
 
@@ -250,7 +250,7 @@ def load_or_fit_builtin_codec(
     inputs = manifest_fingerprints(corpus, "train", "test")
 
     def fit(tmp: Path) -> BuiltinCodec:
-        records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+        records, _ = read_split(corpus, "train")
         log.info(
             "fitting the built-in codec (%d x %d) on %d utterances",
             num_codebooks,
@@ -268,7 +268,7 @@ def load_or_fit_builtin_codec(
             max_frames,
             seed,
         )
-        test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
+        test, _ = read_split(corpus, "test")
         clips = [load_audio(audio_path(r), sample_rate) for r in test[:16]]
         report = resynthesis_report(codec, clips)
         log.info("built-in codec resynthesis on test: %s", json.dumps(report))

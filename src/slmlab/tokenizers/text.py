@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
-from slmlab.data.manifest import read_manifest
+from slmlab.data.manifest import read_split
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def load_or_fit_bpe(corpus, vocab_size: int = 1024, min_frequency: int = 2) -> T
     inputs = manifest_fingerprints(corpus, "train")
 
     def fit(tmp: Path) -> None:
-        records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+        records, _ = read_split(corpus, "train")
         tokenizer = fit_bpe([r.text for r in records], vocab_size, min_frequency)
         tokenizer.save(tmp)
         fitted_on = {

@@ -22,7 +22,7 @@ from torch import nn
 
 from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
 from slmlab.constants import SAMPLE_RATE
-from slmlab.data.manifest import load_audio, read_manifest
+from slmlab.data.manifest import load_audio, read_split
 from slmlab.tokenizers.mel import MelVocoder
 from slmlab.tokenizers.units import dedup
 
@@ -281,7 +281,7 @@ def load_or_fit_unit_vocoder(
 
     def fit(tmp: Path) -> UnitVocoder:
         vocoder = UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
-        records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+        records, _ = read_split(corpus, "train")
         steps = max(1, math.ceil(epochs * len(records) / batch_size))
         log.info("fitting the unit vocoder on %d utterances for %d steps", len(records), steps)
         examples = _training_examples(tokenizer, records, vocoder)
@@ -310,7 +310,7 @@ def load_or_fit_unit_vocoder(
                     duration_loss.item(),
                 )
         model.eval()
-        test_records, _ = read_manifest(corpus.manifest("test"), check_audio=False)
+        test_records, _ = read_split(corpus, "test")
         report = resynthesis_report(tokenizer, vocoder, test_records)
         log.info("unit vocoder resynthesis on test: %s", json.dumps(report))
         torch.save(model.state_dict(), tmp / "unit_to_mel.pt")

@@ -30,7 +30,7 @@ import torchaudio
 
 from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
 from slmlab.constants import SAMPLE_RATE, TOKEN_RATES
-from slmlab.data.manifest import load_audio, read_manifest
+from slmlab.data.manifest import load_audio, read_split
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ def load_or_fit_speech_tokenizer(
     inputs = manifest_fingerprints(corpus, "train")
 
     def fit(tmp: Path) -> SpeechTokenizer:
-        records, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+        records, _ = read_split(corpus, "train")
         log.info(
             "fitting speech tokens (%s, %d units) on %d utterances", features, n_units, len(records)
         )
