@@ -206,11 +206,21 @@ def test_the_evaluator_reports_what_an_arm_supports_and_nothing_else(tiny_corpus
         "text_ppl",
         "lexical_text",
         "syntactic_text",
+        "lexical_text_per_token",
+        "syntactic_text_per_token",
     }
     assert (
         text_only.baselines["probe_chance"] == 0.5 and 0 < text_only.baselines["trivial_wer"] <= 1
     )
 
+    # every metric comes with its items, whose sums give the metric (the report's intervals)
+    from slmlab.eval.intervals import metric_value
+
+    for name, value in text_only.metrics.items():
+        if value is not None:
+            items = text_only.items[name]
+            assert metric_value(name, items["num"], items["den"]) == pytest.approx(value)
+    assert len(text_only.items["lexical_text"]["ids"]) == 5  # probe_pairs
     echo = evaluator(_EchoArm(tiny_corpus)).metrics
     assert echo["asr_wer"] == 0.0 and echo["asr_cer"] == 0.0
     assert echo["tts_wer"] == 0.0  # the judge hears the replayed reference
@@ -252,6 +262,7 @@ def _fake_run(
     eval_metrics: dict,
     val_curve: list[float],
     empty_outputs: dict | None = None,
+    items: dict | None = None,
 ) -> None:
     from omegaconf import OmegaConf
     from torch.utils.tensorboard import SummaryWriter
@@ -283,6 +294,7 @@ def _fake_run(
                     "metrics": eval_metrics,
                     "baselines": baselines,
                     "empty_outputs": empty_outputs or {},
+                    "items": items or {},
                 },
             }
         )
@@ -293,7 +305,12 @@ def _fake_run(
     writer.close()
 
 
-def test_the_report_writer_on_two_fake_runs(tmp_path):
+def _wer_items(edits: list[int]) -> dict:
+    """asr_wer's items: 10 reference words per utterance, `edits` errors in each."""
+    return {"ids": [f"u{i}" for i in range(len(edits))], "num": edits, "den": [10] * len(edits)}
+
+
+def test_the_report_writer_on_fake_runs(tmp_path):
     from slmlab.eval.compare import write_report
     from slmlab.eval.evaluate import METRICS
 
@@ -305,6 +322,7 @@ def test_the_report_writer_on_two_fake_runs(tmp_path):
         {**none, "asr_wer": 0.40, "asr_cer": 0.2},
         [3.0, 2.0, 1.5],
         empty_outputs={"asr_wer": 2},  # two empty transcripts
+        items={"asr_wer": _wer_items([2, 6] * 10)},  # 80 edits in 200 words
     )
     _fake_run(
         tmp_path / "sweep" / "1",
@@ -313,16 +331,26 @@ def test_the_report_writer_on_two_fake_runs(tmp_path):
         {**none, "asr_wer": 0.50, "asr_cer": 0.3},
         [3.1, 2.2, 1.6],
         empty_outputs={"asr_wer": 1},
+        items={"asr_wer": _wer_items([3, 7] * 10)},
     )
+    # on the same utterances, 0.475: worse than speechlm's 0.45 by less than the items' spread
     _fake_run(
         tmp_path / "sweep" / "2",
+        "spiritlm_base",
+        0,
+        {**none, "asr_wer": 0.475},
+        [3.3, 2.4, 1.9],
+        items={"asr_wer": _wer_items([7, 3] * 5 + [1, 8] * 5)},
+    )
+    _fake_run(
+        tmp_path / "sweep" / "3",
         "text_lm",
         0,
-        {**none, "text_ppl": 12.0, "lexical_text": 0.7},
+        {**none, "text_ppl": 12.0, "lexical_text": 0.7},  # scored without per-item records
         [4.0, 3.0, 2.9],
     )
-    (tmp_path / "sweep" / "3" / ".hydra").mkdir(parents=True)  # a job that failed: no metrics.json
-    (tmp_path / "sweep" / "3" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (tmp_path / "sweep" / "4" / ".hydra").mkdir(parents=True)  # a job that failed: no metrics.json
+    (tmp_path / "sweep" / "4" / ".hydra" / "config.yaml").write_text("seed: 0\n")
     out = tmp_path / "experiments" / "study"
     table = write_report(
         tmp_path / "sweep",
@@ -331,27 +359,42 @@ def test_the_report_writer_on_two_fake_runs(tmp_path):
         ["slmlab-train -m experiment=x"],
         root=tmp_path,
     )
-    assert table["speechlm"]["asr_wer"] == (pytest.approx(0.45), pytest.approx(0.0707, abs=1e-3), 2)
+    wer = table["speechlm"]["asr_wer"]
+    assert (wer.mean, wer.spread, wer.seeds) == (
+        pytest.approx(0.45),
+        pytest.approx(0.0707, abs=1e-3),
+        2,
+    )
+    assert 0.3 < wer.low < 0.4 and 0.5 < wer.high < 0.6  # items and the two seeds' spread
     assert table["text_lm"]["asr_wer"] is None and table["speechlm"]["text_ppl"] is None
     readme = (out / "README.md").read_text()
     assert "Which arm hears best?" in readme and "slmlab-train -m experiment=x" in readme
-    assert "| speechlm | 0.450 ± 0.071 |" in readme and "| text_lm | n/a |" in readme
+    assert f"| speechlm | 0.450 ± 0.071 [{wer.low:.3f}, {wer.high:.3f}] |" in readme
+    assert "| text_lm | n/a |" in readme
+    asr = next(line for line in readme.splitlines() if line.startswith("- **asr_wer**"))
+    assert "best speechlm" in asr and "does not clearly beat spiritlm_base (difference -0.025" in asr
+    assert "speechlm beats it, spiritlm_base beats it" in asr  # both far below the trivial 0.9
+    lexical = next(line for line in readme.splitlines() if line.startswith("- **lexical_text**"))
+    assert "text_lm has no interval" in lexical  # no verdict without one
     assert "test utterances the arms are scored on is **0.100**" in readme
-    assert "speechlm 0.450 (beats it)" in readme  # 0.45 against the trivial 0.9
     assert "no metrics.json" in readme
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [(r["arm"], r["seed"]) for r in rows[:3]] == [
+    assert [(r["arm"], r["seed"]) for r in rows[:4]] == [
         ("speechlm", "0"),
         ("speechlm", "1"),
+        ("spiritlm_base", "0"),
         ("text_lm", "0"),
     ]
     assert rows[0]["run"] == "sweep/0"  # relative to the project root given
     assert rows[0]["asr_wer_empty"] == "2" and rows[1]["asr_wer_empty"] == "1"
-    assert rows[2]["asr_wer_empty"] == ""  # text_lm transcribes nothing: n/a, not 0
+    assert rows[3]["asr_wer_empty"] == ""  # text_lm transcribes nothing: n/a, not 0
     generation_table = readme.split("**Likelihoods")[0]
     assert "| asr_wer 3 |" in generation_table and "| n/a |" in generation_table
+    assert float(rows[0]["asr_wer_ci_low"]) < 0.4 < float(rows[0]["asr_wer_ci_high"])  # one run
+    assert rows[3]["lexical_text_ci_low"] == "" and rows[3]["asr_wer_ci_low"] == ""
     mean = next(r for r in rows if r["arm"] == "speechlm" and r["seed"].startswith("mean"))
     assert mean["seed"] == "mean of 2" and float(mean["asr_wer"]) == pytest.approx(0.45)
+    assert (float(mean["asr_wer_ci_low"]), float(mean["asr_wer_ci_high"])) == (wer.low, wer.high)
     assert (out / "val_curves.png").stat().st_size > 1000 and (
         out / "metrics.png"
     ).stat().st_size > 1000

@@ -195,6 +195,7 @@ def evaluate_run(
         "metrics": evaluation.metrics,
         "baselines": evaluation.baselines,
         "empty_outputs": evaluation.empty,
+        "items": evaluation.items,  # each item's (num, den) per metric: the report's intervals
         "settings": settings,
     }
     path.write_text(json.dumps(record, indent=2) + "\n")

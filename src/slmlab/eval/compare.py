@@ -2,8 +2,12 @@
 
 A run folder holds `.hydra/config.yaml`, `metrics.json` (training figures, and `eval` from slmlab-eval) and
 `tensorboard/` (the validation curves). Outputs in the study folder: `results.csv` (one row per run, then
-one per arm with mean and spread), `README.md` (question, commands, tables, reading, judge floor),
-`val_curves.png` and `metrics.png`.
+one per arm with mean and spread; every metric with its 95% interval, `<metric>_ci_low`/`_ci_high`),
+`README.md` (question, commands, tables, reading, judge floor), `val_curves.png` and `metrics.png`.
+
+A verdict ("beats its trivial baseline", "A beats B") is made only when a 95% interval says so: the arm's
+interval excludes the baseline, or the paired interval of A - B on the same items excludes 0
+(slmlab.eval.intervals: bootstrap over test items, and over seeds where there are several).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from slmlab.eval.evaluate import GENERATED, METRICS
+from slmlab.eval.intervals import interval, paired_difference
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +47,16 @@ TABLES = {
         "resynthesis_style_accuracy",
         "empty_outputs",
     ],
-    "Likelihoods and zero-shot probes": [
-        "text_ppl",
-        "speech_nats_per_second",
+    "Likelihoods": ["text_ppl", "speech_nats_per_second"],
+    "Zero-shot probes (total log-likelihood, and per token)": [
         "lexical_text",
+        "lexical_text_per_token",
         "syntactic_text",
+        "syntactic_text_per_token",
         "lexical_speech",
+        "lexical_speech_per_token",
         "syntactic_speech",
+        "syntactic_speech_per_token",
     ],
     "Efficiency (this machine)": [
         "parameters",
@@ -77,6 +85,21 @@ class Run:
     curve: list[tuple[int, float]] = field(default_factory=list)
     budget: dict = field(default_factory=dict)
     order: float = math.inf  # the arm's `model.report_order`: its row in the tables (then by name)
+    items: dict = field(
+        default_factory=dict
+    )  # metric -> {"ids", "num", "den"} (slmlab.eval.intervals)
+
+
+@dataclass
+class Cell:
+    """One figure of an arm: mean and sample standard deviation over its seeds (0 for one), the number of
+    seeds, and the 95% interval (None where the runs kept no per-item scores, or for training figures)."""
+
+    mean: float
+    spread: float
+    seeds: int
+    low: float | None = None
+    high: float | None = None
 
 
 def arms_in_order(runs: list[Run]) -> list[str]:
@@ -123,6 +146,7 @@ def read_run(folder: Path) -> Run:
         read_curve(folder),
         budget,
         cfg.model.get("report_order", math.inf),
+        _get(record, ("eval", "items")) or {},
     )
 
 
@@ -156,66 +180,100 @@ def find_runs(sweep_dir: Path) -> tuple[list[Run], list[str]]:
     return runs, skipped
 
 
-def aggregate(runs: list[Run]) -> dict[str, dict[str, tuple[float, float, int] | None]]:
-    """arm -> metric -> (mean, sample standard deviation (0 for one seed), seeds) or None (not applicable)."""
+def _items(runs: list[Run], name: str) -> list[dict]:
+    return [r.items.get(name) for r in runs]
+
+
+def aggregate(runs: list[Run]) -> dict[str, dict[str, Cell | None]]:
+    """arm -> figure -> its Cell over the arm's seeds, or None (not applicable)."""
     table = {}
     for arm in arms_in_order(runs):
         of_arm = [r for r in runs if r.arm == arm]
         table[arm] = {}
         for name in LABELS:
-            values = [r.values[name] for r in of_arm if r.values.get(name) is not None]
-            table[arm][name] = (
-                (
-                    statistics.fmean(values),
-                    statistics.stdev(values) if len(values) > 1 else 0.0,
-                    len(values),
-                )
-                if values
-                else None
+            scored = [r for r in of_arm if r.values.get(name) is not None]
+            values = [r.values[name] for r in scored]
+            if not values:
+                table[arm][name] = None
+                continue
+            bounds = interval(name, _items(scored, name)) if name in METRICS else None
+            table[arm][name] = Cell(
+                statistics.fmean(values),
+                statistics.stdev(values) if len(values) > 1 else 0.0,
+                len(values),
+                *(bounds or (None, None)),
             )
     return table
 
 
-def format_cell(name: str, cell: tuple[float, float, int] | None) -> str:
+def _digits(name: str) -> int:
+    if name in ("train_tokens_per_second", "peak_memory_mb"):
+        return 0
+    return 1 if name in ("train_minutes", "text_ppl") else 3
+
+
+def format_cell(name: str, cell: Cell | None) -> str:
+    """`mean ± std [95% interval]`: the spread only over several seeds, the interval where one was drawn."""
     if cell is None:
         return "n/a"
-    mean, spread, n = cell
     if name == "parameters":
-        return f"{mean / 1e6:.2f} M"
-    digits = (
-        0
-        if name in ("train_tokens_per_second", "peak_memory_mb")
-        else 1
-        if name in ("train_minutes", "text_ppl")
-        else 3
-    )
-    text = f"{mean:,.{digits}f}"
-    return f"{text} ± {spread:,.{digits}f}" if n > 1 else text
+        return f"{cell.mean / 1e6:.2f} M"
+    digits = _digits(name)
+    text = f"{cell.mean:,.{digits}f}"
+    if cell.seeds > 1:
+        text += f" ± {cell.spread:,.{digits}f}"
+    if cell.low is not None:
+        text += f" [{cell.low:,.{digits}f}, {cell.high:,.{digits}f}]"
+    return text
+
+
+def csv_columns() -> list[str]:
+    """Every figure, each metric followed by its interval's bounds."""
+    columns = []
+    for name in LABELS:
+        columns += [name, f"{name}_ci_low", f"{name}_ci_high"] if name in METRICS else [name]
+    return columns
 
 
 def write_csv(path: Path, runs: list[Run], table: dict, root: Path) -> None:
-    """One row per run (its folder relative to `root`, the project), then the mean and spread per arm."""
-    names = list(LABELS)
+    """One row per run (its folder relative to `root`, the project; intervals over its items), then per
+    arm the mean with its interval over items and seeds, and the standard deviation over seeds."""
+
+    def row(cells: dict[str, Cell | None], value) -> list:
+        out = []
+        for name in LABELS:
+            cell = cells.get(name)
+            out.append("" if cell is None else value(cell))
+            if name in METRICS:
+                out += ["", ""] if cell is None or cell.low is None else [cell.low, cell.high]
+        return out
+
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["arm", "seed", "run", *names])
+        writer.writerow(["arm", "seed", "run", *csv_columns()])
         for r in sorted(runs, key=lambda r: (r.arm, r.seed)):
+            cells = {
+                name: None
+                if r.values.get(name) is None
+                else Cell(
+                    r.values[name],
+                    0.0,
+                    1,
+                    *(
+                        (interval(name, [r.items.get(name)]) if name in METRICS else None)
+                        or (None, None)
+                    ),
+                )
+                for name in LABELS
+            }
             writer.writerow(
-                [
-                    r.arm,
-                    r.seed,
-                    os.path.relpath(r.folder, root),
-                    *["" if r.values.get(n) is None else r.values[n] for n in names],
-                ]
+                [r.arm, r.seed, os.path.relpath(r.folder, root), *row(cells, lambda c: c.mean)]
             )
         for arm, cells in table.items():
-            n = max((c[2] for c in cells.values() if c), default=0)
-            writer.writerow(
-                [arm, f"mean of {n}", "", *["" if cells[k] is None else cells[k][0] for k in names]]
-            )
-            writer.writerow(
-                [arm, f"std of {n}", "", *["" if cells[k] is None else cells[k][1] for k in names]]
-            )
+            n = max((c.seeds for c in cells.values() if c), default=0)
+            writer.writerow([arm, f"mean of {n}", "", *row(cells, lambda c: c.mean)])
+            spread = {k: c and Cell(c.spread, 0.0, c.seeds) for k, c in cells.items()}
+            writer.writerow([arm, f"std of {n}", "", *row(spread, lambda c: c.mean)])
 
 
 def empty_outputs_cell(cells: dict) -> str:
@@ -224,7 +282,7 @@ def empty_outputs_cell(cells: dict) -> str:
     counted = {k.removesuffix("_empty"): cells[k] for k in EMPTY if cells[k] is not None}
     if not counted:
         return "n/a"
-    totals = {k: round(mean * n) for k, (mean, _, n) in counted.items()}
+    totals = {k: round(cell.mean * cell.seeds) for k, cell in counted.items()}
     return ", ".join(f"{k} {total}" for k, total in totals.items() if total) or "0"
 
 
@@ -248,40 +306,74 @@ def markdown_tables(table: dict) -> str:
     return "\n".join(parts)
 
 
-def reading(table: dict, baselines: dict) -> list[str]:
-    """One line per speech metric: the best arm, and whether each arm beats the metric's trivial baseline."""
+def trivial_baselines(baselines: dict) -> dict[str, float | None]:
+    """What each metric must beat without listening or reading: the trivial output's WER/CER, chance for a
+    probe, the majority style."""
     trivial = {
         "asr_wer": baselines.get("trivial_wer"),
         "asr_cer": baselines.get("trivial_cer"),
         "tts_wer": baselines.get("trivial_wer"),
         "tts_cer": baselines.get("trivial_cer"),
-        "lexical_text": 0.5,
-        "syntactic_text": 0.5,
-        "lexical_speech": 0.5,
-        "syntactic_speech": 0.5,
+        "resynthesis_wer": baselines.get("trivial_wer"),
         "style_accuracy": baselines.get("style_majority"),
         "resynthesis_style_accuracy": baselines.get("style_majority"),
     }
+    probes = [n for n in METRICS if n.startswith(("lexical", "syntactic"))]
+    return trivial | dict.fromkeys(probes, 0.5)
+
+
+# metrics whose values do not compare across arms: each arm counts its own speech tokens; generation cost
+NOT_ACROSS_ARMS = ("speech_nats_per_second", "generation_rtf")
+
+
+def reading(runs: list[Run], table: dict, baselines: dict) -> list[str]:
+    """One line per metric: each arm against the trivial baseline (its 95% interval must exclude it), and
+    the best arm against the runner-up (the paired interval of their difference must exclude 0)."""
+    trivial = trivial_baselines(baselines)
     lines = []
-    for name, base in trivial.items():
+    for name in METRICS:
         scored = {arm: cells[name] for arm, cells in table.items() if cells[name] is not None}
-        if not scored or base is None:
+        if not scored or name in NOT_ACROSS_ARMS:
             continue
         lower = METRICS[name][1] == "lower"
-        margin = (
-            0.05  # "clearly better": by more than 0.05 and more than twice the spread over seeds
-        )
-        verdicts = []
-        for arm, (mean, spread, _) in scored.items():
-            gain = (base - mean) if lower else (mean - base)
-            verdicts.append(
-                f"{arm} {mean:.3f} ({'beats' if gain > max(margin, 2 * spread) else 'does not clearly beat'} it)"
+        ranked = sorted(scored, key=lambda a: scored[a].mean, reverse=not lower)
+        parts = [f"best {ranked[0]} {format_cell(name, scored[ranked[0]])}"]
+        if len(ranked) > 1:
+            parts.append(_versus(name, runs, ranked[0], ranked[1], lower))
+        base = trivial.get(name)
+        if base is not None:
+            parts.append(
+                "against the trivial baseline "
+                + ", ".join(f"{arm} {_beats(scored[arm], base, lower)}" for arm in ranked)
             )
-        best = (min if lower else max)(scored, key=lambda a: scored[a][0])
-        lines.append(
-            f"- **{name}** (trivial {base:.3f}): best {best}; " + ", ".join(verdicts) + "."
-        )
+        head = f"- **{name}**" + (f" (trivial {base:.3f})" if base is not None else "")
+        lines.append(f"{head}: " + "; ".join(parts) + ".")
     return lines
+
+
+def _beats(cell: Cell, base: float, lower: bool) -> str:
+    if cell.low is None:
+        return "has no interval (rerun slmlab-eval)"
+    clear = cell.high < base if lower else cell.low > base
+    return "beats it" if clear else "does not clearly beat it"
+
+
+def _versus(name: str, runs: list[Run], best: str, second: str, lower: bool) -> str:
+    """Whether `best` beats `second` on `name`: a paired bootstrap on the items both were scored on."""
+    of = {
+        arm: [r for r in runs if r.arm == arm and r.values.get(name) is not None]
+        for arm in (best, second)
+    }
+    compared = paired_difference(name, _items(of[best], name), _items(of[second], name))
+    if compared is None:
+        return f"against {second}: no paired interval (no shared items)"
+    difference, low, high = compared
+    clear = high < 0 if lower else low > 0
+    digits = _digits(name)
+    return (
+        f"{'beats' if clear else 'does not clearly beat'} {second} "
+        f"(difference {difference:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}])"
+    )
 
 
 def plot_curves(path: Path, runs: list[Run]) -> None:
@@ -312,23 +404,19 @@ def plot_metrics(path: Path, table: dict, baselines: dict) -> None:
     import matplotlib.pyplot as plt
 
     names = [n for n in METRICS if any(cells[n] for cells in table.values())]
-    lines = {
-        "asr_wer": "trivial_wer",
-        "tts_wer": "trivial_wer",
-        "asr_cer": "trivial_cer",
-        "tts_cer": "trivial_cer",
-        "resynthesis_wer": "trivial_wer",
-        "style_accuracy": "style_majority",
-        "resynthesis_style_accuracy": "style_majority",
-    }
+    trivial = trivial_baselines(baselines)
     columns = 4
     rows = max(1, math.ceil(len(names) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False)
     arms = list(table)
     for axis, name in zip(axes.flat, names):
-        means = [table[a][name][0] if table[a][name] else 0.0 for a in arms]
-        spreads = [table[a][name][1] if table[a][name] else 0.0 for a in arms]
-        bars = axis.bar(range(len(arms)), means, yerr=spreads, capsize=3, color="tab:blue")
+        cells = [table[a][name] for a in arms]
+        means = [c.mean if c else 0.0 for c in cells]
+        errors = [  # the 95% interval, as distances below and above the mean
+            [c.mean - c.low if c and c.low is not None else 0.0 for c in cells],
+            [c.high - c.mean if c and c.low is not None else 0.0 for c in cells],
+        ]
+        bars = axis.bar(range(len(arms)), means, yerr=errors, capsize=3, color="tab:blue")
         for bar, arm in zip(bars, arms):
             if table[arm][name] is None:
                 bar.set_alpha(0)
@@ -340,9 +428,7 @@ def plot_metrics(path: Path, table: dict, baselines: dict) -> None:
                     va="bottom",
                     fontsize=7,
                 )
-        baseline = (
-            0.5 if name.startswith(("lexical", "syntactic")) else baselines.get(lines.get(name, ""))
-        )
+        baseline = trivial.get(name)
         if baseline is not None:
             axis.axhline(baseline, color="tab:red", linestyle="--", linewidth=1)
         floor = (
@@ -357,8 +443,9 @@ def plot_metrics(path: Path, table: dict, baselines: dict) -> None:
     for axis in list(axes.flat)[len(names) :]:
         axis.axis("off")
     figure.suptitle(
-        "mean ± std over seeds; red dashes: the trivial baseline (chance, majority style, empty or "
-        "constant output); green dots: the judge's WER/CER on real audio",
+        "mean and 95% interval (bootstrap over test items and seeds); red dashes: the trivial "
+        "baseline (chance, majority style, empty or constant output); green dots: the judge's "
+        "WER/CER on real audio",
         fontsize=9,
     )
     figure.tight_layout()
@@ -368,7 +455,14 @@ def plot_metrics(path: Path, table: dict, baselines: dict) -> None:
 
 def budget_line(runs: list[Run]) -> str:
     """The training and evaluation budget as the runs' configs state it (and whether the arms share it)."""
-    keys = ("steps", "batch", "corpus", "utterances", "style_prompts", "probe_pairs")
+    keys = (
+        "steps",
+        "batch",
+        "corpus",
+        "utterances",
+        "style_prompts",
+        "probe_pairs",
+    )
     values = {k: sorted({str(r.budget.get(k)) for r in runs}) for k in keys}
     text = {k: " / ".join(v) for k, v in values.items()}
     shared = all(len(v) == 1 for v in values.values())
@@ -438,7 +532,7 @@ def write_report(
             budget_line(runs),
             "",
             f"## Results ({len(runs)} runs; seeds {', '.join(map(str, seeds))}; "
-            "mean ± std over seeds where more than one)",
+            "mean ± std over seeds where more than one, and [the 95% interval] over test items and seeds)",
             "",
             markdown_tables(table),
             "n/a: the arm cannot produce the metric (it models no such input or output), not a zero. "
@@ -458,10 +552,14 @@ def write_report(
             "",
             "## Reading",
             "",
-            *reading(table, baselines),
+            *reading(runs, table, baselines),
             "",
             *([f"Skipped folders: {', '.join(skipped)}", ""] if skipped else []),
-            "Every figure is in `results.csv` (one row per run, then the mean and std per arm).",
+            "Every figure is in `results.csv` (one row per run, then the mean and std per arm; each metric "
+            "with its 95% interval in `<metric>_ci_low` and `<metric>_ci_high`). A verdict is made only "
+            "where an interval says so: an arm beats its trivial baseline when its interval excludes it, "
+            "and the best arm beats the runner-up when the paired interval of their difference on the "
+            "same items excludes 0.",
             "",
         ]
     )

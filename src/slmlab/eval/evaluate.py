@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,12 @@ import torchaudio.functional as AF
 
 from slmlab.constants import SAMPLE_RATE
 from slmlab.data.manifest import audio_path, load_audio, read_manifest
+from slmlab.eval.intervals import metric_value
 from slmlab.eval.metrics import (
     classification_accuracy,
     error_rates,
-    pair_accuracy,
+    item_errors,
+    pair_wins,
     trivial_error_rates,
 )
 from slmlab.tasks.protocol import can, check_arm
@@ -46,16 +47,26 @@ METRICS = {
         "test speech negative log-likelihood, nats per second of audio",
         "lower",
     ),
-    "lexical_text": ("word vs. non-word accuracy from text likelihoods (chance 0.5)", "higher"),
+    "lexical_text": (
+        "word vs. non-word accuracy from total text log-likelihoods (chance 0.5)",
+        "higher",
+    ),
     "syntactic_text": (
-        "grammatical vs. ungrammatical accuracy from text likelihoods (chance 0.5)",
+        "grammatical vs. ungrammatical accuracy from total text log-likelihoods (chance 0.5)",
         "higher",
     ),
-    "lexical_speech": ("word vs. non-word accuracy from speech likelihoods (chance 0.5)", "higher"),
+    "lexical_speech": (
+        "word vs. non-word accuracy from total speech log-likelihoods (chance 0.5)",
+        "higher",
+    ),
     "syntactic_speech": (
-        "grammatical vs. ungrammatical accuracy from speech likelihoods (chance 0.5)",
+        "grammatical vs. ungrammatical accuracy from total speech log-likelihoods (chance 0.5)",
         "higher",
     ),
+    **{
+        f"{probe}_per_token": ("the same, from log-likelihoods per token (chance 0.5)", "higher")
+        for probe in ("lexical_text", "syntactic_text", "lexical_speech", "syntactic_speech")
+    },
     "style_accuracy": ("style of a speech continuation = style of its prompt", "higher"),
     "resynthesis_style_accuracy": (
         "style of the prompts through the arm's speech tokens and decoder (the ceiling)",
@@ -78,12 +89,14 @@ GENERATED = (
 class Evaluation:
     """metrics: METRICS' names -> value or None; baselines: what each metric must beat (trivial outputs,
     chance) and the judges' own figures on real audio; samples: TTS examples for TensorBoard; empty: per
-    metric scored on generated outputs, how many of them were empty or failed (scored as wrong)."""
+    metric scored on generated outputs, how many of them were empty or failed (scored as wrong); items: per
+    metric, each item's id and (num, den), whose sums' ratio is the metric (slmlab.eval.intervals)."""
 
     metrics: dict[str, float | None]
     baselines: dict[str, float | str]
     samples: list[dict] = field(default_factory=list)
     empty: dict[str, int] = field(default_factory=dict)
+    items: dict[str, dict] = field(default_factory=dict)
 
 
 def _load(record, sample_rate: int) -> torch.Tensor:
@@ -130,19 +143,15 @@ class Evaluator:
         utterances: int = 48,
         style_prompts: int = 32,
         probe_pairs: int | None = None,
-        probe_score: str = "sum",
         continuation_seconds: float = 2.0,
         max_seconds: float = 8.0,
         tensorboard_samples: int = 2,
     ) -> None:
-        if probe_score not in ("mean", "sum"):
-            raise ValueError(f"eval.probe_score must be mean or sum; got {probe_score!r}")
         self.corpus, self.judge, self.style_classifier = corpus, judge, style_classifier
-        self.utterances, self.style_prompts, self.probe_pairs, self.probe_score = (
+        self.utterances, self.style_prompts, self.probe_pairs = (
             utterances,
             style_prompts,
             probe_pairs,
-            probe_score,
         )
         self.continuation_seconds, self.max_seconds, self.tensorboard_samples = (
             continuation_seconds,
@@ -189,9 +198,10 @@ class Evaluator:
         rate = getattr(task, "sample_rate", SAMPLE_RATE)  # a text-only arm takes no audio
         test = self.test[: self.utterances]
         texts, speakers = [r.text for r in test], [r.speaker for r in test]
-        metrics: dict[str, float | None] = dict.fromkeys(METRICS)
-        samples: list[dict] = []
+        self.metrics: dict[str, float | None] = dict.fromkeys(METRICS)
+        self.items: dict[str, dict] = {}
         self.empty: dict[str, int] = {}
+        samples: list[dict] = []
         started = time.perf_counter()
         needs_audio = any(can(task, c) for c in ("transcribe", "score_speech", "resynthesise"))
         waves = [_load(r, rate) for r in test] if needs_audio else []
@@ -199,27 +209,21 @@ class Evaluator:
             hypotheses = [
                 h for i in range(0, len(waves), 16) for h in task.transcribe(waves[i : i + 16])
             ]
-            rates = error_rates(hypotheses, texts)
-            metrics["asr_wer"], metrics["asr_cer"] = rates["wer"], rates["cer"]
+            self._score_transcripts("asr", test, hypotheses)
             self._count_empty("asr_wer", test, [not h.strip() for h in hypotheses])
             samples += [
                 {"kind": "asr", "text": t, "hypothesis": h} for t, h in zip(texts, hypotheses)
             ][: self.tensorboard_samples]
         if can(task, "synthesise"):
-            t0 = time.perf_counter()
-            outputs = self._generate(
+            outputs, seconds = self._generate(
                 "tts_wer",
                 test,
                 lambda i, r: _to_judge(
                     task.synthesise(r.text, r.speaker, max_seconds=self.max_seconds), rate
                 ),
             )
-            seconds = time.perf_counter() - t0
-            rates = error_rates(self.judge.transcribe([_nonempty(w) for w in outputs]), texts)
-            metrics["tts_wer"], metrics["tts_cer"] = rates["wer"], rates["cer"]
-            metrics["generation_rtf"] = seconds / max(
-                sum(len(w) for w in outputs) / SAMPLE_RATE, 1e-6
-            )
+            self._score_speech_outputs("tts", test, outputs)
+            self._record("generation_rtf", test, seconds, [len(w) / SAMPLE_RATE for w in outputs])
             samples += [
                 {
                     "kind": "tts",
@@ -230,47 +234,40 @@ class Evaluator:
                 for t, g, r in zip(texts, outputs, test)
             ][: self.tensorboard_samples]
         if can(task, "resynthesise"):
-            resynthesised = self._generate(
+            resynthesised, _ = self._generate(
                 "resynthesis_wer", test, lambda i, r: _to_judge(task.resynthesise(waves[i]), rate)
             )
-            metrics["resynthesis_wer"] = error_rates(
-                self.judge.transcribe([_nonempty(w) for w in resynthesised]), texts
-            )["wer"]
+            self._score_speech_outputs("resynthesis", test, resynthesised)
         if can(task, "score_texts"):
             scores = task.score_texts(texts)
-            metrics["text_ppl"] = math.exp(-sum(s for s, _ in scores) / sum(n for _, n in scores))
+            self._record("text_ppl", test, [-s for s, _ in scores], [n for _, n in scores])
             for probe in ("lexical", "syntactic"):
                 pairs = _probe_pairs(self.corpus, probe, self.probe_pairs)
-                if not pairs:
-                    continue
-                good, bad = (
-                    task.score_texts([g.text for g, _ in pairs]),
-                    task.score_texts([b.text for _, b in pairs]),
-                )
-                metrics[f"{probe}_text"] = pair_accuracy(
-                    self._probe_scores(good), self._probe_scores(bad)
-                )
+                if pairs:
+                    good = task.score_texts([g.text for g, _ in pairs])
+                    bad = task.score_texts([b.text for _, b in pairs])
+                    self._score_probe(f"{probe}_text", pairs, good, bad)
         if can(task, "score_speech"):
             scores = task.score_speech(waves, speakers)
-            metrics["speech_nats_per_second"] = -sum(s for s, _ in scores) / sum(
-                len(w) / rate for w in waves
+            self._record(
+                "speech_nats_per_second",
+                test,
+                [-s for s, _ in scores],
+                [len(w) / rate for w in waves],
             )
             for probe in ("lexical", "syntactic"):
                 pairs = _probe_pairs(self.corpus, probe, self.probe_pairs)
-                if not pairs:
-                    continue
-                good = task.score_speech(
-                    [_load(g, rate) for g, _ in pairs], [g.speaker for g, _ in pairs]
-                )
-                bad = task.score_speech(
-                    [_load(b, rate) for _, b in pairs], [b.speaker for _, b in pairs]
-                )
-                metrics[f"{probe}_speech"] = pair_accuracy(
-                    self._probe_scores(good), self._probe_scores(bad)
-                )
+                if pairs:
+                    good = task.score_speech(
+                        [_load(g, rate) for g, _ in pairs], [g.speaker for g, _ in pairs]
+                    )
+                    bad = task.score_speech(
+                        [_load(b, rate) for _, b in pairs], [b.speaker for _, b in pairs]
+                    )
+                    self._score_probe(f"{probe}_speech", pairs, good, bad)
         if can(task, "continue_speech") and self.style_classifier is not None:
             prompts = [r for r in self.test if r.style][: self.style_prompts]
-            continuations = self._generate(
+            continuations, _ = self._generate(
                 "style_accuracy",
                 prompts,
                 lambda i, r: _to_judge(
@@ -284,34 +281,67 @@ class Evaluator:
                     rate,
                 ),
             )
-            predicted = self.style_classifier.predict([_nonempty(w) for w in continuations])
-            metrics["style_accuracy"] = classification_accuracy(
-                predicted, [r.style for r in prompts]
-            )["accuracy"]
+            self._score_styles("style_accuracy", prompts, continuations)
             if can(task, "resynthesise"):
-                resynthesised = self._generate(
+                resynthesised, _ = self._generate(
                     "resynthesis_style_accuracy",
                     prompts,
                     lambda i, r: _to_judge(task.resynthesise(_load(r, rate)), rate),
                 )
-                metrics["resynthesis_style_accuracy"] = classification_accuracy(
-                    self.style_classifier.predict([_nonempty(w) for w in resynthesised]),
-                    [r.style for r in prompts],
-                )["accuracy"]
+                self._score_styles("resynthesis_style_accuracy", prompts, resynthesised)
         log.info(
             "evaluated in %.0f s: %s",
             time.perf_counter() - started,
-            json.dumps({k: v for k, v in metrics.items() if v is not None}),
+            json.dumps({k: v for k, v in self.metrics.items() if v is not None}),
         )
-        return Evaluation(metrics, self.baselines(), samples, self.empty)
+        return Evaluation(self.metrics, self.baselines(), samples, self.empty, self.items)
 
-    def _generate(self, metric: str, records: list, generate) -> list[torch.Tensor]:
-        """`generate(i, record)` -> the arm's 16 kHz waveform for each record. A failed generation is
+    def _record(self, name: str, records: list, num: list[float], den: list[float]) -> None:
+        """The metric `name` from its items: each record's (num, den), kept for the intervals."""
+        self.items[name] = {
+            "ids": [r.id for r in records],
+            "num": [float(x) for x in num],
+            "den": [float(x) for x in den],
+        }
+        self.metrics[name] = metric_value(name, num, den)
+
+    def _score_transcripts(self, prefix: str, records: list, hypotheses: list[str]) -> None:
+        """`<prefix>_wer` and `<prefix>_cer` of hypotheses against the records' texts."""
+        counts = item_errors(hypotheses, [r.text for r in records])
+        for name, (edits, lengths) in counts.items():
+            if f"{prefix}_{name}" in METRICS:
+                self._record(f"{prefix}_{name}", records, edits, lengths)
+
+    def _score_speech_outputs(self, prefix: str, records: list, outputs: list) -> None:
+        """The judge's WER (and CER) on the arm's speech outputs; an empty one is heard as silence."""
+        heard = self.judge.transcribe([_nonempty(w) for w in outputs])
+        self._score_transcripts(prefix, records, heard)
+
+    def _score_styles(self, name: str, prompts: list, outputs: list) -> None:
+        """Whether the style classifier hears each output in its prompt's style."""
+        predicted = self.style_classifier.predict([_nonempty(w) for w in outputs])
+        correct = [float(p == r.style) for p, r in zip(predicted, prompts)]
+        self._record(name, prompts, correct, [1.0] * len(prompts))
+
+    def _score_probe(self, name: str, pairs: list, good: list, bad: list) -> None:
+        """`name` from each pair's total log-likelihoods (the BLiMP / ZeroSpeech convention), and
+        `<name>_per_token` from their means per token (which a length difference cannot decide alike)."""
+        ids = [g for g, _ in pairs]
+        for metric, score in ((name, _total), (f"{name}_per_token", _per_token)):
+            wins = pair_wins([score(x) for x in good], [score(x) for x in bad])
+            self._record(metric, ids, wins, [1.0] * len(wins))
+
+    def _generate(
+        self, metric: str, records: list, generate
+    ) -> tuple[list[torch.Tensor], list[float]]:
+        """`generate(i, record)` -> the arm's 16 kHz waveform for each record, and the seconds each took.
+        A failed generation is
         logged once with the record's id and its error, and becomes an empty output; empty outputs are
         counted in `self.empty[metric]` and later scored as silence (wrong), never dropped. When every
         generation fails, the last error is raised (a broken arm, not a bad item)."""
-        outputs, failed = [], 0
+        outputs, seconds, failed = [], [], 0
         for i, record in enumerate(records):
+            started = time.perf_counter()
             try:
                 outputs.append(generate(i, record))
             except Exception as error:  # one bad item must not lose the whole evaluation
@@ -320,10 +350,11 @@ class Evaluator:
                 log.warning("%s: generation failed for id=%s: %r", metric, record.id, error)
                 failed += 1
                 outputs.append(None)
+            seconds.append(time.perf_counter() - started)
         short = [w is not None and len(w) < 0.1 * SAMPLE_RATE for w in outputs]
         self._count_empty(metric, records, short)
         self.empty[metric] += failed
-        return [torch.zeros(0) if w is None else w for w in outputs]
+        return [torch.zeros(0) if w is None else w for w in outputs], seconds
 
     def _count_empty(self, metric: str, records: list, empty: list[bool]) -> None:
         """Count the empty outputs of `metric` in `self.empty`, each logged once with its record's id."""
@@ -332,11 +363,16 @@ class Evaluator:
                 log.warning("%s: empty output for id=%s (scored as wrong)", metric, record.id)
         self.empty[metric] = sum(empty)
 
-    def _probe_scores(self, scores: list[tuple[float, int]]) -> list[float]:
-        """An item's log-likelihood in total (`sum`, the convention of BLiMP and ZeroSpeech's sWUGGY / sBLIMP;
-        it favours the shorter item of a pair) or per token (`mean`; with BPE, a non-word split into more
-        pieces gets predictable later pieces)."""
-        return [s / max(n, 1) if self.probe_score == "mean" else s for s, n in scores]
+
+def _total(score: tuple[float, int]) -> float:
+    """An item's log-likelihood in total: the convention of BLiMP and ZeroSpeech's sWUGGY / sBLIMP."""
+    return score[0]
+
+
+def _per_token(score: tuple[float, int]) -> float:
+    """An item's mean log-likelihood per token (with BPE, a non-word split into more pieces gets
+    predictable later pieces)."""
+    return score[0] / max(score[1], 1)
 
 
 def _nonempty(wave: torch.Tensor, seconds: float = 0.1) -> torch.Tensor:

@@ -26,6 +26,32 @@ def error_rates(hypotheses: list[str], references: list[str]) -> dict[str, float
     return {"wer": float(word_error_rate(hyps, refs)), "cer": float(char_error_rate(hyps, refs))}
 
 
+def item_errors(hypotheses: list[str], references: list[str]) -> dict[str, tuple[list, list]]:
+    """Per utterance, the edits and the reference length behind WER and CER: {"wer": (word edits, reference
+    words), "cer": (character edits, reference characters)}. Their sums' ratio is `error_rates`' corpus
+    WER and CER; the intervals resample them (slmlab.eval.intervals)."""
+    if len(hypotheses) != len(references) or not references:
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    counts = {"wer": ([], []), "cer": ([], [])}
+    for hypothesis, reference in zip(hypotheses, references):
+        hyp, ref = normalise_text(hypothesis), normalise_text(reference)
+        for name, rate, length in (
+            ("wer", word_error_rate, len(ref.split())),
+            ("cer", char_error_rate, len(ref)),
+        ):
+            counts[name][0].append(round(float(rate([hyp], [ref])) * length))
+            counts[name][1].append(length)
+    return counts
+
+
+def pair_wins(good_scores: list[float], bad_scores: list[float]) -> list[float]:
+    """Per probe pair, 1 when the good item scores higher, 0.5 on a tie, else 0 (their mean is
+    `pair_accuracy`)."""
+    if len(good_scores) != len(bad_scores) or not good_scores:
+        raise ValueError(f"{len(good_scores)} good and {len(bad_scores)} bad scores")
+    return [1.0 if g > b else 0.5 if g == b else 0.0 for g, b in zip(good_scores, bad_scores)]
+
+
 def trivial_error_rates(
     references: list[str], training_texts: list[str], seed: int = 0
 ) -> dict[str, float | str]:
@@ -57,10 +83,8 @@ def trivial_error_rates(
 
 def pair_accuracy(good_scores: list[float], bad_scores: list[float]) -> float:
     """Fraction of probe pairs whose good item scores higher (a tie counts half); chance is 0.5."""
-    if len(good_scores) != len(bad_scores) or not good_scores:
-        raise ValueError(f"{len(good_scores)} good and {len(bad_scores)} bad scores")
-    wins = sum(1.0 if g > b else 0.5 if g == b else 0.0 for g, b in zip(good_scores, bad_scores))
-    return wins / len(good_scores)
+    wins = pair_wins(good_scores, bad_scores)
+    return sum(wins) / len(wins)
 
 
 def classification_accuracy(predicted: list[str], labels: list[str]) -> dict[str, float]:
