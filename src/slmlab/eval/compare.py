@@ -58,13 +58,9 @@ TABLES = {
         "syntactic_speech",
         "syntactic_speech_per_token",
     ],
-    "Efficiency (this machine)": [
-        "parameters",
-        "train_tokens_per_second",
-        "peak_memory_mb",
-        "train_minutes",
-        "generation_rtf",
-    ],
+    # training speed and memory are measured alone, one arm at a time (`slmlab-bench train_cost`); the
+    # sweep's in-run figures, taken while two jobs share the machine, stay in results.csv as a log
+    "Size and generation cost": ["parameters", "generation_rtf"],
 }
 # per generated metric, how many outputs were empty or failed (scored as wrong)
 EMPTY = {f"{k}_empty": ("eval", "empty_outputs", k) for k in GENERATED}
@@ -540,7 +536,9 @@ def write_report(
             "`speech_nats_per_second` counts each arm's own speech tokens (CSM: every code of every codec frame and "
             "the end frame; Spirit LM: de-duplicated units, and for Expressive pitch and style tokens); "
             "`style_accuracy` is a speech continuation for Spirit LM and a new sentence spoken with the prompt as "
-            "context for CSM; train tokens/s counts each arm's own input positions.",
+            "context for CSM. Training speed and memory are not compared here: the sweep runs two jobs at "
+            "a time, so its in-run figures (in `results.csv`: train tokens/s, peak memory, minutes) are a "
+            "log only; `slmlab-bench train_cost` measures each arm alone.",
             "",
             "![validation curves](val_curves.png)",
             "",
