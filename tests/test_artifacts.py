@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
-from slmlab.artifacts import artifact_dir, fit_once
+from slmlab.artifacts import UnreadableFileError, artifact_dir, fit_once, load_json, load_tensors
 
 # A process that waits for the other one (a barrier of files), fits `dest` once with a slow fit that
 # counts its calls in `calls`, then prints what it got back: the text of the published `value.txt`.
@@ -104,3 +106,44 @@ def test_the_key_follows_the_settings_and_the_inputs(tmp_path):
         artifact_dir(tmp_path, "bpe", "bpe512", settings, {**inputs, "test": "ef56"}),
     ]
     assert len({folder, *others}) == 5
+
+
+def test_an_unreadable_artifact_is_an_error_naming_its_folder_unless_it_is_a_cache(
+    tmp_path, caplog
+):
+    dest, fits = tmp_path / "centroids-0123", []
+
+    def fit(tmp: Path) -> None:
+        fits.append(tmp)
+        torch.save({"centroids": torch.arange(6.0).reshape(3, 2)}, tmp / "centroids.pt")
+
+    def load(folder: Path) -> torch.Tensor:
+        return load_tensors(folder / "centroids.pt")["centroids"]
+
+    fitted = fit_once(dest, fit, load)
+    (dest / "centroids.pt").write_bytes((dest / "centroids.pt").read_bytes()[:100])
+    with pytest.raises(UnreadableFileError) as error:
+        fit_once(dest, fit, load)
+    assert str(error.value).startswith(f"{dest / 'centroids.pt'} is truncated or corrupt (")
+    assert str(error.value).endswith(
+        f"; delete {dest} to fit it again (runs made with the old fit may not match a new one)"
+    )
+    assert len(fits) == 1  # a fitted artifact is never replaced behind the user's back
+
+    with caplog.at_level(logging.WARNING, logger="slmlab.artifacts"):
+        assert torch.equal(fit_once(dest, fit, load, rebuild_unreadable=True), fitted)
+    assert len(fits) == 2 and torch.equal(load(dest), fitted)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"{dest / 'centroids.pt'} is truncated or corrupt (")
+    assert warning.endswith(f": rebuilding {dest}")
+    assert leftovers(tmp_path, dest) == []
+
+
+def test_a_json_file_that_does_not_parse_is_named(tmp_path):
+    path = tmp_path / "codec.json"
+    path.write_text('{"num_codebooks": 8, "cardin')
+    with pytest.raises(UnreadableFileError, match="refit it") as error:
+        load_json(path, "refit it")
+    assert str(error.value).startswith(f"{path} is truncated or corrupt (JSONDecodeError: ")
+    with pytest.raises(FileNotFoundError):  # absent is not damaged
+        load_json(tmp_path / "absent.json")

@@ -23,6 +23,13 @@ synthetic corpus itself are made the same way:
 
 This replaces the fixed `<folder>.partial` names and per-fitter folder schemes that BPE, speech units,
 unit vocoder, built-in codec, judge ASR, style classifier, token cache and corpus each had.
+
+**Safe loading.** Every tensor file slmlab reads (fitted artifacts, the token cache, Lightning
+checkpoints) goes through `load_tensors`: `torch.load(weights_only=True)`, which unpickles tensors and
+plain containers only, never code. A file that is truncated, corrupt or holds other objects raises
+`UnreadableFileError`, naming the file, the reason and what to do. A published artifact that cannot be
+read is an error (delete its folder to fit it again) unless `fit_once(..., rebuild_unreadable=True)`
+(the token cache): then it is rebuilt, with a warning naming the file.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +80,74 @@ def is_published(dest: Path) -> bool:
     return (dest / RECORD).is_file()
 
 
+class UnreadableFileError(ValueError):
+    """A file that exists but cannot be loaded: truncated, corrupt, or holding objects that safe loading
+    refuses. `path` and `reason` say which and why; the message adds what to do."""
+
+    def __init__(self, path: str | Path, reason: str, what_to_do: str = "") -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path} {reason}" + (f"; {what_to_do}" if what_to_do else ""))
+
+
+@contextmanager
+def reading(path: str | Path, what_to_do: str = "") -> Iterator[None]:
+    """Turn an error raised while parsing `path` into an `UnreadableFileError` naming it. A missing file,
+    a folder or no permission pass unchanged: the file is absent, not damaged (torch's reader raises
+    other OSErrors, e.g. EINVAL, on some truncated files)."""
+    try:
+        yield
+    except (FileNotFoundError, IsADirectoryError, PermissionError, UnreadableFileError):
+        raise
+    except Exception as error:
+        raise UnreadableFileError(path, _why_unreadable(error), what_to_do) from error
+
+
+def _why_unreadable(error: Exception) -> str:
+    """The reason in a few words, with the first line of torch's explanation."""
+    message = str(error)
+    if "Weights only load failed" in message:  # torch names the refused class on this line
+        detail = next((line for line in message.splitlines() if "WeightsUnpickler" in line), "")
+        detail = detail.split("WeightsUnpickler error:")[-1].strip().split(". ")[0]
+        return f"holds objects that torch.load(weights_only=True) refuses to unpickle ({detail})"
+    first_line = message.strip().splitlines()[0] if message.strip() else "no data"
+    return f"is truncated or corrupt ({type(error).__name__}: {first_line})"
+
+
+def load_tensors(
+    path: str | Path, what_to_do: str = "", map_location="cpu", mmap: bool = False
+) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers (dict, list, str, numbers),
+    never pickled code; an `UnreadableFileError` naming `path` and `what_to_do` if it cannot be read.
+    `mmap=True` maps the tensors' bytes instead of reading them (a cheap check of a large file)."""
+    import torch  # here, not at the top: fit_once alone (e.g. the corpus) does not need torch
+
+    with reading(path, what_to_do):
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+def load_json(path: str | Path, what_to_do: str = "") -> Any:
+    """The JSON in `path`; an `UnreadableFileError` naming it if it does not parse."""
+    with reading(path, what_to_do):
+        return json.loads(Path(path).read_text())
+
+
+CHECKPOINT_ADVICE = (
+    "delete it and use another checkpoint of the run (last.ckpt or step*.ckpt in the same folder)"
+)
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Raise `UnreadableFileError` unless the Lightning checkpoint at `path` loads with weights_only=True
+    (its tensors memory-mapped, not read): run before resuming from it or testing it."""
+    load_tensors(path, CHECKPOINT_ADVICE, mmap=True)
+
+
 def fit_once(
     dest: str | Path,
     fit: Callable[[Path], T | None],
     load: Callable[[Path], T],
     record: dict | None = None,
+    rebuild_unreadable: bool = False,
 ) -> T:
     """The artifact at `dest`, fitted by the first caller only (across processes).
 
@@ -85,14 +155,25 @@ def fit_once(
     object it fitted, which is then returned as is; otherwise, and whenever `dest` was published already
     (by an earlier call or by the process this one waited for), `load(dest)` is returned. `record` (a
     JSON-able dict, e.g. the settings and the input fingerprints) is written to `dest/artifact.json`.
+    When `load` raises `UnreadableFileError`, `dest` is fitted again (with a warning) if
+    `rebuild_unreadable` (a cache); otherwise the error says to delete `dest`.
     """
     dest = Path(dest)
     if is_published(dest):
-        return load(dest)
+        try:
+            return _load_published(dest, load)
+        except UnreadableFileError:
+            if not rebuild_unreadable:
+                raise
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _locked(dest):
-        if is_published(dest):  # the process we waited for fitted it
-            return load(dest)
+        if is_published(dest):  # the process we waited for fitted it (or it is unreadable)
+            try:
+                return _load_published(dest, load)
+            except UnreadableFileError as error:
+                if not rebuild_unreadable:
+                    raise
+                log.warning("%s %s: rebuilding %s", error.path, error.reason, dest)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         try:
             tmp.chmod(
@@ -108,6 +189,17 @@ def fit_once(
             raise
     log.info("published %s", dest)
     return load(dest) if fitted is None else fitted
+
+
+def _load_published(dest: Path, load: Callable[[Path], T]) -> T:
+    """load(dest), its `UnreadableFileError` telling what to do with the artifact's folder."""
+    try:
+        return load(dest)
+    except UnreadableFileError as error:
+        advice = (
+            f"delete {dest} to fit it again (runs made with the old fit may not match a new one)"
+        )
+        raise UnreadableFileError(error.path, error.reason, advice) from error
 
 
 @contextmanager
