@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from slmlab.config_checks import check_config
 from slmlab.eval.evaluate import Evaluation, Evaluator
 from slmlab.eval.tensorboard import log_evaluation
 
@@ -83,9 +84,12 @@ HPARAMS = {
 
 
 def compose(config_name: str = "train", overrides: list[str] = ()) -> DictConfig:
-    """The config `slmlab-<config_name> overrides...` would run with, composed outside a Hydra app."""
+    """The config `slmlab-<config_name> overrides...` would run with, composed outside a Hydra app
+    and checked as the CLI checks it (`ConfigError`: every bad key, its value, what is allowed)."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides))
+        cfg = hydra_compose(config_name, overrides=list(overrides))
+    check_config(cfg, config_name)
+    return cfg
 
 
 def check_speech_tokenizer(cfg: DictConfig, choice: str | None, model: str = "this model") -> None:
