@@ -63,25 +63,26 @@ def test_style_accuracy_of_a_perfect_and_of_a_constant_classifier():
     )  # a constant classifier reaches the majority rate
 
 
-def test_judge_asr_fits_on_the_tiny_corpus_and_reloads(tiny_corpus):
+def test_the_judge_reports_its_own_error_on_the_real_test_audio_and_reloads(tiny_corpus):
+    """The judge's quality is measured, not assumed: `floor.json` is its WER and CER on every real test
+    utterance, recomputed here from the reloaded judge's transcripts. (A judge that hears well takes
+    minutes to fit; the default corpus's floor, 0.116, is in the study's report.)"""
     from slmlab.data.manifest import load_audio, read_manifest
     from slmlab.eval.judge import CTCJudge, load_or_fit_judge
 
     model = {"dim": 32, "layers": 1, "heads": 2, "ffn_dim": 64, "kernel_size": 7}
     judge = load_or_fit_judge(tiny_corpus, model=model, epochs=4)
-    assert set(judge.floor) >= {"wer", "cer"} and 0 <= judge.floor["cer"]
     folder = next((Path(tiny_corpus.root) / "artifacts" / "judge").glob("ctc-*/judge.pt")).parent
-    assert json.loads((folder / "floor.json").read_text())["utterances"] == 24
-    test, _ = read_manifest(tiny_corpus.manifest("test"), check_audio=False)
-    waves = [load_audio(r.audio_filepath, 16000) for r in test[:3]]
-    again = load_or_fit_judge(
-        tiny_corpus, model=model, epochs=4
-    )  # from the cache: the same transcripts
-    assert (
-        again.transcribe(waves)
-        == judge.transcribe(waves)
-        == CTCJudge.load(folder).transcribe(waves)
-    )
+    floor = json.loads((folder / "floor.json").read_text())
+    test, _ = read_manifest(tiny_corpus.manifest("test"))
+    waves = [load_audio(r.audio_filepath, 16000) for r in test]
+    reloaded = CTCJudge.load(folder)
+    measured = error_rates(reloaded.transcribe(waves), [r.text for r in test])
+    assert floor["utterances"] == len(test) == 24
+    assert (floor["wer"], floor["cer"]) == pytest.approx((measured["wer"], measured["cer"]))
+    again = load_or_fit_judge(tiny_corpus, model=model, epochs=4)  # from the cache, not refitted
+    assert again.floor == judge.floor
+    assert again.transcribe(waves[:3]) == judge.transcribe(waves[:3])
 
 
 def test_a_local_transformers_recogniser_replaces_the_judge(tmp_path):
@@ -224,11 +225,23 @@ def test_the_evaluator_reports_what_an_arm_supports_and_nothing_else(tiny_corpus
     echo = evaluator(_EchoArm(tiny_corpus)).metrics
     assert echo["asr_wer"] == 0.0 and echo["asr_cer"] == 0.0
     assert echo["tts_wer"] == 0.0  # the judge hears the replayed reference
-    assert (
-        echo["generation_rtf"] >= 0
-        and echo["style_accuracy"] is None
-        and echo["speech_nats_per_second"] is None
-    )
+    assert echo["style_accuracy"] is None and echo["speech_nats_per_second"] is None
+
+
+def test_the_real_time_factor_is_compute_seconds_over_generated_seconds(tiny_corpus, monkeypatch):
+    """With a clock that advances 0.5 s per reading, each synthesis takes 0.5 s: the RTF is 0.5 s times
+    the items over the seconds of audio they produced."""
+    import itertools
+
+    from slmlab.eval import evaluate
+
+    evaluator = evaluate.Evaluator(tiny_corpus, _Judge(tiny_corpus), _Styles(), utterances=6)
+    arm = _EchoArm(tiny_corpus)
+    produced = sum(len(arm.audio_of[r.text]) for r in evaluator.test[:6]) / 16000
+    clock = itertools.count(step=0.5)
+    monkeypatch.setattr(evaluate.time, "perf_counter", lambda: next(clock))
+    rtf = evaluator(arm).metrics["generation_rtf"]
+    assert rtf == pytest.approx(6 * 0.5 / produced)
 
 
 class _FlakyArm(_EchoArm):
@@ -372,7 +385,9 @@ def test_the_report_writer_on_fake_runs(tmp_path):
     assert f"| speechlm | 0.450 ± 0.071 [{wer.low:.3f}, {wer.high:.3f}] |" in readme
     assert "| text_lm | n/a |" in readme
     asr = next(line for line in readme.splitlines() if line.startswith("- **asr_wer**"))
-    assert "best speechlm" in asr and "does not clearly beat spiritlm_base (difference -0.025" in asr
+    assert (
+        "best speechlm" in asr and "does not clearly beat spiritlm_base (difference -0.025" in asr
+    )
     assert "speechlm beats it, spiritlm_base beats it" in asr  # both far below the trivial 0.9
     lexical = next(line for line in readme.splitlines() if line.startswith("- **lexical_text**"))
     assert "text_lm has no interval" in lexical  # no verdict without one
