@@ -160,11 +160,16 @@ def load_task(ckpt_path: str | Path, with_config: bool = False):
         raise FileNotFoundError(
             f"{ckpt_path}: expected a checkpoint inside a run folder with {run_config}"
         )
+    from slmlab.artifacts import CHECKPOINT_ADVICE, UnreadableFileError, load_tensors
+
+    checkpoint = load_tensors(ckpt_path, CHECKPOINT_ADVICE)  # before `build` fits anything
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UnreadableFileError(ckpt_path, "has no state_dict: not a Lightning checkpoint")
     cfg = OmegaConf.load(run_config)
     with open_dict(cfg):
         cfg.paths.output_dir = str(ckpt_path.parent.parent)
     _, task = build(cfg)
-    task.load_state_dict(torch.load(ckpt_path, map_location="cpu")["state_dict"])
+    task.load_state_dict(checkpoint["state_dict"])
     return (task.eval(), cfg) if with_config else task.eval()
 
 

@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from slmlab.artifacts import artifact_dir, fingerprint, fit_once, manifest_fingerprints
+from slmlab.artifacts import (
+    UnreadableFileError,
+    artifact_dir,
+    fingerprint,
+    fit_once,
+    load_tensors,
+    manifest_fingerprints,
+)
 from slmlab.constants import SAMPLE_RATE
 from slmlab.data.batching import LengthBucketBatchSampler, pad_stack
 from slmlab.data.manifest import RecordPolicy, Utterance, read_split
@@ -81,8 +89,18 @@ class UtteranceDataset(Dataset):
         return {**self.utterance(i), "context": [self.utterance(j) for j in self.previous[i]]}
 
 
-def _load_tokens(folder: Path) -> list[torch.Tensor]:
-    return torch.load(folder / "tokens.pt")["values"]
+def _load_tokens(folder: Path, ids: list[str]) -> list[torch.Tensor]:
+    """The cached values of the records `ids`, in order; `UnreadableFileError` if `tokens.pt` does not
+    load (weights_only) or holds other records."""
+    path = folder / "tokens.pt"
+    cache = load_tensors(path)
+    if (
+        not isinstance(cache, dict)
+        or cache.get("ids") != ids
+        or len(cache.get("values", ())) != len(ids)
+    ):
+        raise UnreadableFileError(path, "does not hold the values of the records its key names")
+    return cache["values"]
 
 
 class SpeechDataModule(L.LightningDataModule):
@@ -146,7 +164,7 @@ class SpeechDataModule(L.LightningDataModule):
             **manifest_fingerprints(self.corpus, split),
             "records": fingerprint(" ".join(r.id for r in records).encode()),
         }
-        cached = {}
+        cached, ids = {}, [r.id for r in records]
         for name, field in self.fields.items():
             if not field.cached:
                 continue
@@ -154,7 +172,7 @@ class SpeechDataModule(L.LightningDataModule):
 
             def build(tmp: Path, name=name, field=field) -> list[torch.Tensor]:
                 values = [field(r) for r in records]
-                torch.save({"ids": [r.id for r in records], "values": values}, tmp / "tokens.pt")
+                torch.save({"ids": ids, "values": values}, tmp / "tokens.pt")
                 log.info("cached %s/%s for %d records", split, name, len(values))
                 return values
 
@@ -162,7 +180,8 @@ class SpeechDataModule(L.LightningDataModule):
                 self.cache_root, "token_cache", f"{split}-{name}", settings, inputs
             )
             record = {"settings": settings, "inputs": inputs}
-            cached[name] = fit_once(folder, build, _load_tokens, record)
+            load = partial(_load_tokens, ids=ids)
+            cached[name] = fit_once(folder, build, load, record, rebuild_unreadable=True)
         return cached
 
     # -- Lightning hooks ----------------------------------------------------------------------------

@@ -19,7 +19,13 @@ import torch
 import torch.nn as nn
 import torchaudio
 
-from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
+from slmlab.artifacts import (
+    artifact_dir,
+    fit_once,
+    load_json,
+    load_tensors,
+    manifest_fingerprints,
+)
 from slmlab.constants import CTC_ALPHABET, SAMPLE_RATE
 from slmlab.data.manifest import load_audio, read_split
 from slmlab.eval.metrics import error_rates, normalise_text
@@ -143,7 +149,7 @@ class CTCJudge:
 
     @classmethod
     def load(cls, folder: Path) -> CTCJudge:
-        state = torch.load(folder / "judge.pt", map_location="cpu", weights_only=True)
+        state = load_tensors(folder / "judge.pt")
         model = CTCRecognizer(**state["config"]["model"])
         model.load_state_dict(state["state_dict"])
         return cls(model, state["config"])
@@ -292,7 +298,7 @@ def load_or_fit_judge(
 
     def load(folder: Path) -> CTCJudge:
         judge = CTCJudge.load(folder)
-        judge.floor = json.loads((folder / "floor.json").read_text())
+        judge.floor = load_json(folder / "floor.json")
         return judge
 
     folder = artifact_dir(corpus.root, "judge", "ctc", settings, inputs)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
+from slmlab.artifacts import artifact_dir, fit_once, load_tensors, manifest_fingerprints
 from slmlab.constants import SAMPLE_RATE
 from slmlab.data.manifest import load_audio, read_split
 from slmlab.eval.metrics import classification_accuracy
@@ -99,7 +99,7 @@ class StyleClassifier:
 
     @classmethod
     def load(cls, path: Path) -> StyleClassifier:
-        state = torch.load(path, weights_only=True)
+        state = load_tensors(path)
         classifier = cls(
             state["styles"], state["weight"], state["bias"], state["mean"], state["std"]
         )

@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
+from slmlab.artifacts import (
+    artifact_dir,
+    fit_once,
+    load_json,
+    load_tensors,
+    manifest_fingerprints,
+)
 from slmlab.constants import CODEC_FRAME_RATE, CODEC_SAMPLE_RATE
 from slmlab.data.manifest import audio_path, load_audio, read_split
 from slmlab.tokenizers.mel import MelVocoder
@@ -136,8 +142,8 @@ class BuiltinCodec:
     ) -> BuiltinCodec:
         folder = Path(folder)
         return cls(
-            json.loads((folder / "codec.json").read_text()),
-            **torch.load(folder / "codec.pt"),
+            load_json(folder / "codec.json"),
+            **load_tensors(folder / "codec.pt"),
             griffin_lim_iters=griffin_lim_iters,
             vocoder_path=vocoder_path,
         )

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
+from slmlab.artifacts import artifact_dir, fit_once, load_tensors, manifest_fingerprints
 from slmlab.constants import SAMPLE_RATE
 from slmlab.data.manifest import load_audio, read_split
 from slmlab.tokenizers.mel import MelVocoder
@@ -320,7 +320,7 @@ def load_or_fit_unit_vocoder(
         return vocoder
 
     def load(folder: Path) -> UnitVocoder:
-        model.load_state_dict(torch.load(folder / "unit_to_mel.pt"))
+        model.load_state_dict(load_tensors(folder / "unit_to_mel.pt"))
         return UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
 
     name = f"hu{sizes['Hu']}-dim{dim}"

@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
+from slmlab.artifacts import (
+    artifact_dir,
+    fit_once,
+    load_json,
+    load_tensors,
+    manifest_fingerprints,
+)
 from slmlab.constants import SAMPLE_RATE, TOKEN_RATES
 from slmlab.data.manifest import load_audio, read_split
 
@@ -337,8 +343,8 @@ class SpeechTokenizer:
     @classmethod
     def load(cls, folder: str | Path) -> SpeechTokenizer:
         folder = Path(folder)
-        config = json.loads((folder / "speech_tokenizer.json").read_text())
-        return cls(config, **torch.load(folder / "speech_tokenizer.pt"))
+        config = load_json(folder / "speech_tokenizer.json")
+        return cls(config, **load_tensors(folder / "speech_tokenizer.pt"))
 
 
 def make_features(config: dict):
