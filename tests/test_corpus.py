@@ -1,14 +1,27 @@
-"""The embedded corpus: grammar, voices, styles, timings, rates, held-out test text, probes, determinism."""
+"""The embedded corpus: grammar, voices, styles, timings, rates, held-out test text, probes matched
+in length, determinism."""
 
 import json
 import random
+import zlib
 from collections import Counter
 
 import soundfile as sf
 
-from slmlab.data.grammar import Grammar, nonword, vocabulary
+from slmlab.data import synthetic
+from slmlab.data.espeak import EspeakSynthesizer
+from slmlab.data.grammar import (
+    INTRANSITIVE_VERBS,
+    NEUTRAL,
+    TRANSITIVE_VERBS,
+    Grammar,
+    Sentence,
+    nonword,
+    vocabulary,
+)
 from slmlab.data.manifest import read_manifest
-from slmlab.data.synthetic import SyntheticCorpus
+from slmlab.data.synthetic import SPEAKERS, SyntheticCorpus
+from slmlab.eval.metrics import pair_accuracy
 
 
 def test_grammar_has_hundreds_of_words_and_varied_shapes():
@@ -22,18 +35,50 @@ def test_grammar_has_hundreds_of_words_and_varied_shapes():
 
 
 def test_ungrammatical_twin_is_a_minimal_edit():
-    rng = random.Random(1)
-    grammar = Grammar(rng)
-    for _ in range(300):
+    """A twin changes one word or two neighbours, and a two-edit twin also one noun elsewhere whose
+    number is free: no verb agrees with it (a subject is followed by its verb or "who", or preceded
+    by "does"/"do" and its determiner)."""
+    agreeing = {"is", "are", "who"} | {
+        f for v in TRANSITIVE_VERBS + INTRANSITIVE_VERBS for f in v[:2]
+    }
+    grammar = Grammar(random.Random(1))
+    kinds, two_edits = Counter(), 0
+    for _ in range(400):
         sentence = grammar.sentence()
-        if not sentence.edits:
-            continue
-        bad, kind = sentence.ungrammatical(rng)
-        bad_words = bad.split()
-        assert kind in {"agreement", "determiner_number", "adjective_order"}
-        assert len(bad_words) == len(sentence.words) and bad != sentence.text
-        changed = [i for i, (a, b) in enumerate(zip(sentence.words, bad_words)) if a != b]
-        assert 1 <= len(changed) <= 2 and changed[-1] - changed[0] <= 1
+        free = {pos: words[0] for kind, pos, words in sentence.edits if kind == NEUTRAL}
+        for pos in free:
+            assert not set(sentence.words[pos + 1 : pos + 2]) & agreeing, sentence.text
+            assert not {"does", "do"} & set(sentence.words[max(pos - 3, 0) : pos]), sentence.text
+        for twin in sentence.twins():
+            bad_words = twin.text.split()
+            assert len(bad_words) == len(sentence.words) and twin.text != sentence.text
+            changed = [i for i, (a, b) in enumerate(zip(sentence.words, bad_words)) if a != b]
+            if twin.edits == 2:
+                two_edits += 1
+                flipped = [i for i in changed if free.get(i) == bad_words[i]]
+                assert len(flipped) == 1
+                changed.remove(flipped[0])
+            assert 1 <= len(changed) <= 2 and changed[-1] - changed[0] <= 1
+            kinds[twin.kind] += 1
+    assert set(kinds) == {"agreement", "determiner_number", "adjective_order"}
+    assert two_edits > 50
+
+
+def test_a_number_flip_evens_out_an_agreement_twin():
+    # "the dog sees the cat": the flip of "sees" is one phone and one letter short, unless "cat"
+    # (nothing agrees with it) takes the other number
+    sentence = Sentence(
+        "the dog sees the cat".split(), [("agreement", 2, ["see"]), (NEUTRAL, 4, ["cats"])]
+    )
+    assert [(t.text, t.kind, t.edits) for t in sentence.twins()] == [
+        ("the dog see the cat", "agreement", 1),
+        ("the dog see the cats", "agreement", 2),
+    ]
+    espeak = EspeakSynthesizer()
+    for voice in SPEAKERS.values():
+        lengths = {len(espeak.phones(t, voice)) for t in (sentence.text, "the dog see the cats")}
+        assert len(lengths) == 1, voice
+    assert len(espeak.phones("the dog see the cat")) == len(espeak.phones(sentence.text)) - 1
 
 
 def test_nonwords_are_unknown_and_of_the_same_length():
@@ -67,12 +112,13 @@ def test_tiny_corpus_layout(tiny_corpus):
     assert summary["vocabulary_size"] >= 300
 
 
+def _probe(corpus, name: str) -> list[dict]:
+    return [json.loads(line) for line in corpus.probe(name).read_text().splitlines()]
+
+
 def test_probe_sets(tiny_corpus):
-    lexical = [json.loads(line) for line in tiny_corpus.probe("lexical").read_text().splitlines()]
-    syntactic = [
-        json.loads(line) for line in tiny_corpus.probe("syntactic").read_text().splitlines()
-    ]
-    assert len(lexical) >= 12 and len(syntactic) == 16
+    lexical, syntactic = _probe(tiny_corpus, "lexical"), _probe(tiny_corpus, "syntactic")
+    assert len(lexical) == len(syntactic) == 16  # as many as the preset asks for
     known = vocabulary()
     for pair in lexical:
         assert pair["good_text"] in known and pair["bad_text"] not in known
@@ -85,7 +131,60 @@ def test_probe_sets(tiny_corpus):
     }
     for pair in syntactic:
         assert pair["good_text"] not in train_texts
-        assert len(pair["good_text"].split()) == len(pair["bad_text"].split())
+    assert len({pair["kind"] for pair in syntactic}) == 3
+
+
+def test_probe_pairs_have_as_many_words_and_phones(tiny_corpus):
+    """Counted again here with eSpeak in the pair's voice, not read from the rows' own fields."""
+    espeak = EspeakSynthesizer()
+    for name in ("lexical", "syntactic"):
+        for pair in _probe(tiny_corpus, name):
+            good, bad = pair["good_text"], pair["bad_text"]
+            assert len(good.split()) == len(bad.split()), pair["id"]
+            voice = SPEAKERS[pair["speaker"]]
+            phones = [len(espeak.phones(text, voice)) for text in (good, bad)]
+            assert phones == [pair["good_phones"], pair["bad_phones"]] and phones[0] == phones[1]
+
+
+def test_a_model_preferring_short_sequences_scores_at_chance(tiny_corpus):
+    """Scored by -(number of phones), i.e. summed log-probabilities of one constant per eSpeak
+    phone, it scores exactly 0.5 on both probes (the old unmatched probes gave it 0.41 and 0.62);
+    by -(number of letters), within half a pair of 0.5 (twins longer and shorter in letters are
+    kept in balance where letters cannot be matched)."""
+    espeak = EspeakSynthesizer()
+    for name in ("lexical", "syntactic"):
+        pairs = _probe(tiny_corpus, name)
+        voices = [SPEAKERS[pair["speaker"]] for pair in pairs]
+        by_phones = [
+            [-len(espeak.phones(pair[side], voice)) for pair, voice in zip(pairs, voices)]
+            for side in ("good_text", "bad_text")
+        ]
+        assert pair_accuracy(*by_phones) == 0.5, name
+        by_letters = [[-len(pair[side]) for pair in pairs] for side in ("good_text", "bad_text")]
+        assert abs(pair_accuracy(*by_letters) - 0.5) <= 0.5 / len(pairs), name
+
+
+def test_unmatchable_probe_pairs_are_left_out_and_counted(tmp_path, monkeypatch):
+    """With a phone count that no twin or non-word can equal, every candidate a probe may draw is
+    tried, left out, and counted with its reason in corpus.json (audio synthesis is skipped)."""
+
+    def no_two_alike(self, text, voice):
+        return ["p"] * (zlib.crc32(text.encode()) % 100_003)
+
+    def no_audio(requests, workers):
+        return [
+            ([f"{r[5]}/wav16k/{r[6]}.wav", f"{r[5]}/wav24k/{r[6]}.wav"], 1.0, []) for r in requests
+        ]
+
+    monkeypatch.setattr(EspeakSynthesizer, "phones", no_two_alike)
+    monkeypatch.setattr(synthetic, "speak_many", no_audio)
+    corpus = SyntheticCorpus(str(tmp_path / "corpus"), preset="tiny")
+    probes = corpus.prepare()["probes"]
+    tries = synthetic.CANDIDATES_PER_PAIR * 16
+    assert probes["syntactic"]["pairs"] == 0 and probes["lexical"]["pairs"] == 0
+    assert probes["syntactic"]["left_out"] == {"no twin with as many phones": tries}
+    assert sum(probes["lexical"]["left_out"].values()) == tries
+    assert corpus.probe("syntactic").read_text() == corpus.probe("lexical").read_text() == ""
 
 
 def test_same_seed_gives_the_same_corpus_byte_for_byte(tiny_corpus, tmp_path):

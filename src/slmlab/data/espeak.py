@@ -169,9 +169,8 @@ class EspeakSynthesizer:
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise ValueError(f"unknown eSpeak voice {voice!r}")
         buffer = ctypes.create_string_buffer(text.encode())
-        position = ctypes.c_void_p(
-            ctypes.addressof(buffer)
-        )  # the engine advances it clause by clause
+        # the engine reads one clause per call and moves `position` past it (NULL at the end)
+        position = ctypes.c_void_p(ctypes.addressof(buffer))
         phonemes = []
         while position.value:
             clause = self.lib.espeak_TextToPhonemes(

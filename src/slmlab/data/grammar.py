@@ -3,8 +3,10 @@
 `Grammar(rng).sentence()` draws one sentence from a dozen shapes (intransitive, transitive with
 prepositional phrase, copula, existential, questions, relative clauses, coordination, past tense,
 imperatives) with number agreement. Every sentence knows the minimal edits that make it
-ungrammatical (agreement flip, determiner/noun number clash, adjective/noun order swap), which
-gives the sBLIMP-like syntactic pairs; `nonword(word)` gives the sWUGGY-like lexical foil.
+ungrammatical (agreement flip, determiner/noun number clash, adjective/noun order swap) and the
+number flips that keep it grammatical (a noun nothing agrees with); `Sentence.twins()` combines
+them into ungrammatical twins, among which the corpus picks one as long as the sentence (the
+sBLIMP-like syntactic pairs). `nonword(word)` gives the sWUGGY-like lexical foil.
 """
 
 from __future__ import annotations
@@ -76,6 +78,12 @@ NUMBERS = "two three four five six seven eight nine ten".split()
 SINGULAR_DETS = ["the", "a", "this", "that", "every", "my", "your", "his", "her", "our", "their"]
 PLURAL_DETS = ["the", "these", "those", "some", "many", "my", "your", "our", "their"] + NUMBERS
 FUNCTION_WORDS = "is are was were does do did who which and but please there very".split()
+# the determiner of the other number, of about the same sound: "this dog" -> "these dog"
+DETERMINER_SWAPS = {"this": "these", "these": "this", "that": "those", "those": "that"}
+DETERMINER_SWAPS |= {"every": "many", "many": "every"}
+# determiners that do not mark number ("the dog", "the dogs")
+UNMARKED_DETS = ("the", "my", "your", "our", "their", "his", "her")
+NEUTRAL = "number"  # the kind of an edit that keeps the sentence grammatical (see `Sentence`)
 
 
 def plural(noun: str) -> str:
@@ -107,9 +115,21 @@ def vocabulary() -> set[str]:
     return words
 
 
+@dataclass(frozen=True)
+class Twin:
+    """An ungrammatical twin: its text, the kind of its breaking edit, and how many edits made it
+    (1, or 2 when a grammatical number flip elsewhere was added to even out the length)."""
+
+    text: str
+    kind: str
+    edits: int
+
+
 @dataclass
 class Sentence:
-    """words: the sentence; edits: (kind, position, replacement words) that each break it minimally."""
+    """words: the sentence; edits: (kind, position, replacement words). Each edit breaks the sentence
+    minimally, except those of kind `NEUTRAL`: the number flip of a noun nothing agrees with
+    ("sees the cat" -> "sees the cats"), which keeps it grammatical."""
 
     words: list[str]
     edits: list[tuple[str, int, list[str]]] = field(default_factory=list)
@@ -118,11 +138,31 @@ class Sentence:
     def text(self) -> str:
         return " ".join(self.words)
 
-    def ungrammatical(self, rng: random.Random) -> tuple[str, str]:
-        """A minimally ungrammatical twin (same length) and the kind of edit that made it."""
-        kind, pos, replacement = rng.choice(self.edits)
-        words = self.words[:pos] + replacement + self.words[pos + len(replacement) :]
-        return " ".join(words), kind
+    @property
+    def breakable(self) -> bool:
+        return any(kind != NEUTRAL for kind, _, _ in self.edits)
+
+    def twins(self) -> list[Twin]:
+        """Every ungrammatical twin with the same number of words: each breaking edit alone, then
+        each with one number flip at another position (so "the dog sees the cat" also gives "the
+        dog see the cats", whose length in letters and phones matches "the dog sees the cat")."""
+        breaking = [e for e in self.edits if e[0] != NEUTRAL]
+        neutral = [e for e in self.edits if e[0] == NEUTRAL]
+        twins = [Twin(self._apply([edit]), edit[0], 1) for edit in breaking]
+        for edit in breaking:
+            spanned = range(edit[1], edit[1] + len(edit[2]))
+            twins += [
+                Twin(self._apply([edit, flip]), edit[0], 2)
+                for flip in neutral
+                if flip[1] not in spanned
+            ]
+        return twins
+
+    def _apply(self, edits: list[tuple[str, int, list[str]]]) -> str:
+        words = list(self.words)
+        for _, pos, replacement in edits:
+            words[pos : pos + len(replacement)] = replacement
+        return " ".join(words)
 
 
 class Grammar:
@@ -137,25 +177,32 @@ class Grammar:
         is_plural = r.random() < 0.4
         det = r.choice(PLURAL_DETS if is_plural else SINGULAR_DETS)
         # a determiner that marks number clashes with the other form of the noun ("a dogs", "two dog")
-        marks_number = det not in ("the", "my", "your", "our", "their", "his", "her")
+        marks_number = det not in UNMARKED_DETS
         words, edits = [det], []
+        if det in DETERMINER_SWAPS:
+            edits.append(("determiner_number", 0, [DETERMINER_SWAPS[det]]))
         if allow_adjective and r.random() < 0.5:
             adjective = r.choice(ADJECTIVES)
             edits.append(
                 ("adjective_order", len(words), [plural(noun) if is_plural else noun, adjective])
             )
             words.append(adjective)
-        if marks_number and plural(noun) != noun:
-            edits.append(("determiner_number", len(words), [noun if is_plural else plural(noun)]))
+        if plural(noun) != noun:
+            other_number = [noun if is_plural else plural(noun)]
+            edits.append(
+                ("determiner_number" if marks_number else NEUTRAL, len(words), other_number)
+            )
         words.append(plural(noun) if is_plural else noun)
         if det == "a" and words[1][0] in "aeiou":
             words[0] = "an"
         return words, edits, is_plural
 
-    def _subject(self):
+    def _subject(self, agrees: bool = True):
+        """A name or an animate noun phrase; `agrees`: a verb agrees with it, so its number is fixed."""
         if self.rng.random() < 0.25:
             return [self.rng.choice(NAMES)], [], False
-        return self.noun_phrase(animate=True)
+        words, edits, is_plural = self.noun_phrase(animate=True)
+        return words, _fixed_number(edits) if agrees else edits, is_plural
 
     def _prepositional(self):
         words, edits, _ = self.noun_phrase(animate=False)
@@ -208,6 +255,7 @@ class Grammar:
 
     def _copula(self) -> Sentence:
         subj, subj_edits, is_plural = self.noun_phrase(allow_adjective=self.rng.random() < 0.5)
+        subj_edits = _fixed_number(subj_edits)
         verb = ("are", "is") if is_plural else ("is", "are")
         adjective = ([self.rng.choice(["very", "so"])] if self.rng.random() < 0.3 else []) + [
             self.rng.choice(ADJECTIVES)
@@ -246,8 +294,12 @@ class Grammar:
 
     def _relative(self) -> Sentence:
         head, head_edits, is_plural = self.noun_phrase(animate=True)
+        head_edits = _fixed_number(head_edits)
         _, _, past = self.rng.choice(TRANSITIVE_VERBS)
         obj, obj_edits, _ = self.noun_phrase(allow_adjective=False)
+        obj_edits = _fixed_number(
+            obj_edits
+        )  # it stands before the verb: a twin must not agree with it
         return self._build(
             [
                 (head, head_edits),
@@ -263,7 +315,7 @@ class Grammar:
         return self._build([(first.words, first.edits), ([conj], []), (second.words, second.edits)])
 
     def _past(self) -> Sentence:
-        subj, subj_edits, is_plural = self._subject()
+        subj, subj_edits, is_plural = self._subject(agrees=False)
         _, _, past = self.rng.choice(TRANSITIVE_VERBS)
         obj, obj_edits, _ = self.noun_phrase()
         parts = [(subj, subj_edits), ([past], []), (obj, obj_edits)]
@@ -275,6 +327,11 @@ class Grammar:
         base, _, _ = self.rng.choice(TRANSITIVE_VERBS)
         obj, obj_edits, _ = self.noun_phrase()
         return self._build([(["please", base], []), (obj, obj_edits), self._prepositional()])
+
+
+def _fixed_number(edits: list[tuple[str, int, list[str]]]) -> list[tuple[str, int, list[str]]]:
+    """The edits of a noun phrase whose number is not free (a verb agrees with it, or follows it)."""
+    return [edit for edit in edits if edit[0] != NEUTRAL]
 
 
 _CONSONANT_SWAPS = {

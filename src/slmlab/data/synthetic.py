@@ -5,8 +5,12 @@ Layout of `root` (all paths inside manifests are relative to `root`):
     train.jsonl val.jsonl test.jsonl     utterances; test and val sentences never occur in train
     probes/lexical.jsonl                 word vs. pronounceable non-word, same speaker (sWUGGY-like)
     probes/syntactic.jsonl               sentence vs. minimally ungrammatical twin (sBLIMP-like)
+                                         both: each pair has as many words and eSpeak phones on
+                                         each side (`good_phones`, `bad_phones`), as sWUGGY and
+                                         sBLIMP match their pairs in length
     wav16k/*.wav wav24k/*.wav            16 kHz and 24 kHz mono PCM-16
-    corpus.json                          preset, seed, counts, hours, speakers, styles, vocabulary size
+    corpus.json                          preset, seed, counts, hours, speakers, styles, vocabulary size,
+                                         probe pairs matched and left out (and why)
     artifact.json                        preset and seed, written on publishing (`artifacts.py`)
     artifacts/                           what is fitted on it later: tokenizers, judge, token cache
 
@@ -19,15 +23,31 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from slmlab.artifacts import fit_once
 from slmlab.constants import CORPUS_SAMPLE_RATES
-from slmlab.data.espeak import speak_many
-from slmlab.data.grammar import ADJECTIVES, NOUNS, Grammar, Sentence, nonword, vocabulary
+from slmlab.data.espeak import EspeakSynthesizer, speak_many
+from slmlab.data.grammar import (
+    ADJECTIVES,
+    FUNCTION_WORDS,
+    NAMES,
+    NOUNS,
+    PLURAL_DETS,
+    PREPOSITIONS,
+    SINGULAR_DETS,
+    Grammar,
+    Sentence,
+    Twin,
+    nonword,
+    vocabulary,
+)
 from slmlab.data.manifest import Utterance, write_manifest
 
 log = logging.getLogger(__name__)
@@ -63,6 +83,9 @@ STYLES = {
     "sad": (32, 12, 125),
     "monotone": (45, 0, 170),
 }
+# a probe draws at most this many candidates (sentences or words) per requested pair, then stops short
+CANDIDATES_PER_PAIR = 20
+NONWORD_TRIES = 10  # non-words tried per word for one with as many phones
 
 
 @dataclass
@@ -118,7 +141,7 @@ class SyntheticCorpus:
             len(probe_sentences) < self.size.syntactic_pairs
         ):  # unseen, and breakable by a minimal edit
             sentence = grammar.sentence()
-            if sentence.edits and sentence.text not in sentences:
+            if sentence.breakable and sentence.text not in sentences:
                 probe_sentences.setdefault(sentence.text, sentence)
         texts = list(sentences)
         bounds = np.cumsum([0, self.size.train, self.size.val, self.size.test])
@@ -128,34 +151,89 @@ class SyntheticCorpus:
                 _Job(f"{split}_{i:06d}", texts[lo + i], rng.choice(speakers), rng.choice(styles))
                 for i in range(hi - lo)
             ]
-        syntactic_rows, jobs["syntactic"] = [], []
-        for i, (text, sentence) in enumerate(probe_sentences.items()):
-            bad_text, kind = sentence.ungrammatical(rng)
+        phonemizer = EspeakSynthesizer()
+
+        def phone_count(text: str, speaker: str) -> int:
+            return len(phonemizer.phones(text, SPEAKERS[speaker]))
+
+        probes: dict[str, dict] = {}  # what corpus.json reports of each probe
+        syntactic_rows, jobs["syntactic"], probes["syntactic"] = [], [], _ProbeCount()
+        candidates = _more_sentences(
+            grammar,
+            list(probe_sentences.values()),
+            set(sentences),
+            CANDIDATES_PER_PAIR * self.size.syntactic_pairs,
+        )
+        letter_balance = 0  # twins longer in letters than their sentence minus those shorter
+        for sentence in candidates:
+            if len(syntactic_rows) == self.size.syntactic_pairs:
+                break
             speaker = rng.choice(speakers)
+            good_phones = phone_count(sentence.text, speaker)
+            twin = _matched_twin(
+                sentence,
+                good_phones,
+                partial(phone_count, speaker=speaker),
+                probes["syntactic"].kinds,
+                rng,
+            )
+            if twin is None:
+                probes["syntactic"].left_out["no twin with as many phones"] += 1
+                continue
+            # where the letters differ, as many twins are longer as shorter (to within one pair)
+            longer = int(np.sign(len(twin.text) - len(sentence.text)))
+            if longer * letter_balance > 0:
+                probes["syntactic"].left_out["letters would unbalance the probe"] += 1
+                continue
+            letter_balance += longer
+            probes["syntactic"].add(twin.kind, sentence.text, twin.text, twin.edits)
+            pair_id = f"syn_{len(syntactic_rows):05d}"
             pair = [
-                _Job(f"syn_{i:05d}_good", text, speaker, "neutral"),
-                _Job(f"syn_{i:05d}_bad", bad_text, speaker, "neutral"),
+                _Job(f"{pair_id}_good", sentence.text, speaker, "neutral"),
+                _Job(f"{pair_id}_bad", twin.text, speaker, "neutral"),
             ]
             jobs["syntactic"] += pair
             syntactic_rows.append(
-                {"id": f"syn_{i:05d}", "kind": kind, "good": pair[0].id, "bad": pair[1].id}
+                {"id": pair_id, "kind": twin.kind, "good": pair[0].id, "bad": pair[1].id}
+                | {"good_phones": good_phones, "bad_phones": good_phones}
             )
         known = vocabulary()
-        candidates = sorted(w for w in set(NOUNS) | set(ADJECTIVES) if len(w) >= 4)
-        lexical_rows, jobs["lexical"] = [], []
-        for i, word in enumerate(
-            rng.sample(candidates, min(self.size.lexical_pairs, len(candidates)))
-        ):
-            foil = nonword(word, rng, known)
-            if foil is None:
-                continue
+        lexical_rows, jobs["lexical"], probes["lexical"] = [], [], _ProbeCount()
+        for word in _lexical_candidates(rng)[: CANDIDATES_PER_PAIR * self.size.lexical_pairs]:
+            if len(lexical_rows) == self.size.lexical_pairs:
+                break
             speaker = rng.choice(speakers)
+            word_phones = phone_count(word, speaker)
+            foils = [nonword(word, rng, known) for _ in range(NONWORD_TRIES)]
+            foil = next((f for f in foils if f and phone_count(f, speaker) == word_phones), None)
+            if foil is None:
+                reason = "no non-word" if foils[0] is None else "no non-word with as many phones"
+                probes["lexical"].left_out[reason] += 1
+                continue
+            probes["lexical"].add("nonword", word, foil, 1)
+            pair_id = f"lex_{len(lexical_rows):05d}"
             pair = [
-                _Job(f"lex_{i:05d}_word", word, speaker, "neutral"),
-                _Job(f"lex_{i:05d}_nonword", foil, speaker, "neutral"),
+                _Job(f"{pair_id}_word", word, speaker, "neutral"),
+                _Job(f"{pair_id}_nonword", foil, speaker, "neutral"),
             ]
             jobs["lexical"] += pair
-            lexical_rows.append({"id": f"lex_{i:05d}", "good": pair[0].id, "bad": pair[1].id})
+            lexical_rows.append(
+                {"id": pair_id, "good": pair[0].id, "bad": pair[1].id}
+                | {"good_phones": word_phones, "bad_phones": word_phones}
+            )
+        for name, requested in (
+            ("syntactic", self.size.syntactic_pairs),
+            ("lexical", self.size.lexical_pairs),
+        ):
+            probes[name] = probes[name].report(requested)
+            log.info("%s probe: %s", name, json.dumps(probes[name]))
+            if probes[name]["pairs"] < requested:
+                log.warning(
+                    "%s probe: %d of %d pairs; the grammar ran out of length-matched candidates",
+                    name,
+                    probes[name]["pairs"],
+                    requested,
+                )
 
         for rate in CORPUS_SAMPLE_RATES:
             (tmp / f"wav{rate // 1000}k").mkdir(parents=True)
@@ -227,6 +305,7 @@ class SyntheticCorpus:
             "styles": {k: dict(zip(("pitch", "range", "rate"), v)) for k, v in STYLES.items()},
             "vocabulary_size": len(known),
             "sample_rates": list(CORPUS_SAMPLE_RATES),
+            "probes": probes,
         }
         (tmp / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info(
@@ -234,6 +313,82 @@ class SyntheticCorpus:
             time.perf_counter() - started,
             json.dumps(summary["utterances"]),
         )
+
+
+@dataclass
+class _ProbeCount:
+    """The pairs a probe kept, by kind, and the candidates it left out, by reason."""
+
+    kinds: Counter = field(default_factory=Counter)
+    edits: Counter = field(default_factory=Counter)
+    same_letters: int = 0
+    left_out: Counter = field(default_factory=Counter)
+
+    def add(self, kind: str, good: str, bad: str, edits: int) -> None:
+        self.kinds[kind] += 1
+        self.edits[edits] += 1
+        self.same_letters += len(good) == len(bad)
+
+    def report(self, requested: int) -> dict:
+        return {
+            "requested": requested,
+            "pairs": sum(self.kinds.values()),
+            "matched_in": ["words", "phones"],
+            "same_letters": self.same_letters,
+            "kinds": dict(sorted(self.kinds.items())),
+            "edits": {str(n): count for n, count in sorted(self.edits.items())},
+            "left_out": dict(sorted(self.left_out.items())),
+        }
+
+
+def _more_sentences(
+    grammar: Grammar, first: list[Sentence], seen: set[str], limit: int
+) -> Iterator[Sentence]:
+    """`first`, then fresh breakable sentences that are not in `seen` and not yet drawn; `limit` in all."""
+    drawn = seen | {sentence.text for sentence in first}
+    yield from first[:limit]
+    for _ in range(limit - len(first)):
+        sentence = grammar.sentence()
+        while not sentence.breakable or sentence.text in drawn:
+            sentence = grammar.sentence()
+        drawn.add(sentence.text)
+        yield sentence
+
+
+def _matched_twin(
+    sentence: Sentence,
+    good_phones: int,
+    phone_count: Callable[[str], int],
+    kinds_so_far: Counter,
+    rng: random.Random,
+) -> Twin | None:
+    """An ungrammatical twin with `good_phones` phones (as many words by construction), None if
+    there is none. Its kind is the matched kind with the fewest pairs so far, so that kinds easy to
+    match (adjective order keeps every phone) do not crowd out the others; within the kind, a twin
+    with as many letters, then one with fewer edits, is preferred."""
+    matched = [twin for twin in sentence.twins() if phone_count(twin.text) == good_phones]
+    if not matched:
+        return None
+    kinds = sorted({twin.kind for twin in matched})
+    fewest = min(kinds_so_far[kind] for kind in kinds)
+    kind = rng.choice([kind for kind in kinds if kinds_so_far[kind] == fewest])
+
+    def cost(twin: Twin) -> tuple[bool, int]:
+        return len(twin.text) != len(sentence.text), twin.edits
+
+    of_kind = [twin for twin in matched if twin.kind == kind]
+    best = min(cost(twin) for twin in of_kind)
+    return rng.choice([twin for twin in of_kind if cost(twin) == best])
+
+
+def _lexical_candidates(rng: random.Random) -> list[str]:
+    """Words of four letters or more to make non-words of: the nouns and adjectives in a random
+    order, then the other content words (verb forms, plurals, adverbs), drawn when those run out."""
+    function_words = set(NAMES) | set(FUNCTION_WORDS) | set(PREPOSITIONS)
+    function_words |= set(SINGULAR_DETS) | set(PLURAL_DETS)
+    first = sorted(w for w in set(NOUNS) | set(ADJECTIVES) if len(w) >= 4)
+    then = sorted(w for w in vocabulary() - function_words - set(first) if len(w) >= 4)
+    return rng.sample(first, len(first)) + rng.sample(then, len(then))
 
 
 def _summary(root: Path) -> dict:
