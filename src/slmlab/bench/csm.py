@@ -2,8 +2,9 @@
 transformers' `CsmForConditionalGeneration` built with the same backbone and depth-decoder sizes.
 
 - training step (forward, backward, AdamW) on the same 16 sequences of 5 text + 28 audio frames + the end
-  frame (2.2 s, the corpus's mean), decoder loss on 1/16 of the audio frames in both (transformers: the
-  other frames' labels for codebooks 1..K-1 set to -100, as its processor's `-101` marks them).
+  frame (2.2 s, the corpus's mean), decoder loss on the same 1/16 of the audio frames in both (transformers:
+  the other frames' labels for codebooks 1..K-1 set to -100, as its processor's `-101` marks them), every
+  input and label built before the timed steps.
   transformers' 3-D `input_ids` path embeds every frame as codes, so its text frames are codes here;
   the embedding lookups differ, the transformer work is the same.
 - generation of 100 frames (8 s of audio) after a 12-token text prompt, top-k 50 sampling: ours with KV
@@ -12,6 +13,8 @@ transformers' `CsmForConditionalGeneration` built with the same backbone and dep
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from omegaconf import OmegaConf
@@ -78,8 +81,10 @@ def _parameters(model) -> int:
     )
 
 
-def train_step_vs_transformers(steps: int = 10) -> list[dict]:
-    ours, theirs = _models(*_demo_sizes())
+def train_step_candidates(ours: CSM, theirs: CsmForConditionalGeneration) -> dict[str, Callable]:
+    """{"ours", "theirs"}: a training step of each on the same fixed batch, the decoder trained on the same
+    frames: ours draws them (1/16 of the audio frames) from a generator rewound before each step, and
+    transformers' labels keep codebooks 1..K-1 on exactly those frames (-100 elsewhere), built beforehand."""
     generator = torch.Generator().manual_seed(0)
     frames = TEXT_FRAMES + AUDIO_FRAMES + 1
     tokens = torch.randint(1, CARD, (BATCH, frames, K + 1), generator=generator)
@@ -90,19 +95,18 @@ def train_step_vs_transformers(steps: int = 10) -> list[dict]:
     codes = torch.where(
         mask[..., :-1], tokens[..., :-1], tokens[..., -1:]
     )  # text frames as codes for transformers
+    draws = generator.get_state()
+    rows, cols, _ = CSM.audio_targets(tokens, mask, lengths)  # frame cols + 1 of row is a target
+    pick = torch.randperm(len(rows), generator=generator)[: round(FRACTION * len(rows))]
     labels = codes.clone()
     labels[:, :TEXT_FRAMES] = -100
-    targets = BATCH * (AUDIO_FRAMES + 1)
+    keep = torch.zeros(BATCH, frames, dtype=torch.bool)
+    keep[rows[pick], cols[pick] + 1] = True
+    labels[..., 1:][~keep] = -100
 
-    def their_labels():  # the decoder on 1/16 of the audio frames, as ours
-        audio = torch.arange(BATCH * frames).view(BATCH, frames)[:, TEXT_FRAMES:].reshape(-1)
-        keep = torch.zeros(BATCH * frames, dtype=torch.bool)
-        keep[
-            audio[torch.randperm(len(audio), generator=generator)[: round(FRACTION * targets)]]
-        ] = True
-        amortised = labels.clone()
-        amortised[..., 1:][~keep.view(BATCH, frames)] = -100
-        return amortised
+    def ours_loss():
+        generator.set_state(draws)
+        return ours(tokens, mask, lengths, FRACTION, generator).loss
 
     def step(model, loss):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -114,13 +118,16 @@ def train_step_vs_transformers(steps: int = 10) -> list[dict]:
 
         return run
 
-    seconds = median_seconds(
-        {
-            "ours": step(ours, lambda: ours(tokens, mask, lengths, FRACTION, generator).loss),
-            "theirs": step(theirs, lambda: theirs(input_ids=codes, labels=their_labels()).loss),
-        },
-        steps,
-    )
+    return {
+        "ours": step(ours, ours_loss),
+        "theirs": step(theirs, lambda: theirs(input_ids=codes, labels=labels).loss),
+    }
+
+
+def train_step_vs_transformers(steps: int = 10) -> list[dict]:
+    ours, theirs = _models(*_demo_sizes())
+    seconds = median_seconds(train_step_candidates(ours, theirs), steps)
+    frames = TEXT_FRAMES + AUDIO_FRAMES + 1
     return [
         {
             "benchmark": "csm_train_step",

@@ -34,11 +34,15 @@ def main(argv: list[str] | None = None) -> None:
         module, function = BENCHMARKS[name].split(":")
         rows += getattr(importlib.import_module(module), function)(steps=args.steps)
     print(f"{'benchmark':24} {'setting':40} {'ours':>10} {'baseline':>10} {'unit':>8} {'ratio':>7}")
-    for row in rows:
+    for row in rows:  # a plain timing has no baseline and no ratio
+        baseline = "—" if row["baseline"] is None else f"{row['baseline']:.1f}"
+        ratio = "—" if row["ratio"] is None else f"{row['ratio']:.2f}"
         print(
-            f"{row['benchmark']:24} {row['setting']:40} {row['ours']:10.1f} {row['baseline']:10.1f} {row['unit']:>8} "
-            f"{row['ratio']:7.2f}"
+            f"{row['benchmark']:24} {row['setting']:40} {row['ours']:10.1f} {baseline:>10} {row['unit']:>8} "
+            f"{ratio:>7}"
         )
+        if row.get("summary"):
+            print(f"{'':24} {row['summary']}")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / time.strftime("%Y-%m-%d_%H-%M-%S.json")
     path.write_text(json.dumps(rows, indent=2))
