@@ -16,13 +16,23 @@ from slmlab.bench import BENCHMARKS
 from slmlab.runs import REPO_ROOT
 
 
+def repetitions(text: str) -> int:
+    """--steps: an integer >= 1 (argparse's `type`)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--steps={text}: allowed: an integer >= 1")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="slmlab-bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}"
     )
     parser.add_argument(
-        "--steps", type=int, default=10, help="timed repetitions per candidate (median reported)"
+        "--steps",
+        type=repetitions,
+        default=10,
+        help="timed repetitions per candidate (median reported)",
     )
     parser.add_argument("--out", type=Path, default=Path(REPO_ROOT) / "outputs" / "bench")
     args = parser.parse_args(argv)

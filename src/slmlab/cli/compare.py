@@ -11,6 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from slmlab.config_checks import check_config
 from slmlab.eval.compare import write_report
 from slmlab.runs import CONF_DIR
 
@@ -27,6 +28,7 @@ def latest_sweep(log_dir: str, study: str) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
 def main(cfg: DictConfig) -> None:
+    check_config(cfg, "compare")
     sweep_dir = cfg.sweep_dir or latest_sweep(cfg.paths.log_dir, cfg.study)
     write_report(
         sweep_dir,

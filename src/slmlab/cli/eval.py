@@ -10,11 +10,13 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from slmlab.config_checks import check_config
 from slmlab.runs import CONF_DIR, evaluate_run, load_task
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> dict:
+    check_config(cfg, "evaluate")
     task, run_cfg = load_task(cfg.ckpt_path, with_config=True)
     run_dir = Path(cfg.ckpt_path).parent.parent
     corpus = instantiate(run_cfg.data.corpus)

@@ -12,6 +12,7 @@ import hydra
 import soundfile
 from omegaconf import DictConfig, OmegaConf
 
+from slmlab.config_checks import check_config
 from slmlab.data.manifest import load_audio
 from slmlab.runs import CONF_DIR, load_task
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def main(cfg: DictConfig) -> dict:
+    check_config(cfg, "generate")
     task = load_task(cfg.ckpt_path)
     audio = load_audio(cfg.audio, task.sample_rate) if cfg.audio else None
     overrides = {

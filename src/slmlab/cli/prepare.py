@@ -15,6 +15,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from slmlab.config_checks import check_config
 from slmlab.runs import CONF_DIR, build
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
 def main(cfg: DictConfig) -> None:
+    check_config(cfg, "prepare")
     started = time.perf_counter()
     datamodule, _ = build(cfg)
     datamodule.prepare_data()
