@@ -49,6 +49,7 @@ def test_ungrammatical_twin_is_a_minimal_edit():
         for pos in free:
             assert not set(sentence.words[pos + 1 : pos + 2]) & agreeing, sentence.text
             assert not {"does", "do"} & set(sentence.words[max(pos - 3, 0) : pos]), sentence.text
+        one_edit = {twin.text for twin in sentence.twins() if twin.edits == 1}
         for twin in sentence.twins():
             bad_words = twin.text.split()
             assert len(bad_words) == len(sentence.words) and twin.text != sentence.text
@@ -58,6 +59,8 @@ def test_ungrammatical_twin_is_a_minimal_edit():
                 flipped = [i for i in changed if free.get(i) == bad_words[i]]
                 assert len(flipped) == 1
                 changed.remove(flipped[0])
+                bad_words[flipped[0]] = sentence.words[flipped[0]]
+                assert " ".join(bad_words) in one_edit  # the flip undone leaves a one-edit twin
             assert 1 <= len(changed) <= 2 and changed[-1] - changed[0] <= 1
             kinds[twin.kind] += 1
     assert set(kinds) == {"agreement", "determiner_number", "adjective_order"}

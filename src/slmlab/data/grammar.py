@@ -297,9 +297,8 @@ class Grammar:
         head_edits = _fixed_number(head_edits)
         _, _, past = self.rng.choice(TRANSITIVE_VERBS)
         obj, obj_edits, _ = self.noun_phrase(allow_adjective=False)
-        obj_edits = _fixed_number(
-            obj_edits
-        )  # it stands before the verb: a twin must not agree with it
+        # the object stands right before the verb: a twin must not make the verb agree with it
+        obj_edits = _fixed_number(obj_edits)
         return self._build(
             [
                 (head, head_edits),
