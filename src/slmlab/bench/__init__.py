@@ -1,7 +1,11 @@
-"""Benchmarks for `slmlab-bench`: each compares our code with a baseline measured in the same run.
+"""Benchmarks for `slmlab-bench`: each compares our code with a baseline doing the same work on the same
+inputs, measured in the same run, with all preparation outside the timed region; or, where there is no
+such baseline, times ours alone (a plain timing: `baseline` and `ratio` are None). `train_cost` measures
+every arm of the comparison study alone (`slmlab.bench.cost`).
 
 A benchmark is a function `(steps: int) -> list[dict]` returning rows
-`{"benchmark", "setting", "ours", "baseline", "unit", "ratio", ...}`; `ratio` > 1 means ours is better.
+`{"benchmark", "setting", "ours", "baseline", "unit", "ratio", ...}`; `ratio` > 1 means ours is better;
+an optional `summary` is a line of further figures for the terminal.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ BENCHMARKS = {
     "spiritlm_train_step": "slmlab.bench.spiritlm:train_step_vs_prebuilt",
     "csm_train_step": "slmlab.bench.csm:train_step_vs_transformers",
     "csm_generate": "slmlab.bench.csm:generation_vs_transformers",
+    "train_cost": "slmlab.bench.cost:train_cost",
 }
 
 
