@@ -25,24 +25,44 @@ json_values = st.recursive(
     | st.dictionaries(st.text(max_size=4), inner, max_size=2),
     max_leaves=3,
 )
-# plausible values next to random ones, so that some records get as far as the audio checks and are kept
-times = st.floats(min_value=0, max_value=3)
-words = st.lists(
-    st.fixed_dictionaries({"word": st.text(max_size=4), "start": times, "end": times}), max_size=3
+# records: plausible (times any float, NaN and infinities included; real and missing audio), plausible
+# but for one field holding a random JSON value, or random JSON values in every field and unknown keys
+times = st.floats(min_value=0, max_value=3) | st.floats()
+ordered_words = (
+    st.lists(st.floats(min_value=0, max_value=1.2), max_size=6)  # the real clips last 1 s
+    .map(sorted)
+    .map(lambda t: [{"word": "w", "start": a, "end": b} for a, b in zip(t[::2], t[1::2])])
+)
+words = (
+    ordered_words
+    | ordered_words.flatmap(st.permutations)
+    | st.lists(st.fixed_dictionaries({"word": st.text(), "start": times, "end": times}), max_size=3)
 )
 plausible = {
-    "id": st.text(max_size=3),
-    "audio_filepath": st.sampled_from(["a.wav", "b 8k.wav", "missing.wav", "", "/"]),
+    "id": st.text(min_size=1, max_size=3),
+    "audio_filepath": st.sampled_from(
+        ["a.wav", "a.wav", "b 8k.wav", "b 8k.wav", "missing.wav", "", "/"]
+    ),
     "duration": times,
-    "text": st.text(max_size=8),
+    "text": st.text(min_size=1, max_size=8),
     "speaker": st.text(max_size=3) | st.integers(),
     "style": st.text(max_size=3),
     "words": words,
-    "audio_filepath_24k": st.sampled_from(["a.wav", "missing.wav"]),
+    "audio_filepath_24k": st.sampled_from(["a.wav", "a.wav", "missing.wav"]),
 }
-known = st.fixed_dictionaries({}, optional={key: json_values | plausible[key] for key in plausible})
-unknown = st.dictionaries(st.text(max_size=4), json_values, max_size=2)
-records = st.tuples(unknown, known).map(lambda pair: {**pair[0], **pair[1]})
+required = ("audio_filepath", "text", "words")
+plausible_records = st.fixed_dictionaries(
+    {key: plausible[key] for key in required},
+    optional={key: value for key, value in plausible.items() if key not in required},
+)
+one_field_random = st.tuples(plausible_records, st.sampled_from(list(plausible)), json_values).map(
+    lambda t: {**t[0], t[1]: t[2]}
+)
+random_records = st.tuples(
+    st.dictionaries(st.text(max_size=4), json_values, max_size=2),
+    st.fixed_dictionaries({}, optional={key: json_values for key in plausible}),
+).map(lambda pair: {**pair[0], **pair[1]})
+records = plausible_records | one_field_random | random_records
 record_lines = records.map(lambda record: json.dumps(record).encode())  # NaN/Infinity as JSON5 does
 
 
@@ -71,7 +91,7 @@ def assert_accounted(records, report, lines: int) -> None:
     for r in records:
         assert r.text.strip() and 0 < r.duration <= 2.0 and math.isfinite(r.duration)
         ends = [0.0] + [t for w in r.words or [] for t in (w["start"], w["end"])]
-        assert ends == sorted(ends)
+        assert ends == sorted(ends) and ends[-1] <= r.duration + 0.1  # in order, within the audio
 
 
 @SETTINGS
