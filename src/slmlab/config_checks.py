@@ -25,7 +25,9 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-# instantiate's keys, and the `hydra` node of a config composed with return_hydra_config
+# A schema may say where its node's other keys go: `other_keys = True` (any), or `takes = "a.b.C"` (the
+# arguments of that callable). Not the schema's business: instantiate's keys, and the `hydra` node of a
+# config composed with return_hydra_config.
 HYDRAS_OWN = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "hydra"}
 KIND = {
     int: "an integer",
@@ -34,9 +36,8 @@ KIND = {
     str: "a string",
     Any: "a value",
 }
-UNSET = (
-    object()
-)  # a value the check cannot see yet: ??? (given by the user) or ${hydra:...} (outside an app)
+# a value the check cannot see yet: ??? (given by the user) or ${hydra:...} (outside an app)
+UNSET = object()
 
 
 class ConfigError(ValueError):
