@@ -117,11 +117,12 @@ def test_a_corrupt_token_cache_shard_is_rebuilt_with_a_warning(tiny_corpus, tmp_
 
     built = train_tokens()
     (shard,) = (tmp_path / "artifacts" / "token_cache").glob("train-text_ids-*/tokens.pt")
-    marker = tmp_path / "code_ran"
+    ids, marker = load_tensors(shard)["ids"], tmp_path / "code_ran"
     damages = {
         "truncated": lambda: truncate(shard),
-        "unsafe": lambda: torch.save({"ids": [], "values": TouchOnLoad(marker)}, shard),
-        "other records": lambda: torch.save({"ids": ["x"], "values": built[:1]}, shard),
+        "unsafe": lambda: torch.save({"ids": ids, "values": TouchOnLoad(marker)}, shard),
+        "other records": lambda: torch.save({"ids": ids[::-1], "values": built[::-1]}, shard),
+        "not a dict": lambda: torch.save(built, shard),
     }
     for damage, apply in damages.items():
         apply()
