@@ -149,22 +149,48 @@ def test_probe_pairs_have_as_many_words_and_phones(tiny_corpus):
             assert phones == [pair["good_phones"], pair["bad_phones"]] and phones[0] == phones[1]
 
 
-def test_a_model_preferring_short_sequences_scores_at_chance(tiny_corpus):
-    """Scored by -(number of phones), i.e. summed log-probabilities of one constant per eSpeak
-    phone, it scores exactly 0.5 on both probes (the old unmatched probes gave it 0.41 and 0.62);
-    by -(number of letters), within half a pair of 0.5 (twins longer and shorter in letters are
-    kept in balance where letters cannot be matched)."""
+def _short_model_accuracy(pairs: list[dict]) -> tuple[float, float]:
+    """pair_accuracy of a model preferring short items: scored by -(number of eSpeak phones in the
+    pair's voice), i.e. summed log-probabilities of one constant per phone, and by -(letters)."""
     espeak = EspeakSynthesizer()
+    voices = [SPEAKERS[pair["speaker"]] for pair in pairs]
+    by_phones = [
+        [-len(espeak.phones(pair[side], voice)) for pair, voice in zip(pairs, voices)]
+        for side in ("good_text", "bad_text")
+    ]
+    by_letters = [[-len(pair[side]) for pair in pairs] for side in ("good_text", "bad_text")]
+    return pair_accuracy(*by_phones), pair_accuracy(*by_letters)
+
+
+def _no_audio(requests: list[list], workers: int) -> list:
+    """`speak_many` without synthesis: the paths it would write, 1 s each, no word timings."""
+    return [([f"{r[5]}/wav16k/{r[6]}.wav", f"{r[5]}/wav24k/{r[6]}.wav"], 1.0, []) for r in requests]
+
+
+def test_a_model_preferring_short_sequences_scores_at_chance(tiny_corpus):
+    """Exactly 0.5 by phones, and within half a pair of it by letters (where letters cannot be
+    matched, twins longer and shorter are kept in balance); the old unmatched probes of this corpus
+    gave 0.41 (syntactic) and 0.62 (lexical) by phones."""
     for name in ("lexical", "syntactic"):
         pairs = _probe(tiny_corpus, name)
-        voices = [SPEAKERS[pair["speaker"]] for pair in pairs]
-        by_phones = [
-            [-len(espeak.phones(pair[side], voice)) for pair, voice in zip(pairs, voices)]
-            for side in ("good_text", "bad_text")
-        ]
-        assert pair_accuracy(*by_phones) == 0.5, name
-        by_letters = [[-len(pair[side]) for pair in pairs] for side in ("good_text", "bad_text")]
-        assert abs(pair_accuracy(*by_letters) - 0.5) <= 0.5 / len(pairs), name
+        by_phones, by_letters = _short_model_accuracy(pairs)
+        assert by_phones == 0.5, name
+        assert abs(by_letters - 0.5) <= 0.5 / len(pairs), name
+
+
+def test_the_default_probes_are_matched_too(tmp_path, monkeypatch):
+    """The default preset's 200 + 200 pairs (text only: synthesis skipped) through the same code:
+    all kept, and the short-preferring model at chance (the old probes gave it 0.35 syntactic and
+    0.67 lexical by phones, 0.37 syntactic by letters)."""
+    monkeypatch.setattr(synthetic, "speak_many", _no_audio)
+    corpus = SyntheticCorpus(str(tmp_path / "default"), preset="default")
+    probes = corpus.prepare()["probes"]
+    for name in ("lexical", "syntactic"):
+        assert probes[name]["pairs"] == probes[name]["requested"] == 200
+        by_phones, by_letters = _short_model_accuracy(_probe(corpus, name))
+        assert by_phones == 0.5, name
+        assert abs(by_letters - 0.5) <= 0.5 / 200, name
+    assert min(probes["syntactic"]["kinds"].values()) >= 20  # no kind crowded out
 
 
 def test_unmatchable_probe_pairs_are_left_out_and_counted(tmp_path, monkeypatch):
@@ -174,13 +200,8 @@ def test_unmatchable_probe_pairs_are_left_out_and_counted(tmp_path, monkeypatch)
     def no_two_alike(self, text, voice):
         return ["p"] * (zlib.crc32(text.encode()) % 100_003)
 
-    def no_audio(requests, workers):
-        return [
-            ([f"{r[5]}/wav16k/{r[6]}.wav", f"{r[5]}/wav24k/{r[6]}.wav"], 1.0, []) for r in requests
-        ]
-
     monkeypatch.setattr(EspeakSynthesizer, "phones", no_two_alike)
-    monkeypatch.setattr(synthetic, "speak_many", no_audio)
+    monkeypatch.setattr(synthetic, "speak_many", _no_audio)
     corpus = SyntheticCorpus(str(tmp_path / "corpus"), preset="tiny")
     probes = corpus.prepare()["probes"]
     tries = synthetic.CANDIDATES_PER_PAIR * 16
