@@ -14,6 +14,7 @@ from transformers import HubertConfig, HubertModel, SpeechT5HifiGan, SpeechT5Hif
 
 from slmlab.data.manifest import load_audio, read_manifest
 from slmlab.models.llama import build_llama_lm
+from slmlab.models.spiritlm import generate_in_modality
 from slmlab.runs import check_speech_tokenizer
 from slmlab.tasks.spiritlm import SpiritLMTask
 from slmlab.tokenizers.interleaved import (
@@ -166,36 +167,52 @@ def make_task(tokenizer, speech_tokenizer, streams=("units", "pitch", "style")) 
     ).eval()
 
 
+def other_modality_ids(vocab: InterleavedVocabulary, modality: str) -> list[int]:
+    """The tokens of the modality that is not `modality`, its switch included (specials excluded)."""
+    if modality == "TEXT":
+        return [vocab.speech_id, *range(vocab.first_speech_id, vocab.size)]
+    specials = {vocab.text.bos_id, vocab.text.eos_id, vocab.text.pad_id}
+    return [vocab.text_id, *(i for i in range(vocab.text_size) if i not in specials)]
+
+
 @pytest.mark.parametrize("modality", ["TEXT", "SPEECH"])
 def test_logit_masking_never_generates_the_other_modality(
-    tiny_corpus, speech_tokenizer, waveform, modality
+    tiny_corpus, speech_tokenizer, waveform, modality, monkeypatch
 ):
+    """An LM biased towards the other modality (+20 on its logits) prefers it at every step; masked
+    generation still writes all `max_new_tokens` in `modality`. Without the mask the other modality
+    would appear; filtering it out afterwards would leave fewer tokens than asked for."""
     task = make_task(load_or_fit_bpe(tiny_corpus, vocab_size=256), speech_tokenizer)
-    torch.manual_seed(0)
+    vocab, steps = task.vocab, 30
+    other = torch.zeros(len(vocab), dtype=torch.bool)
+    other[other_modality_ids(vocab, modality)] = True
+    task.net.lm_head.register_forward_hook(lambda module, args, logits: logits + 20.0 * other)
+    generated = []  # the ids each generate call decoded, before they become text and speech pieces
+
+    def recording(*args, **kwargs):
+        generated.append(generate_in_modality(*args, **kwargs))
+        return generated[-1]
+
+    monkeypatch.setattr("slmlab.tasks.spiritlm.generate_in_modality", recording)
     pieces = [("TEXT", "the dog"), ("SPEECH", waveform)]
     pieces = pieces if modality == "TEXT" else pieces[::-1]  # the prompt ends in the other modality
     prompt = task.prompt_ids(pieces, modality)
-    out = task.generate(
-        pieces, modality, do_sample=True, temperature=3.0, top_p=1.0, max_new_tokens=150
-    )
-    assert prompt[-1] == (task.vocab.text_id if modality == "TEXT" else task.vocab.speech_id)
-    # an untrained LM at temperature 3 samples the whole vocabulary unless the mask holds
-    kinds = {m for m, _ in out["pieces"]}
-    assert kinds == {modality}
+    assert prompt[-1] == (vocab.text_id if modality == "TEXT" else vocab.speech_id)
+    sampling = dict(do_sample=True, temperature=1.0, top_p=1.0)
+    torch.manual_seed(0)
+    out = task.generate(pieces, modality, min_new_tokens=steps, max_new_tokens=steps, **sampling)
+    new_ids = generated[-1]
+    assert len(new_ids) == steps and not other[new_ids].any()
+    with torch.no_grad():  # the model's own choice at every generated step is the other modality
+        logits = task.net(torch.tensor([prompt + new_ids.tolist()])).logits[0]
+    assert other[logits[len(prompt) - 1 : -1].argmax(-1)].all()
+    assert {m for m, _ in out["pieces"]} == {modality}
     if modality == "SPEECH":
         assert out["text"] == "" and out["audio"] is not None and out["audio"].abs().sum() > 0
     else:
         assert out["speech_tokens"] == "" and out["audio"] is None and out["text"]
-    unmasked = task.generate(
-        [("TEXT", "the dog")],
-        "ARBITRARY",
-        do_sample=True,
-        temperature=3.0,
-        top_p=1.0,
-        min_new_tokens=150,
-        max_new_tokens=150,
-    )
-    assert {m for m, _ in unmasked["pieces"]} == {"TEXT", "SPEECH"}  # without the mask both appear
+    task.generate(pieces, "ARBITRARY", min_new_tokens=steps, max_new_tokens=steps, **sampling)
+    assert other[generated[-1]].all()  # unmasked, the same model writes only the other modality
 
 
 def test_a_pretrained_text_lm_continues_with_its_embeddings_resized(
