@@ -19,17 +19,19 @@ def make(corpus, fields=("text_ids",), vocab_size=512):
 
 
 def test_batches_hold_the_fields_the_arm_names(tiny_corpus):
+    """Each row of a batch holds its own record's token ids and waveform, padded after its length."""
     dm = make(tiny_corpus, fields=("text_ids", "audio"))
     dm.prepare_data()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    B = len(batch["id"])
-    assert batch["text_ids"].shape[0] == B and batch["text_ids_lengths"].shape == (B,)
-    assert (
-        batch["audio"].dim() == 2 and int(batch["audio_lengths"].max()) == batch["audio"].shape[1]
-    )
-    lengths = batch["text_ids_lengths"]
-    assert (batch["text_ids"][0, lengths[0] :] == dm.fields["text_ids"].pad_value).all()
+    records = {r.id: r for r in dm.datasets["train"].records}
+    assert len(batch["id"]) > 1 and set(batch) >= {"text_ids_lengths", "audio_lengths"}
+    for i, record in enumerate(records[id_] for id_ in batch["id"]):
+        assert batch["text"][i] == record.text
+        for name, field in dm.fields.items():
+            values, n = batch[name][i], int(batch[f"{name}_lengths"][i])
+            torch.testing.assert_close(values[:n], field(record), atol=1e-6, rtol=0)
+            assert (values[n:] == field.pad_value).all()
 
 
 def test_second_run_reads_the_cache(tiny_corpus, monkeypatch):
@@ -68,17 +70,27 @@ def test_length_buckets_cover_every_item_once_and_stay_tight():
 
 def test_max_tokens_caps_the_padded_batch():
     lengths = [10] * 50 + [100] * 50
-    for batch in LengthBucketBatchSampler(lengths, batch_size=64, max_tokens=400):
+    batches = list(LengthBucketBatchSampler(lengths, batch_size=64, max_tokens=400))
+    assert sorted(i for b in batches for i in b) == list(range(100))  # every item, once
+    for batch in batches:
         assert len(batch) * max(lengths[i] for i in batch) <= 400
+    assert max(len(b) for b in batches) == 40  # filled to the cap: 40 items of 10 tokens
 
 
 @pytest.mark.parametrize("n", [100, 101, 103])
 def test_ddp_ranks_get_disjoint_equal_shares(n):
+    """Two ranks split the batches: no item on both, every item on one; when the batch count is odd,
+    rank 1 ends with a repeat of rank 0's first batch so both ranks step equally often."""
     lengths = list(range(1, n + 1))
     ranks = [
         list(LengthBucketBatchSampler(lengths, batch_size=4, num_replicas=2, rank=r))
         for r in (0, 1)
     ]
     assert len(ranks[0]) == len(ranks[1])
-    covered = {i for rank in ranks for b in rank for i in b}
-    assert covered == set(range(n))
+    n_batches = len(list(LengthBucketBatchSampler(lengths, batch_size=4)))  # 25, 26, 26
+    if n_batches % 2:
+        assert ranks[1][-1] == ranks[0][0]
+        ranks[1] = ranks[1][:-1]
+    shards = [[i for b in rank for i in b] for rank in ranks]
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == list(range(n))
