@@ -46,6 +46,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from slmlab.data.manifest import RecordPolicy
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -60,8 +62,13 @@ def fingerprint(data: bytes) -> str:
 
 
 def manifest_fingerprints(corpus, *splits: str) -> dict[str, str]:
-    """{split: fingerprint of its manifest file's bytes}: the inputs of an artifact fitted on them."""
-    return {split: fingerprint(Path(corpus.manifest(split)).read_bytes()) for split in splits}
+    """{split: fingerprint of its manifest file's bytes}, and of the record policy that decides which of
+    their records are read: the inputs of an artifact fitted on them."""
+    policy = json.dumps(RecordPolicy.of(corpus).model_dump(), sort_keys=True)
+    return {
+        **{split: fingerprint(Path(corpus.manifest(split)).read_bytes()) for split in splits},
+        "record_policy": fingerprint(policy.encode()),
+    }
 
 
 def artifact_key(settings: dict, inputs: dict) -> str:

@@ -29,7 +29,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from slmlab.artifacts import (
+    CHECKPOINT_ADVICE,
+    UnreadableFileError,
+    check_checkpoint,
+    load_tensors,
+)
 from slmlab.config_checks import check_config
+from slmlab.data.manifest import RecordPolicy
 from slmlab.eval.evaluate import Evaluation, Evaluator
 from slmlab.eval.tensorboard import log_evaluation
 
@@ -104,6 +111,16 @@ def check_speech_tokenizer(cfg: DictConfig, choice: str | None, model: str = "th
         log.warning("tokenizer/speech=%s is set but this model uses no speech tokenizer", choice)
 
 
+def load_corpus(cfg: DictConfig):
+    """The run's corpus, carrying the record policy of `cfg.datamodule`, so that every reader (fitters,
+    judges, the evaluator, training) keeps and skips the same records."""
+    corpus = instantiate(cfg.data.corpus)
+    corpus.record_policy = RecordPolicy.model_validate(
+        OmegaConf.to_container(cfg.datamodule, resolve=True)
+    )
+    return corpus
+
+
 def build(cfg: DictConfig):
     """corpus -> tokenizers -> datamodule and task, as the config says."""
     if cfg.get("threads"):
@@ -111,7 +128,7 @@ def build(cfg: DictConfig):
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     if "tokenizer/speech" in choices:  # composed here (train, prepare), not a saved run's config
         check_speech_tokenizer(cfg, choices["tokenizer/speech"], choices.get("model"))
-    corpus = instantiate(cfg.data.corpus)
+    corpus = load_corpus(cfg)
     corpus.prepare()
     tokenizers = {"text": instantiate(cfg.tokenizer.text, corpus=corpus)}
     extra = {}
@@ -131,18 +148,22 @@ def train(cfg: DictConfig) -> dict:
     """Fit the run `cfg` describes; then test its best checkpoint (`test`), save the transformers
     layout (arms that have one) and evaluate it (`evaluate`). -> the last logged metrics."""
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.get(
+        "ckpt_path"
+    ):  # a truncated, corrupt or unsafe checkpoint fails here, naming the file
+        check_checkpoint(cfg.ckpt_path)
     datamodule, task = build(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:  # the whole config (CSV, TensorBoard text)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     if cfg.get("test"):  # report the best checkpoint (by val/loss) on both held-out splits
         callback = trainer.checkpoint_callback
         best = (callback.best_model_path if callback else "") or None
-        trainer.validate(task, datamodule=datamodule, ckpt_path=best)
-        trainer.test(task, datamodule=datamodule, ckpt_path=best)
+        trainer.validate(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
+        trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
     if hasattr(task, "save_pretrained") and trainer.is_global_zero:  # the transformers way
         task.save_pretrained(Path(cfg.paths.output_dir) / "pretrained")
     if cfg.get("evaluate") and trainer.is_global_zero:  # slmlab-eval on the tested checkpoint
@@ -160,8 +181,6 @@ def load_task(ckpt_path: str | Path, with_config: bool = False):
         raise FileNotFoundError(
             f"{ckpt_path}: expected a checkpoint inside a run folder with {run_config}"
         )
-    from slmlab.artifacts import CHECKPOINT_ADVICE, UnreadableFileError, load_tensors
-
     checkpoint = load_tensors(ckpt_path, CHECKPOINT_ADVICE)  # before `build` fits anything
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UnreadableFileError(ckpt_path, "has no state_dict: not a Lightning checkpoint")

@@ -21,7 +21,7 @@ from transformers import HubertConfig, HubertModel
 
 from slmlab.bench import median_seconds
 from slmlab.constants import SAMPLE_RATE
-from slmlab.data.manifest import load_audio, read_manifest
+from slmlab.data.manifest import load_audio, read_split
 from slmlab.runs import build, compose
 
 UTTERANCES = 8
@@ -69,7 +69,7 @@ def tokenization_candidates(task, waves: list[torch.Tensor], reference) -> dict[
 
 def tokenization_vs_hubert(steps: int = 10) -> list[dict]:
     datamodule, task = demo_task()
-    records, _ = read_manifest(datamodule.corpus.manifest("val"), check_audio=False)
+    records, _ = read_split(datamodule.corpus, "val")
     waves = [load_audio(r.audio_filepath, SAMPLE_RATE) for r in records[:UTTERANCES]]
     audio_seconds = sum(len(w) for w in waves) / SAMPLE_RATE
     seconds = median_seconds(tokenization_candidates(task, waves, hubert_units()), steps, warmup=1)

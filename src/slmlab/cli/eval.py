@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from slmlab.config_checks import check_config
-from slmlab.runs import CONF_DIR, evaluate_run, load_task
+from slmlab.runs import CONF_DIR, evaluate_run, load_corpus, load_task
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
@@ -19,7 +18,7 @@ def main(cfg: DictConfig) -> dict:
     check_config(cfg, "evaluate")
     task, run_cfg = load_task(cfg.ckpt_path, with_config=True)
     run_dir = Path(cfg.ckpt_path).parent.parent
-    corpus = instantiate(run_cfg.data.corpus)
+    corpus = load_corpus(run_cfg)
     evaluation = evaluate_run(task, corpus, cfg.eval, run_cfg, run_dir)
     print(json.dumps({"metrics": evaluation.metrics, "baselines": evaluation.baselines}, indent=2))
     return evaluation.metrics

@@ -19,7 +19,7 @@ import torch
 import torchaudio.functional as AF
 
 from slmlab.constants import SAMPLE_RATE
-from slmlab.data.manifest import audio_path, load_audio, read_manifest
+from slmlab.data.manifest import RecordPolicy, audio_path, load_audio, read_records, read_split
 from slmlab.eval.intervals import metric_value
 from slmlab.eval.metrics import (
     classification_accuracy,
@@ -120,13 +120,23 @@ def _probe_pairs(corpus, name: str, limit: int | None) -> list[tuple[object, obj
     rows_path = Path(corpus.root) / "probes" / f"{name}.jsonl"
     if not rows_path.is_file():
         return []
-    records, _ = read_manifest(
-        Path(corpus.root) / "probes" / f"{name}_audio.jsonl", check_audio=False
+    records, _ = read_records(
+        Path(corpus.root) / "probes" / f"{name}_audio.jsonl", RecordPolicy.of(corpus)
     )
     by_id = {r.id: r for r in records}
     with open(rows_path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [(by_id[row["good"]], by_id[row["bad"]]) for row in rows[:limit]]
+        rows = [json.loads(line) for line in f if line.strip()][:limit]
+    pairs = [
+        (by_id[r["good"]], by_id[r["bad"]]) for r in rows if {r["good"], r["bad"]} <= set(by_id)
+    ]
+    if len(pairs) < len(rows):
+        log.warning(
+            "probe %s: %d of %d pairs left out (a recording was skipped by validation)",
+            name,
+            len(rows) - len(pairs),
+            len(rows),
+        )
+    return pairs
 
 
 class Evaluator:
@@ -158,8 +168,8 @@ class Evaluator:
             max_seconds,
             tensorboard_samples,
         )
-        self.test, _ = read_manifest(corpus.manifest("test"), check_audio=False)
-        train, _ = read_manifest(corpus.manifest("train"), check_audio=False)
+        self.test, _ = read_split(corpus, "test")
+        train, _ = read_split(corpus, "train")
         self.train_texts = [r.text for r in train]
 
     def baselines(self) -> dict[str, float | str]:
