@@ -349,7 +349,6 @@ def test_training_on_the_tiny_corpus_lowers_the_loss(tiny_corpus, make_cfg, enco
     task, before, after = fit_on_tiny_corpus(cfg)
     assert after["val/loss"] < 0.8 * before["val/loss"], (before, after)
     assert after["val/token_accuracy"] > before["val/token_accuracy"]
-    assert 0 <= after["val/wer"] and 0 <= after["val/cer"]
     assert after["train/audio_tokens_per_s"] == pytest.approx(50 / 4, rel=0.1)
     with pytest.raises(ValueError, match="writes TEXT"):  # the arm cannot be asked for speech
         task.respond(audio=torch.zeros(SAMPLE_RATE), modality="SPEECH")
@@ -357,25 +356,107 @@ def test_training_on_the_tiny_corpus_lowers_the_loss(tiny_corpus, make_cfg, enco
         task.respond(text="the dog runs")
 
 
+def script_the_decoder(model, a: int, b: int, c: int, d: int) -> None:
+    """Replace the decoder's logits with a fixed script over four tokens, whatever the audio: first
+    step a 0.40, b 0.35, c 0.25; after a (and after c or d) uniform over a, b, c, d; after b, d 0.97.
+    Greedy takes a then a (0.40 x 0.25 = 0.10); the best pair is b then d (0.35 x 0.97 = 0.34)."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+
+    def log_probs(probs: dict[int, float]) -> torch.Tensor:
+        row = torch.full((vocab,), -50.0)
+        row[list(probs)] = torch.tensor(list(probs.values())).log()
+        return row
+
+    first = log_probs({a: 0.40, b: 0.35, c: 0.25})
+    after_b = log_probs({a: 0.01, b: 0.01, c: 0.01, d: 0.97})
+    uniform = log_probs(dict.fromkeys((a, b, c, d), 0.25))
+
+    def hook(module, args, kwargs, output):
+        ids = kwargs.get("input_ids")
+        n, length = output.logits.shape[:2]
+        if ids is None or ids.shape[1] == 0:  # the prompt: embeddings only, nothing generated yet
+            rows = first.expand(n, -1)
+        else:
+            rows = torch.where((ids[:, -1] == b)[:, None], after_b, uniform)
+        output.logits = rows[:, None].expand(n, length, vocab).clone()
+        return output
+
+    model.decoder.register_forward_hook(hook, with_kwargs=True)
+
+
+def test_validation_wer_and_cer_score_the_transcripts_against_the_references(tiny_corpus, make_cfg):
+    """Transcripts that drop each reference's last word: WER is the dropped words over the reference
+    words, CER the dropped characters over the reference characters, across two batches."""
+    from hydra.utils import instantiate
+
+    from slmlab.runs import build
+
+    datamodule, task = build(make_cfg("experiment=tiny_speechlm"))
+    references, step = [], task.validation_step
+
+    def recording(batch, batch_idx):
+        references.extend(batch["text"])
+        return step(batch, batch_idx)
+
+    def drop_last_word(waveforms, **generation):
+        return [t.rsplit(" ", 1)[0] for t in references[-len(waveforms) :]]
+
+    task.validation_step, task.transcribe = recording, drop_last_word
+    trainer = instantiate(
+        make_cfg("experiment=tiny_speechlm").trainer,
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+    )
+    metrics = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
+    hypotheses = [t.rsplit(" ", 1)[0] for t in references]
+    assert len(references) > datamodule.batch_size  # two batches reached the metric
+    words = sum(len(t.split()) for t in references)
+    assert metrics["val/wer"] == pytest.approx(len(references) / words)
+    characters = sum(len(t) for t in references)
+    dropped = characters - sum(len(h) for h in hypotheses)
+    assert metrics["val/cer"] == pytest.approx(dropped / characters)
+
+
 def test_greedy_beam_and_sampling_generation(tokenizer):
     model = make_model(tokenizer)
     batch = inputs_for(model, tokenizer, waveforms(), padding_side="left")
     batch.pop("labels")
-    common = {
-        "max_new_tokens": 5,
-        "eos_token_id": tokenizer.eos_id,
-        "pad_token_id": tokenizer.pad_id,
-    }
-    greedy = model.generate(**batch, do_sample=False, **common)
-    assert torch.equal(greedy, model.generate(**batch, do_sample=False, **common))  # deterministic
-    beams = model.generate(**batch, num_beams=3, do_sample=False, **common)
-    torch.manual_seed(0)
-    sampled = model.generate(**batch, do_sample=True, top_p=0.9, temperature=0.8, **common)
-    assert greedy.shape[0] == beams.shape[0] == sampled.shape[0] == 3
+    common = {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    greedy = model.generate(**batch, do_sample=False, max_new_tokens=5, **common)
     # the first greedy token is the argmax of the forward pass at the last prompt position (unpadded row)
     full = batch["attention_mask"].all(-1)
     assert full.sum() == 1
     assert torch.equal(greedy[full, 0], model(**batch).logits[full, -1].argmax(-1))
+
+    a, b, c, d = 10, 11, 12, 13
+    script_the_decoder(model, a, b, c, d)
+    two = {"min_new_tokens": 2, "max_new_tokens": 2, **common}
+    greedy = model.generate(**batch, do_sample=False, **two)
+    beams = model.generate(**batch, do_sample=False, num_beams=2, **two)
+    assert greedy.tolist() == [[a, a]] * 3 and beams.tolist() == [[b, d]] * 3
+    one = inputs_for(model, tokenizer, waveforms()[:1], padding_side="left")
+    one.pop("labels")
+    draws = 4000
+    torch.manual_seed(0)
+    for sampling, expected in [
+        ({"temperature": 0.5}, torch.tensor([0.40, 0.35, 0.25]) ** 2),  # p^(1/T), renormalised
+        ({"temperature": 1.0, "top_k": 2}, torch.tensor([0.40, 0.35, 0.0])),
+    ]:
+        firsts = model.generate(
+            **one,
+            do_sample=True,
+            num_return_sequences=draws,
+            max_new_tokens=1,
+            **sampling,
+            **common,
+        )[:, 0]
+        shares = torch.stack([(firsts == t).float().mean() for t in (a, b, c)])
+        torch.testing.assert_close(shares, expected / expected.sum(), atol=0.03, rtol=0)
+        assert torch.isin(firsts, torch.tensor([a, b, c])).all()
 
 
 def test_cli_trains_exports_and_generates_from_a_wav(tiny_corpus, data_dir, tmp_path):
