@@ -241,3 +241,20 @@ def test_the_backbone_loads_a_local_hugging_face_llama(tmp_path):
     assert torch.allclose(ours, reference, atol=1e-4)
     with pytest.raises(FileNotFoundError, match="never downloads"):
         build_csm(TEXT, CARD, K, BACKBONE, DECODER, pretrained_backbone=str(tmp_path / "missing"))
+
+
+def test_top_k_sampling_follows_the_model_within_its_top_k():
+    """sample_topk draws from softmax(logits / T) renormalised over the k best ids, never outside them."""
+    from slmlab.models.csm import sample_topk
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0]).log_softmax(-1)
+    draws = 20_000
+    for topk, temperature in [(3, 1.0), (3, 0.5), (5, 2.0)]:
+        ids = sample_topk(
+            logits.expand(draws, -1), topk, temperature, torch.Generator().manual_seed(0)
+        )
+        shares = torch.bincount(ids[:, 0], minlength=5) / draws
+        expected = torch.zeros(5)
+        expected[:topk] = (logits[:topk] / temperature).softmax(-1)
+        torch.testing.assert_close(shares, expected, atol=0.015, rtol=0)
+        assert not ids.ge(topk).any()
