@@ -101,6 +101,8 @@ def test_a_toy_fourth_arm_runs_through_training_evaluation_and_the_report(
         "text_ppl",
         "lexical_text",
         "syntactic_text",
+        "lexical_text_per_token",
+        "syntactic_text_per_token",
     }
     run_cli(
         "slmlab-compare", f"sweep_dir={tmp_path}", f"out_dir={tmp_path / 'report'}", cwd=tmp_path
