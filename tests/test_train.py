@@ -8,6 +8,8 @@ from hydra.utils import instantiate
 
 from slmlab.runs import build
 
+HELPERS = Path(__file__).parent / "helpers"
+
 
 def test_text_lm_validation_loss_falls(tiny_corpus, make_cfg):
     cfg = make_cfg("experiment=tiny_text_lm", "trainer.max_steps=60")
@@ -58,10 +60,22 @@ def test_cli_run_writes_metrics_and_resumes_from_a_checkpoint(tiny_corpus, data_
     assert resumed["start_step"] == 40 and resumed["global_step"] == 60
 
 
-def test_ddp_cpu_trains_with_two_processes(tiny_corpus, data_dir, tmp_path):
+def record_training(monkeypatch, folder: str | Path) -> list[str]:
+    """The overrides that add tests/helpers/record_training.py's callback, writing into `folder`."""
+    monkeypatch.setenv("PYTHONPATH", str(HELPERS))
+    return [
+        "+callbacks.record._target_=record_training.RecordTraining",
+        f"+callbacks.record.output_dir={folder}",
+    ]
+
+
+def test_ddp_cpu_splits_the_data_across_two_processes_and_keeps_them_in_sync(
+    tiny_corpus, data_dir, tmp_path, monkeypatch
+):
     run_cli(
         "slmlab-train",
         *overrides(data_dir, tmp_path),
+        *record_training(monkeypatch, tmp_path / "record"),
         "strategy=ddp_cpu",
         "test=false",
         "hydra.run.dir=" + str(tmp_path / "ddp"),
@@ -69,14 +83,24 @@ def test_ddp_cpu_trains_with_two_processes(tiny_corpus, data_dir, tmp_path):
     )
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["global_step"] == 60
-    assert (tmp_path / "ddp" / "train_ddp_process_1.log").is_file()  # the second rank ran
+    ranks = [json.loads((tmp_path / "record" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    train_ids = {json.loads(line)["id"] for line in tiny_corpus.manifest("train").open()}
+    assert len(train_ids) == 160  # 10 batches of 16 per epoch: 5 per rank, no padding batch
+    for epoch in ranks[0]["batches"]:
+        seen = [{i for batch in rank["batches"][epoch] for i in batch} for rank in ranks]
+        assert not seen[0] & seen[1], f"epoch {epoch}: both ranks trained on {seen[0] & seen[1]}"
+        assert seen[0] | seen[1] == train_ids, f"epoch {epoch}: not every utterance was seen"
+    assert [sum(map(len, r["batches"].values())) for r in ranks] == [60, 60]  # 60 steps each
+    # different data on each rank, yet the same weights at the end: the gradients were all-reduced
+    assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]
 
 
-def test_multirun_sweep_over_learning_rate(tiny_corpus, data_dir, tmp_path):
+def test_multirun_sweep_over_learning_rate(tiny_corpus, data_dir, tmp_path, monkeypatch):
     run_cli(
         "slmlab-train",
         "-m",
         *overrides(data_dir, tmp_path),
+        *record_training(monkeypatch, "${paths.output_dir}/record"),
         "trainer.max_steps=10",
         "test=false",
         "model.task.optimizer.lr=1e-3,3e-3",
@@ -91,3 +115,6 @@ def test_multirun_sweep_over_learning_rate(tiny_corpus, data_dir, tmp_path):
         assert (
             f"model.task.optimizer.lr={job.name[2:]}" in (job / ".hydra/overrides.yaml").read_text()
         )
+        # the job's optimiser ran at its own learning rate, not only its folder and config say so
+        recorded = json.loads((job / "record" / "rank0.json").read_text())
+        assert recorded["first_lr"] == float(job.name[2:])
