@@ -37,34 +37,74 @@ def make_frames(lengths=(20, 15), text_frames: int = 5):
     return tokens * mask, mask, torch.tensor(lengths)
 
 
+def decoder_losses_per_frame(model: CSM, tokens, mask, lengths, h) -> torch.Tensor:
+    """The reference: each target frame alone, the decoder run on [h, c0, ..., c_{K-2}] as in
+    generation -> [frames, K-1] cross-entropies, in the order of `CSM.audio_targets`."""
+    losses = []
+    for b, n in enumerate(lengths.tolist()):
+        for t in range(5, n):  # audio frames 5..n-1 are predicted from positions 4..n-2
+            codes = tokens[b, t, :K]
+            inputs = torch.stack(
+                [h[b, t - 1], *(model.embed_audio(k, codes[k]) for k in range(K - 1))]
+            )[None]
+            out = model.decoder(model.projection(inputs))[0]
+            losses.append(
+                torch.stack(
+                    [
+                        F.cross_entropy(out[k] @ model.audio_head[k - 1], codes[k])
+                        for k in range(1, K)
+                    ]
+                )
+            )
+    return torch.stack(losses)
+
+
 def test_the_amortised_loss_equals_the_full_loss_at_fraction_one():
     model, (tokens, mask, lengths) = make_model(), make_frames()
     with torch.no_grad():
         full = model(tokens, mask, lengths, decoder_fraction=1.0)
         h = model.backbone(model.embed_frames(tokens, mask))
-    # the reference computation: each target frame alone, the decoder run on [h, c0, ..., c_{K-2}] as in generation
-    c0, decoder = [], []
-    for b, n in enumerate(lengths.tolist()):
-        for t in range(5, n):  # audio frames 5..n-1 are predicted from positions 4..n-2
-            codes = tokens[b, t, :K]
-            c0.append(F.cross_entropy(model.codebook0_head(h[b, t - 1]), codes[0]))
-            inputs = torch.stack(
-                [h[b, t - 1], *(model.embed_audio(k, codes[k]) for k in range(K - 1))]
-            )[None]
-            with torch.no_grad():
-                out = model.decoder(model.projection(inputs))[0]
-            decoder += [
-                F.cross_entropy(out[k] @ model.audio_head[k - 1], codes[k]) for k in range(1, K)
-            ]
+        decoder = decoder_losses_per_frame(model, tokens, mask, lengths, h)
+    c0 = [
+        F.cross_entropy(model.codebook0_head(h[b, t - 1]), tokens[b, t, 0])
+        for b, n in enumerate(lengths.tolist())
+        for t in range(5, n)
+    ]
     assert full.target_frames == full.decoder_frames == 15 + 10
     assert torch.allclose(full.c0_loss, torch.stack(c0).mean(), atol=1e-5)
-    assert torch.allclose(full.decoder_loss, torch.stack(decoder).mean(), atol=1e-5)
-    amortised = model(
-        tokens, mask, lengths, decoder_fraction=1 / 16, generator=torch.Generator().manual_seed(0)
-    )
-    assert amortised.decoder_frames == 2 and torch.allclose(
-        amortised.c0_loss, full.c0_loss
-    )  # round(25 / 16)
+    assert torch.allclose(full.decoder_loss, decoder.mean(), atol=1e-5)
+
+
+def test_the_amortised_decoder_loss_is_an_unbiased_estimate_on_a_random_sixteenth_of_the_frames():
+    model, (tokens, mask, lengths) = make_model(), make_frames()
+    with torch.no_grad():
+        full = model(tokens, mask, lengths, decoder_fraction=1.0)
+        h = model.backbone(model.embed_frames(tokens, mask))
+        per_frame = decoder_losses_per_frame(model, tokens, mask, lengths, h).mean(-1)  # [25]
+        draws = [
+            model(
+                tokens,
+                mask,
+                lengths,
+                decoder_fraction=1 / 16,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            for seed in range(200)
+        ]
+    pairs = torch.combinations(torch.arange(25))  # [300, 2]
+    pair_means = per_frame[pairs].mean(-1)
+    picked = set()
+    for draw in draws:
+        assert draw.decoder_frames == 2 and torch.allclose(
+            draw.c0_loss, full.c0_loss
+        )  # round(25 / 16)
+        gap, pair = (pair_means - draw.decoder_loss).abs().min(0)
+        assert gap < 1e-5, "the decoder loss is not the mean over two of the target frames"
+        picked.add(int(pair))
+    assert len(picked) > 60  # a fresh random pair of frames each step, not a fixed subset
+    estimates = torch.stack([d.decoder_loss for d in draws])
+    standard_error = estimates.std() / len(draws) ** 0.5
+    assert abs(estimates.mean() - full.decoder_loss) < 4 * standard_error  # unbiased
 
 
 def test_cached_generation_returns_the_frames_of_uncached_generation():
