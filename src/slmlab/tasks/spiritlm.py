@@ -25,8 +25,10 @@ class SpiritLMTask(SLMTask):
     text or interleaved, by `interleave.ratios`) and fresh spans; the loss is next-token cross-entropy over
     every token but bos, logged apart for text tokens and speech tokens (nats per token).
 
-    net: a partial of `build_llama_lm` (sizes from `model/spiritlm/size`); speech_streams: the speech token
-    streams in the vocabulary (Base: units; Expressive: units, pitch, style); generation: `generate` keywords.
+    net: a partial of `build_llama_lm` (sizes from `model/spiritlm/size`), or of `convert.spiritlm.load_release_lm`
+    (a released checkpoint); speech_streams: the speech token streams in the vocabulary (Base: units;
+    Expressive: units, pitch, style); layout: the token ids, `slmlab` (ours) or `release` (the released
+    checkpoints', read from their tokenizer; `model/spiritlm/layout`); generation: `generate` keywords.
     """
 
     capabilities = frozenset(
@@ -59,6 +61,7 @@ class SpiritLMTask(SLMTask):
         optimizer,
         scheduler=None,
         speech_streams: list[str] = ("units",),
+        layout: str = "slmlab",
         interleave: dict | None = None,
         generation: dict | None = None,
         sample_count: int = 4,
@@ -75,7 +78,7 @@ class SpiritLMTask(SLMTask):
             list(speech_streams),
         )
         self.vocab = InterleavedVocabulary(
-            tokenizer, speech_tokenizer, [KIND_OF[s] for s in self.streams]
+            tokenizer, speech_tokenizer, [KIND_OF[s] for s in self.streams], layout
         )
         self.sequences = InterleavedSequences(self.vocab, **(interleave or {}))
         self.net = net(vocab_size=len(self.vocab), pad_token_id=tokenizer.pad_id)
