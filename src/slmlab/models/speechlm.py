@@ -60,13 +60,24 @@ class MaskedWhisperEncoder(WhisperEncoder):
     convolutions with the padded frames zeroed after each (so a padded batch gives the same states
     as each utterance alone), the first T positional embeddings, and a key-padding mask in every
     layer.
+
+    pool > 1 average-pools the states by that factor before the final LayerNorm, dropping an
+    incomplete last group: Qwen2-Audio's encoder (`Qwen2AudioEncoder`, pool 2, 25 Hz).
     """
+
+    def __init__(self, config: PretrainedConfig, pool: int = 1) -> None:
+        super().__init__(config)
+        self.pool = pool
+
+    def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
+        """Mel frames [B] -> output states [B]: the stride-2 convolution, then the pooling."""
+        return super()._get_feat_extract_output_lengths(input_lengths) // self.pool
 
     def forward(
         self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> BaseModelOutput:
         """input_features [B, n_mels, F]; attention_mask [B, F] over mel frames
-        -> last_hidden_state [B, ceil(F/2), D]."""
+        -> last_hidden_state [B, ceil(F/2) // pool, D]."""
         batch, _, num_frames = input_features.shape
         lengths = (
             attention_mask.sum(-1)
@@ -81,7 +92,7 @@ class MaskedWhisperEncoder(WhisperEncoder):
         x = nn.functional.gelu(self.conv1(input_features))
         x = x * frame_mask(lengths, num_frames)[:, None, :]
         x = nn.functional.gelu(self.conv2(x))
-        valid = frame_mask(self._get_feat_extract_output_lengths(lengths), x.shape[-1])
+        valid = frame_mask(super()._get_feat_extract_output_lengths(lengths), x.shape[-1])
         x = x.transpose(1, 2) * valid[..., None] + self.embed_positions.weight[: x.shape[-1]]
         x = nn.functional.dropout(x, p=self.dropout, training=self.training)
         key_padding = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(
@@ -89,12 +100,16 @@ class MaskedWhisperEncoder(WhisperEncoder):
         )
         for layer in self.layers:
             x = layer(x, key_padding[:, None, None, :], layer_head_mask=None)[0]
+        if self.pool > 1:
+            x = nn.functional.avg_pool1d(x.transpose(1, 2), self.pool).transpose(1, 2)
         return BaseModelOutput(last_hidden_state=self.layer_norm(x))
 
 
-def _encoder_from_config(config: PretrainedConfig) -> PreTrainedModel:
+def _encoder_from_config(config: PretrainedConfig, pool: int = 1) -> PreTrainedModel:
     if config.model_type == "whisper":
-        return MaskedWhisperEncoder(config)
+        return MaskedWhisperEncoder(config, pool)
+    if pool > 1:
+        raise ValueError(f"encoder_pool={pool} is for Whisper encoders, not {config.model_type}")
     return AutoModel.from_config(config)
 
 
@@ -109,10 +124,14 @@ class SwiGLU(nn.Module):
 
 class StackingProjector(nn.Module):
     """[B, T, D_enc] -> [B, ceil(T/k), D_llm]: k consecutive frames concatenated (the last group
-    zero-padded), then an MLP or SwiGLU block.
+    zero-padded), then an MLP, SwiGLU or linear block.
 
     mlp: LayerNorm -> Linear -> GELU -> Linear (SLAM-LLM's `EncoderProjectorConcat`).
-    swiglu: RMSNorm -> Linear -> SwiGLU -> RMSNorm -> Linear (Ultravox's `UltravoxProjector`).
+    swiglu: RMSNorm -> Linear -> SwiGLU -> RMSNorm -> Linear (Ultravox's `UltravoxProjector`; with
+        mid_norm=False the second RMSNorm comes after the last Linear instead, as in Ultravox <= 0.4.1).
+        Ultravox's own: bias=False, norm_eps=1e-6.
+    linear: one Linear (Qwen2-Audio's `Qwen2AudioMultiModalProjector`, with k = 1).
+    bias: the Linear layers' biases; norm_eps: the RMSNorms' (None: torch's default, float eps).
     """
 
     def __init__(
@@ -122,6 +141,9 @@ class StackingProjector(nn.Module):
         stack_factor: int = 4,
         kind: str = "swiglu",
         hidden_dim: int | None = None,
+        bias: bool = True,
+        norm_eps: float | None = None,
+        mid_norm: bool = True,
     ) -> None:
         super().__init__()
         self.stack_factor = stack_factor
@@ -129,20 +151,24 @@ class StackingProjector(nn.Module):
         if kind == "mlp":
             self.net = nn.Sequential(
                 nn.LayerNorm(stacked),
-                nn.Linear(stacked, hidden),
+                nn.Linear(stacked, hidden, bias=bias),
                 nn.GELU(),
-                nn.Linear(hidden, out_dim),
+                nn.Linear(hidden, out_dim, bias=bias),
             )
         elif kind == "swiglu":
+            # Identity keeps each layer at its index whichever norm is used (net.3 mid, net.5 output)
             self.net = nn.Sequential(
-                nn.RMSNorm(stacked),
-                nn.Linear(stacked, 2 * hidden),
+                nn.RMSNorm(stacked, eps=norm_eps),
+                nn.Linear(stacked, 2 * hidden, bias=bias),
                 SwiGLU(),
-                nn.RMSNorm(hidden),
-                nn.Linear(hidden, out_dim),
+                nn.RMSNorm(hidden, eps=norm_eps) if mid_norm else nn.Identity(),
+                nn.Linear(hidden, out_dim, bias=bias),
+                nn.Identity() if mid_norm else nn.RMSNorm(out_dim, eps=norm_eps),
             )
+        elif kind == "linear":
+            self.net = nn.Sequential(nn.Linear(stacked, out_dim, bias=bias))
         else:
-            raise ValueError(f"unknown projector kind {kind!r}; choose mlp or swiglu")
+            raise ValueError(f"unknown projector kind {kind!r}; choose mlp, swiglu or linear")
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Input frames [B] -> output frames [B] (ceil(T/k))."""
@@ -159,7 +185,9 @@ class SpeechLMConfig(PretrainedConfig):
     """audio_config: any transformers audio encoder config (whisper, wav2vec2, hubert, ...);
     text_config: any causal LM config; lora: peft `LoraConfig` keywords, or None; ctc_weight > 0
     adds a character CTC head on the encoder and `ctc_weight` x its loss (hybrid CTC/attention
-    training, as ESPnet does), over `ctc_alphabet` (id 0 is the blank)."""
+    training, as ESPnet does), over `ctc_alphabet` (id 0 is the blank). projector_bias,
+    projector_norm_eps, projector_mid_norm: `StackingProjector`'s bias, norm_eps, mid_norm;
+    encoder_pool: `MaskedWhisperEncoder`'s pool (2 for Qwen2-Audio)."""
 
     model_type = "slmlab_speechlm"
     sub_configs = {"audio_config": AutoConfig, "text_config": AutoConfig}
@@ -175,8 +203,15 @@ class SpeechLMConfig(PretrainedConfig):
         lora: dict | None = None,
         ctc_weight: float = 0.0,
         ctc_alphabet: str = CTC_ALPHABET,
+        projector_bias: bool = True,
+        projector_norm_eps: float | None = None,
+        projector_mid_norm: bool = True,
+        encoder_pool: int = 1,
         **kwargs,
     ) -> None:
+        # first: PretrainedConfig's init sets the sub-configs' attention implementation to None,
+        # which would break an encoder or decoder already built on them (loaded from a folder)
+        super().__init__(**kwargs)
         self.audio_config = _as_config(audio_config or {"model_type": "whisper"})
         self.text_config = _as_config(text_config or {"model_type": "qwen2"})
         self.stack_factor = stack_factor
@@ -186,7 +221,10 @@ class SpeechLMConfig(PretrainedConfig):
         self.lora = lora
         self.ctc_weight = ctc_weight
         self.ctc_alphabet = ctc_alphabet
-        super().__init__(**kwargs)
+        self.projector_bias = projector_bias
+        self.projector_norm_eps = projector_norm_eps
+        self.projector_mid_norm = projector_mid_norm
+        self.encoder_pool = encoder_pool
 
 
 def _as_config(config) -> PretrainedConfig:
@@ -224,7 +262,7 @@ class SpeechLM(PreTrainedModel):
     ) -> None:
         super().__init__(config)
         if encoder is None:
-            encoder = _encoder_from_config(config.audio_config)
+            encoder = _encoder_from_config(config.audio_config, config.encoder_pool)
         if decoder is None:
             decoder = AutoModelForCausalLM.from_config(config.text_config)
         self.encoder, self.decoder = encoder, decoder
@@ -236,6 +274,9 @@ class SpeechLM(PreTrainedModel):
             config.stack_factor,
             config.projector,
             config.projector_hidden,
+            config.projector_bias,
+            config.projector_norm_eps,
+            config.projector_mid_norm,
         )
         # character CTC on the 50 Hz encoder states: direct acoustic supervision for an encoder
         # trained from scratch
@@ -402,13 +443,17 @@ def build_speechlm(
     lora: dict | None = None,
     ctc_weight: float = 0.0,
     ctc_alphabet: str = CTC_ALPHABET,
+    projector_bias: bool = True,
+    projector_norm_eps: float | None = None,
+    projector_mid_norm: bool = True,
     pad_token_id: int | None = None,
     bos_token_id: int | None = None,
     eos_token_id: int | None = None,
 ) -> SpeechLM:
     """encoder / decoder: `{model_type, sizes...}` for a fresh network at those sizes (a fresh
     decoder takes `vocab_size` and the special ids), or a built model to use as it is (loaded by
-    `models/pretrained.py`)."""
+    `models/pretrained.py`). projector_*: see `StackingProjector` (an Ultravox-exportable
+    projector: projector_bias=False, projector_norm_eps=1e-6)."""
     encoder_model = encoder if isinstance(encoder, PreTrainedModel) else None
     decoder_model = decoder if isinstance(decoder, PreTrainedModel) else None
     if decoder_model is not None:
@@ -433,5 +478,8 @@ def build_speechlm(
         lora=lora,
         ctc_weight=ctc_weight,
         ctc_alphabet=ctc_alphabet,
+        projector_bias=projector_bias,
+        projector_norm_eps=projector_norm_eps,
+        projector_mid_norm=projector_mid_norm,
     )
     return SpeechLM(config, encoder=encoder_model, decoder=decoder_model)
