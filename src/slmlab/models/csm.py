@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchtune.models.llama3_1 import Llama3ScaledRoPE
 from torchtune.models.llama3_2 import llama3_2
 from torchtune.modules.common_utils import local_kv_cache
 
@@ -36,9 +37,15 @@ def llama3_2_transformer(
     max_seq_len: int = 2048,
     rope_base: int = 500_000,
     norm_eps: float = 1e-5,
-    scale_factor: int = 32,
+    scale_factor: float = 32,
+    high_freq_factor: float = 4,
+    old_context_len: int = 8192,
 ) -> nn.Module:
-    """torchtune's Llama-3.2 with identity input embedding and output: [B, S, embed_dim] -> [B, S, embed_dim]."""
+    """torchtune's Llama-3.2 with identity input embedding and output: [B, S, embed_dim] -> [B, S, embed_dim].
+
+    scale_factor, high_freq_factor, old_context_len: Llama-3's RoPE scaling (torchtune's `Llama3ScaledRoPE`, its
+    low_freq_factor 1); `llama3_2` fixes the last two at the values below, imported checkpoints may set them;
+    scale_factor=1 is unscaled RoPE."""
     model = llama3_2(
         vocab_size=1,
         num_layers=num_layers,
@@ -52,6 +59,16 @@ def llama3_2_transformer(
         scale_factor=scale_factor,
         tie_word_embeddings=False,
     )
+    rope = Llama3ScaledRoPE(
+        dim=embed_dim // num_heads,
+        max_seq_len=max_seq_len,
+        base=rope_base,
+        scale_factor=scale_factor,
+        high_freq_factor=high_freq_factor,
+        old_context_len=old_context_len,
+    )
+    for layer in model.layers:  # llama3_2 shares one RoPE module between its layers too
+        layer.attn.pos_embeddings = rope
     model.tok_embeddings, model.output = nn.Identity(), nn.Identity()
     return model
 
@@ -307,14 +324,26 @@ def build_csm(
     decoder: dict,
     init_device: str | None = None,
     pretrained_backbone: str | None = None,
+    pretrained_path: str | None = None,
 ) -> CSM:
     """A `CSM` on `init_device` ("meta": shapes only, to inspect the published architecture). With
     `pretrained_backbone`, a local Hugging Face Llama folder (e.g. Llama-3.2-1B) of the backbone's sizes
-    initialises the backbone, and the text embeddings too when the vocabularies match."""
+    initialises the backbone, and the text embeddings too when the vocabularies match. With `pretrained_path`,
+    a local CSM checkpoint of these sizes gives every weight: Sesame's release (a folder of config.json and
+    model.safetensors, or ckpt.pt) or a transformers `CsmForConditionalGeneration` folder."""
+    if pretrained_path is not None and (pretrained_backbone is not None or init_device == "meta"):
+        raise ValueError(
+            f"pretrained_path={pretrained_path} gives every weight: it takes neither pretrained_backbone "
+            f"({pretrained_backbone}) nor init_device=meta ({init_device}), which holds no weights"
+        )
     with torch.device(init_device or "cpu"):
         model = CSM(text_vocab_size, cardinality, num_codebooks, backbone, decoder)
     if pretrained_backbone is not None:
         load_hf_llama(model, pretrained_backbone, backbone)
+    if pretrained_path is not None:
+        from slmlab.convert.csm import load_pretrained  # slmlab.convert imports this module
+
+        load_pretrained(model, pretrained_path)
     return model
 
 
