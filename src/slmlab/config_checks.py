@@ -193,7 +193,8 @@ class Net(Sizes):
     """`model.task.net`: sizes, and speechlm's stacking, projector and CTC weight."""
 
     stack_factor: int = at_least(1)
-    projector: str = one_of("swiglu", "mlp")
+    projector: str = one_of("swiglu", "mlp", "linear")
+    projector_norm_eps: float | None = at_least(0)
     ctc_weight: float = at_least(0)
     backbone: Sizes = group(Sizes)  # csm
     decoder: Sizes = group(Sizes)  # csm, speechlm
