@@ -30,7 +30,7 @@ from slmlab.convert import CheckpointMismatchError
 from slmlab.convert.spiritlm import detect, export_checkpoint, import_checkpoint, load_release_lm
 from slmlab.data.manifest import read_split
 from slmlab.models.spiritlm import generate_in_modality
-from slmlab.runs import build
+from slmlab.runs import build, compose
 from slmlab.tasks.spiritlm import SpiritLMTask
 from slmlab.tokenizers.interleaved import RELEASE_SIZES, InterleavedVocabulary
 from slmlab.tokenizers.text import TextTokenizer
@@ -298,15 +298,31 @@ def test_training_continues_from_a_release_folder(releases, tiny_corpus, make_cf
     assert SpeechTokenizer.load(tmp_path / "continued").n_units == 50  # our units, beside the LM
 
 
+def continue_7b_recipe(model: str, folder, init_device: str = "null") -> list[str]:
+    """The README's "continue Spirit LM 7B" overrides (slmlab-train ...) for a release folder."""
+    return [
+        f"model={model}",
+        "model/spiritlm/size=7b",
+        "model/spiritlm/layout=release",
+        f"model.task.net.pretrained_path={folder}",
+        f"model.task.net.init_device={init_device}",
+        "data=librispeech",
+        "data.source=/data/LibriSpeech",
+        "precision=bf16-true",
+        "strategy=fsdp",
+    ]
+
+
 @pytest.mark.parametrize(
     "variant,model,rows",
     [("base", "spiritlm_base", 32512), ("expressive", "spiritlm_expressive", 32768)],
 )
 def test_the_continue_spirit_lm_7b_recipe_composes_on_the_meta_device(
-    variant, model, rows, make_cfg, tmp_path
+    variant, model, rows, tmp_path
 ):
-    """The README's recipe with a release folder holding config.json and the tokenizer but no weights:
-    Llama-2-7B's sizes, the release's ids and its 32,512 / 32,768 rows, built on the meta device."""
+    """The recipe with a release folder holding config.json and the tokenizer but no weights, composed and
+    checked as slmlab-train does, built on the meta device: Llama-2-7B's sizes, the release's ids and its
+    32,512 / 32,768 rows."""
     folder = tmp_path / f"spirit-lm-{variant}-7b"
     text = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"t{i}": i for i in range(3, 32000)}
     hf = PreTrainedTokenizerFast(
@@ -326,13 +342,7 @@ def test_the_continue_spirit_lm_7b_recipe_composes_on_the_meta_device(
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
     ).save_pretrained(folder)
-    cfg = make_cfg(
-        f"model={model}",
-        "model/spiritlm/size=7b",
-        "model/spiritlm/layout=release",
-        f"model.task.net.pretrained_path={folder}",
-        "model.task.net.init_device=meta",  # the recipe says null: here shapes only, no weights
-    )
+    cfg = compose("train", continue_7b_recipe(model, folder, init_device="meta"))  # no weights
     assert cfg.tokenizer.text.path == str(folder)
     task = instantiate(
         cfg.model.task,
