@@ -116,7 +116,8 @@ def load_release_lm(
     for key, value in given.items():
         setattr(config, LLAMA_KEYS[key], value)
     config.vocab_size = vocab_size
-    config.head_dim = config.hidden_size // config.num_attention_heads
+    if {"hidden_size", "num_heads"} & set(given):  # else the checkpoint's own head_dim stands
+        config.head_dim = config.hidden_size // config.num_attention_heads
     with torch.device(init_device or "cpu"):
         model = LlamaForCausalLM(config)
     if init_device == "meta":
