@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from conftest import fit_on_tiny_corpus
 from hydra.utils import instantiate
 
+from slmlab.artifacts import load_tensors
+from slmlab.convert.csm import import_checkpoint
 from slmlab.models.csm import CSM
 from slmlab.runs import build
 
@@ -240,6 +242,19 @@ def test_cli_trains_and_speaks_a_text(tiny_corpus, data_dir, tmp_path):
         cwd=tmp_path,
     )
     assert (out / "output.wav").is_file()
+    # the run's checkpoint leaves slmlab in Sesame's layout with the trained weights
+    run_cli(
+        "slmlab-convert",
+        f"input={run / 'checkpoints' / 'last.ckpt'}",
+        f"output={tmp_path / 'sesame'}",
+        "to=sesame",
+        f"hydra.run.dir={tmp_path / 'convert'}",
+        cwd=tmp_path,
+    )
+    exported, _ = import_checkpoint(tmp_path / "sesame")
+    trained = load_tensors(run / "checkpoints" / "last.ckpt")["state_dict"]
+    for key, tensor in exported.state_dict().items():
+        assert torch.equal(tensor, trained[f"net.{key}"]), key
 
 
 def test_the_backbone_loads_a_local_hugging_face_llama(tmp_path):

@@ -323,8 +323,22 @@ class CompareConfig:
     paths: Paths = group(Paths)
 
 
+@dataclass
+class ConvertConfig:
+    """conf/convert.yaml."""
+
+    task_name: str = allowed()
+    input: str = allowed()
+    output: str = allowed()
+    to: str = one_of(
+        "slmlab", "sesame", "transformers", "ultravox", "ultravox_projector", "spiritlm"
+    )
+    paths: Paths = group(Paths)
+
+
 SCHEMAS = {
     "train": TrainConfig,
+    "convert": ConvertConfig,
     "prepare": TrainConfig,
     "evaluate": EvaluateConfig,
     "generate": GenerateConfig,

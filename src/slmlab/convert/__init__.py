@@ -1,12 +1,14 @@
 """Released checkpoints in and out: one module per arm (`csm.py`, `spiritlm.py`, `speechlm.py`), each
 reading and writing the layouts its family's releases use, behind `slmlab-convert`.
 
-Every module exposes the same three things, so the CLI dispatches without a central list:
+Every module exposes the same three things, so `convert` dispatches without a central list (a module
+here is found by its name, which the run's `model.name` starts with):
 
     FORMATS                         -> the names `to=` accepts for this arm ("sesame", "transformers", ...)
     detect(path) -> str | None      -> the format of a checkpoint at `path`, None when it is not this arm's
-    import_checkpoint(path)         -> our plain nn.Module (and its sizes) with the checkpoint's weights
-    export_checkpoint(model, out, fmt)
+    import_checkpoint(path)         -> our plain nn.Module (or a tuple starting with it) with its weights
+    export_checkpoint(model, out, fmt)   model: the module (or the run's task where the module sets
+                                         EXPORT_TAKES_TASK, as a layout may need the tokenizers too)
 
 `load_matching` is the one place a converted state dict meets a module: it names the first key whose
 shape does not fit, and every key that is missing or left over, instead of torch's list of all of them.
@@ -14,10 +16,17 @@ shape does not fit, and every key that is missing or left over, instead of torch
 
 from __future__ import annotations
 
+import importlib
+import logging
+import pkgutil
 from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
@@ -43,3 +52,48 @@ def load_matching(module: nn.Module, state: Mapping[str, torch.Tensor], source: 
             f"{len(unexpected)} keys not in the model (first: {unexpected[:1]})"
         )
     module.load_state_dict(state, strict=True)
+
+
+def arm_modules() -> dict[str, ModuleType]:
+    """The converter of each arm: `slmlab.convert.<arm>` for every module in this package."""
+    return {
+        info.name: importlib.import_module(f"{__name__}.{info.name}")
+        for info in pkgutil.iter_modules(__path__)
+    }
+
+
+def convert(source: str | Path, output: str | Path, to: str) -> Path:
+    """`slmlab-convert`: the checkpoint at `source` written to `output` in layout `to`.
+
+    source: a checkpoint of ours (`<run>/checkpoints/*.ckpt`, loaded with its run folder) or a released
+    one in any layout an arm's module detects."""
+    source, modules = Path(source), arm_modules()
+    if source.suffix == ".ckpt":
+        from omegaconf import OmegaConf
+
+        from slmlab.runs import load_task  # only here: importing runs loads every arm's code
+
+        name = OmegaConf.load(source.parents[1] / ".hydra" / "config.yaml").model.name
+        arm = next((arm for arm in modules if name.startswith(arm)), None)
+        found = f"a run of model={name}"
+        task = load_task(str(source))
+        model = task if getattr(modules.get(arm), "EXPORT_TAKES_TASK", False) else task.net
+    else:
+        detected = {arm: module.detect(source) for arm, module in modules.items()}
+        arm = next((arm for arm, fmt in detected.items() if fmt), None)
+        if arm is None:
+            raise ValueError(
+                f"{source}: not a checkpoint any arm reads (a run's .ckpt, or one of: "
+                + "; ".join(f"{a}: {', '.join(m.FORMATS)}" for a, m in modules.items())
+                + ")"
+            )
+        found = f"a {arm} checkpoint in the {detected[arm]} layout"
+        imported = modules[arm].import_checkpoint(source)
+        model = imported[0] if isinstance(imported, tuple) else imported
+    module = modules.get(arm)
+    if module is None or to not in module.FORMATS:
+        choices = ", ".join(module.FORMATS) if module else "none"
+        raise ValueError(f"{source} is {found}; it converts to: {choices} (not to={to})")
+    log.info("%s is %s; writing it as %s into %s", source, found, to, output)
+    module.export_checkpoint(model, output, to)
+    return Path(output)

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("spiritlm",)
 """spiritlm: the released layout above (what facebookresearch/spiritlm's `Spiritlm` loads)."""
+EXPORT_TAKES_TASK = True
+"""`export_checkpoint` takes a run's task: the layout needs its tokenizers too."""
 
 LLAMA_KEYS = {
     "hidden_size": "hidden_size",
