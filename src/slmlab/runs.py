@@ -2,12 +2,15 @@
 benchmarks and the tests.
 
     compose("train", ["model=csm"])        -> the config the CLI would compose (outside a Hydra app)
-    build(cfg)                             -> (datamodule, task): corpus -> tokenizers -> both
+    build(cfg, run_dir)                    -> (datamodule, task): corpus -> tokenizers -> both
     train(cfg)                             -> fit, test the best checkpoint, evaluate (`evaluate=true`)
-    load_task(ckpt_path)                   -> a finished run's task, rebuilt from its run folder
+    load_task(ckpt_path)                   -> a finished run's task, rebuilt from its run folder alone
     evaluate_run(task, corpus, ...)        -> every metric the arm declares, into metrics.json and TensorBoard
 
-A run folder is `<run>/.hydra/config.yaml` (the resolved config), `<run>/checkpoints/*.ckpt`,
+A run folder stands alone: `<run>/.hydra/config.yaml` (the resolved config), `<run>/checkpoints/*.ckpt`
+(the weights and `hyper_parameters`), `<run>/tokenizers/` (the text tokenizer, speech tokenizer or
+codec, and unit vocoder it was trained with, each saved by its own `save`, with `artifact.json`
+recording their classes, fingerprints and the records of the corpus artifacts they came from),
 `<run>/metrics.json` and `<run>/tensorboard/`.
 """
 
@@ -25,14 +28,18 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from slmlab.artifacts import (
     CHECKPOINT_ADVICE,
+    RECORD,
     UnreadableFileError,
     check_checkpoint,
+    fit_once,
+    load_json,
     load_tensors,
 )
 from slmlab.config_checks import check_config
@@ -42,6 +49,7 @@ from slmlab.eval.tensorboard import log_evaluation
 
 log = logging.getLogger(__name__)
 
+TOKENIZERS = "tokenizers"  # <run>/tokenizers/<role>/: the run's own copy of its tokenizers
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = str(REPO_ROOT / "conf")
 # `paths.root_dir` in conf/paths/default.yaml: $SLMLAB_ROOT when set, else this checkout
@@ -121,8 +129,24 @@ def load_corpus(cfg: DictConfig):
     return corpus
 
 
-def build(cfg: DictConfig):
-    """corpus -> tokenizers -> datamodule and task, as the config says."""
+def fit_tokenizers(cfg: DictConfig, corpus) -> dict:
+    """{"text": ..., "speech": ...} (speech for the arms that take one) as `cfg.tokenizer` says: loaded
+    from the corpus's published artifacts, or fitted on it by the first caller (`artifacts.fit_once`)."""
+    tokenizers = {"text": instantiate(cfg.tokenizer.text, corpus=corpus)}
+    if cfg.model.get("speech_tokenizers"):
+        tokenizers["speech"] = instantiate(cfg.tokenizer.speech, corpus=corpus)
+    return tokenizers
+
+
+def build_task(cfg: DictConfig, tokenizers: dict):
+    """The arm's task on these tokenizers (an arm may extend the text tokenizer in place)."""
+    extra = {"speech_tokenizer": tokenizers["speech"]} if "speech" in tokenizers else {}
+    return instantiate(cfg.model.task, tokenizer=tokenizers["text"], **extra)
+
+
+def build(cfg: DictConfig, run_dir: str | Path | None = None):
+    """corpus -> tokenizers -> datamodule and task, as the config says. With `run_dir` (training), the
+    tokenizers are first saved into `<run_dir>/tokenizers/` (rank 0), before an arm extends them."""
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
@@ -130,18 +154,81 @@ def build(cfg: DictConfig):
         check_speech_tokenizer(cfg, choices["tokenizer/speech"], choices.get("model"))
     corpus = load_corpus(cfg)
     corpus.prepare()
-    tokenizers = {"text": instantiate(cfg.tokenizer.text, corpus=corpus)}
-    extra = {}
-    if cfg.model.get("speech_tokenizers"):
-        tokenizers["speech"] = extra["speech_tokenizer"] = instantiate(
-            cfg.tokenizer.speech, corpus=corpus
-        )
+    tokenizers = fit_tokenizers(cfg, corpus)
+    if run_dir is not None and rank_zero_only.rank == 0:
+        save_tokenizers(tokenizers, run_dir)
     fields = {
         name: instantiate(field, tokenizers=tokenizers) for name, field in cfg.model.fields.items()
     }
     datamodule = instantiate(cfg.datamodule, corpus=corpus, fields=fields)
-    task = instantiate(cfg.model.task, tokenizer=tokenizers["text"], **extra)
-    return datamodule, task
+    return datamodule, build_task(cfg, tokenizers)
+
+
+def _provenance(part) -> dict:
+    """Where a tokenizer (or vocoder) was loaded from, and that artifact's record (its settings and
+    input fingerprints; none for a pretrained one)."""
+    source = getattr(part, "source", None)
+    record = Path(source) / RECORD if source is not None else None
+    return {
+        "source": str(source) if source is not None else None,
+        "artifact": load_json(record) if record is not None and record.is_file() else None,
+    }
+
+
+def save_tokenizers(tokenizers: dict, run_dir: str | Path) -> Path:
+    """Save each tokenizer with its own `save` into `<run_dir>/tokenizers/<role>/` (a speech tokenizer
+    with its unit vocoder), published atomically (`artifacts.fit_once`) with `artifact.json`: per role
+    its class, fingerprint and provenance. A run resumed into its own folder keeps the folder there,
+    which must hold the same tokenizers. -> the folder."""
+    folder = Path(run_dir) / TOKENIZERS
+    record = {}
+    for role, tokenizer in tokenizers.items():
+        kind = type(tokenizer)
+        record[role] = {
+            "class": f"{kind.__module__}.{kind.__qualname__}",
+            "fingerprint": tokenizer.fingerprint(),
+            **_provenance(tokenizer),
+        }
+        if getattr(tokenizer, "decoder", None) is not None:
+            record[role]["decoder"] = _provenance(tokenizer.decoder)
+
+    def save(tmp: Path) -> None:
+        for role, tokenizer in tokenizers.items():
+            tokenizer.save(tmp / role)
+
+    saved = fit_once(folder, save, lambda published: load_json(published / RECORD), record)
+    for role, entry in record.items():
+        if saved.get(role, {}).get("fingerprint") != entry["fingerprint"]:
+            raise ValueError(
+                f"{folder} holds other tokenizers than this run's ({role}: fingerprint "
+                f"{saved.get(role, {}).get('fingerprint')}, not {entry['fingerprint']}); write the run "
+                "into a new folder"
+            )
+    return folder
+
+
+def load_tokenizers(run_dir: str | Path) -> dict:
+    """The tokenizers saved in `<run_dir>/tokenizers/`, each checked against the fingerprint recorded
+    when the run was trained: the same token ids, without the corpus."""
+    folder = Path(run_dir) / TOKENIZERS
+    record = load_json(folder / RECORD)
+    tokenizers = {}
+    for role, entry in record.items():
+        if not entry["class"].startswith("slmlab.tokenizers."):
+            raise UnreadableFileError(
+                folder / RECORD,
+                f"names {entry['class']} for {role}, not a class of slmlab.tokenizers",
+            )
+        tokenizer = get_class(entry["class"]).load(folder / role)
+        if tokenizer.fingerprint() != entry["fingerprint"]:
+            raise UnreadableFileError(
+                folder / role,
+                f"does not hold the {role} tokenizer the run was trained with (fingerprint "
+                f"{tokenizer.fingerprint()}, recorded {entry['fingerprint']} in {folder / RECORD})",
+                "restore the run's copy of the folder",
+            )
+        tokenizers[role] = tokenizer
+    return tokenizers
 
 
 def train(cfg: DictConfig) -> dict:
@@ -152,7 +239,7 @@ def train(cfg: DictConfig) -> dict:
         "ckpt_path"
     ):  # a truncated, corrupt or unsafe checkpoint fails here, naming the file
         check_checkpoint(cfg.ckpt_path)
-    datamodule, task = build(cfg)
+    datamodule, task = build(cfg, run_dir=cfg.paths.output_dir)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -173,10 +260,13 @@ def train(cfg: DictConfig) -> dict:
 
 
 def load_task(ckpt_path: str | Path, with_config: bool = False):
-    """The run's task with the checkpoint's weights, rebuilt from `<run>/.hydra/config.yaml` (and
-    that config, `with_config`)."""
+    """The run's task with the checkpoint's weights, rebuilt from `<run>/.hydra/config.yaml` and the
+    tokenizers in `<run>/tokenizers/`: the corpus is not read, nothing is fitted or synthesised (and
+    that config, `with_config`). A run made before runs kept their tokenizers loads them from its
+    corpus, as then, with a warning."""
     ckpt_path = Path(ckpt_path)
-    run_config = ckpt_path.parent.parent / ".hydra" / "config.yaml"
+    run_dir = ckpt_path.parent.parent
+    run_config = run_dir / ".hydra" / "config.yaml"
     if not ckpt_path.is_file() or not run_config.is_file():
         raise FileNotFoundError(
             f"{ckpt_path}: expected a checkpoint inside a run folder with {run_config}"
@@ -186,10 +276,35 @@ def load_task(ckpt_path: str | Path, with_config: bool = False):
         raise UnreadableFileError(ckpt_path, "has no state_dict: not a Lightning checkpoint")
     cfg = OmegaConf.load(run_config)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(ckpt_path.parent.parent)
-    _, task = build(cfg)
+        cfg.paths.output_dir = str(run_dir)
+    if (run_dir / TOKENIZERS / RECORD).is_file():
+        tokenizers = load_tokenizers(run_dir)
+    else:
+        tokenizers = _tokenizers_of_an_older_run(cfg, run_dir)
+    task = build_task(cfg, tokenizers)
     task.load_state_dict(checkpoint["state_dict"])
     return (task.eval(), cfg) if with_config else task.eval()
+
+
+def _tokenizers_of_an_older_run(cfg: DictConfig, run_dir: Path) -> dict:
+    """A run folder without `tokenizers/` (made before runs kept them): its tokenizers from its corpus,
+    as they were loaded then, with a warning; an error naming both folders when the corpus is gone."""
+    corpus = load_corpus(cfg)
+    if not Path(corpus.manifest("train")).is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no {TOKENIZERS}/ folder (a run made before runs kept their tokenizers) "
+            f"and its corpus {corpus.root} is gone, so its tokenizers cannot be found; restore that "
+            "corpus with its artifacts/ folder to load the run"
+        )
+    log.warning(
+        "%s has no %s/ folder (a run made before runs kept their tokenizers): loading them from its "
+        "corpus %s as then, which fits them again if that corpus no longer holds them; their token "
+        "ids may then differ from the ones the weights were trained on",
+        run_dir,
+        TOKENIZERS,
+        corpus.root,
+    )
+    return fit_tokenizers(cfg, corpus)
 
 
 def evaluate_run(

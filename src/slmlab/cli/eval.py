@@ -1,5 +1,8 @@
 """slmlab-eval: every metric a trained run's arm supports (slmlab.runs.evaluate_run), written into the
-run's `metrics.json` (key "eval") and its TensorBoard folder."""
+run's `metrics.json` (key "eval") and its TensorBoard folder.
+
+The run is loaded from its folder alone (`runs.load_task`); its corpus (the run config's
+`data.corpus.root`) is read only for the test items, the probes and the judges of `eval`."""
 
 from __future__ import annotations
 
@@ -19,6 +22,12 @@ def main(cfg: DictConfig) -> dict:
     task, run_cfg = load_task(cfg.ckpt_path, with_config=True)
     run_dir = Path(cfg.ckpt_path).parent.parent
     corpus = load_corpus(run_cfg)
+    if not Path(corpus.manifest("test")).is_file():  # evaluation never synthesises a corpus
+        raise FileNotFoundError(
+            f"{corpus.manifest('test')} not found: slmlab-eval scores {run_dir} on the test items of "
+            f"its corpus {corpus.root} (manifests, test audio, probes); put them there, or prepare "
+            "that corpus with slmlab-prepare and the run's data settings"
+        )
     evaluation = evaluate_run(task, corpus, cfg.eval, run_cfg, run_dir)
     print(json.dumps({"metrics": evaluation.metrics, "baselines": evaluation.baselines}, indent=2))
     return evaluation.metrics

@@ -1,4 +1,6 @@
-"""slmlab-generate: load a trained run from its checkpoint and answer one text and/or audio input.
+"""slmlab-generate: load a trained run from its checkpoint and answer one text and/or audio input. The
+run is loaded from its folder alone (`runs.load_task`: its config, checkpoint and tokenizers/); its
+corpus is not read.
 
 Writes <output_dir>/output.txt (and output.wav and output.speech_tokens.txt for speech output) and prints the text.
 """

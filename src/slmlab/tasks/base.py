@@ -3,12 +3,18 @@ and what an arm declares about itself (its capabilities for the evaluator, its F
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+import inspect
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from hydra.utils import get_class
 from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# the run's tokenizers, passed in as objects by `runs.build` and saved in `<run>/tokenizers/`
+TOKENIZER_ARGUMENTS = ("tokenizer", "speech_tokenizer")
 
 
 class SLMTask(L.LightningModule):
@@ -19,6 +25,10 @@ class SLMTask(L.LightningModule):
 
     optimizer: a partial (Hydra `_partial_: true`) taking the parameters; scheduler: a partial taking
     the optimizer, stepped every optimisation step (e.g. transformers' `get_cosine_schedule_with_warmup`).
+
+    Every `__init__` argument of the arm but its tokenizers is a hyperparameter (Lightning's
+    `save_hyperparameters`: `self.hparams`, `checkpoint["hyper_parameters"]`), kept as plain data so that
+    checkpoints load with weights_only: a partial as the Hydra config that rebuilds it.
     """
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
@@ -27,6 +37,8 @@ class SLMTask(L.LightningModule):
     def __init__(self, optimizer, scheduler=None) -> None:
         super().__init__()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.save_hyperparameters(ignore=TOKENIZER_ARGUMENTS, logger=False)
+        self.hparams.update({name: as_data(value, name) for name, value in self.hparams.items()})
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -58,6 +70,28 @@ class SLMTask(L.LightningModule):
     def fsdp_block_classes(cls) -> set[type]:
         """The module classes FSDP wraps one by one (`strategy=fsdp`): the arm's transformer blocks."""
         return set()
+
+
+def as_data(value: Any, name: str) -> Any:
+    """A hyperparameter as plain data: OmegaConf nodes as containers, a partial as its Hydra config
+    (`_target_`, `_partial_`, its keywords), a class or function as its dotted name."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, functools.partial):
+        keywords = {k: as_data(v, f"{name}.{k}") for k, v in value.keywords.items()}
+        return {"_target_": as_data(value.func, name), "_partial_": True, **keywords}
+    if inspect.isclass(value) or inspect.isroutine(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, dict):
+        return {k: as_data(v, f"{name}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_data(v, name) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(
+        f"task argument {name}={type(value).__name__}(...) is not a hyperparameter: pass plain data, a "
+        f"partial or a callable (the run's tokenizers go in as {' / '.join(TOKENIZER_ARGUMENTS)})"
+    )
 
 
 def fsdp_block_classes(task: str) -> set[type]:

@@ -54,6 +54,18 @@ class MimiCodec:
         self.weights_path, self.num_codebooks = str(weights_path), num_codebooks
         self.model = get_mimi(weights_path, num_codebooks=num_codebooks, device="cpu")
         self.samples_per_frame = int(self.sample_rate / self.frame_rate)
+        self.source = Path(weights_path)
+
+    def save(self, folder: str | Path) -> None:
+        """`mimi.json`: the weights' path (pretrained weights are referenced, not copied), the codebooks used."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        settings = {"weights_path": self.weights_path, "num_codebooks": self.num_codebooks}
+        (folder / "mimi.json").write_text(json.dumps(settings, indent=2))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> MimiCodec:
+        return cls(**load_json(Path(folder) / "mimi.json"))
 
     def fingerprint(self) -> str:
         stat = Path(self.weights_path).stat()
@@ -86,6 +98,8 @@ class BuiltinCodec:
         vocoder_path: str | None = None,
     ) -> None:
         self.config, self.codebooks, self.mean, self.std = config, codebooks, mean, std
+        self.griffin_lim_iters, self.vocoder_path = griffin_lim_iters, vocoder_path
+        self.source: Path | None = None  # the folder it was loaded from (or fitted into)
         self.sample_rate = config["sample_rate"]
         self.vocoder = MelVocoder(self.sample_rate, config["mel"], griffin_lim_iters, vocoder_path)
         self.mel_per_frame = int(self.sample_rate / self.frame_rate) // config["mel"]["hop_length"]
@@ -129,24 +143,29 @@ class BuiltinCodec:
         return self.vocoder.mel_to_wave(self.decode_mel(codes))
 
     def save(self, folder: str | Path) -> None:
+        """`codec.json` (fitted settings), `codec.pt` (codebooks, mel statistics) and `vocoder.json`
+        (how codes become a waveform: Griffin-Lim iterations or a HiFi-GAN folder, referenced by path)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "codec.json").write_text(json.dumps(self.config, indent=2))
         torch.save(
             {"codebooks": self.codebooks, "mean": self.mean, "std": self.std}, folder / "codec.pt"
         )
+        vocoder = {"griffin_lim_iters": self.griffin_lim_iters, "vocoder_path": self.vocoder_path}
+        (folder / "vocoder.json").write_text(json.dumps(vocoder, indent=2))
 
     @classmethod
-    def load(
-        cls, folder: str | Path, griffin_lim_iters: int = 32, vocoder_path: str | None = None
-    ) -> BuiltinCodec:
+    def load(cls, folder: str | Path, **vocoder) -> BuiltinCodec:
+        """vocoder: griffin_lim_iters, vocoder_path; by default as saved (`vocoder.json`), else 32 and None."""
         folder = Path(folder)
-        return cls(
+        saved = load_json(folder / "vocoder.json") if (folder / "vocoder.json").is_file() else {}
+        codec = cls(
             load_json(folder / "codec.json"),
             **load_tensors(folder / "codec.pt"),
-            griffin_lim_iters=griffin_lim_iters,
-            vocoder_path=vocoder_path,
+            **{**saved, **vocoder},
         )
+        codec.source = folder
+        return codec
 
 
 def fit_builtin_codec(
@@ -283,8 +302,12 @@ def load_or_fit_builtin_codec(
         return codec
 
     def load(folder: Path) -> BuiltinCodec:
-        return BuiltinCodec.load(folder, griffin_lim_iters, vocoder_path)
+        return BuiltinCodec.load(
+            folder, griffin_lim_iters=griffin_lim_iters, vocoder_path=vocoder_path
+        )
 
     name = f"{num_codebooks}x{cardinality}"
     folder = artifact_dir(corpus.root, "codec", name, settings, inputs)
-    return fit_once(folder, fit, load, {"settings": settings, "inputs": inputs})
+    codec = fit_once(folder, fit, load, {"settings": settings, "inputs": inputs})
+    codec.source = folder
+    return codec

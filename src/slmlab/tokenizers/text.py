@@ -29,6 +29,8 @@ class TextTokenizer:
         if hf.pad_token is None:  # Llama-style tokenizers ship without one
             hf.add_special_tokens({"pad_token": PAD})
         self.hf = hf
+        # the folder it was loaded from: a fitted BPE, a pretrained tokenizer, a run's copy
+        self.source: Path | None = None
 
     def __len__(self) -> int:
         return len(self.hf)
@@ -74,7 +76,13 @@ class TextTokenizer:
             raise FileNotFoundError(
                 f"tokenizer folder not found: {path} (slmlab never downloads; pass a local path)"
             )
-        return cls(AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True))
+        tokenizer = cls(
+            AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+        )
+        tokenizer.source = path
+        return tokenizer
+
+    load = from_pretrained  # every tokenizer, codec and vocoder: `save(folder)`, `cls.load(folder)`
 
 
 def fit_bpe(texts: list[str], vocab_size: int, min_frequency: int = 2) -> TextTokenizer:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slmlab.artifacts import artifact_dir, fit_once, load_tensors, manifest_fingerprints
+from slmlab.artifacts import artifact_dir, fit_once, load_json, load_tensors, manifest_fingerprints
 from slmlab.constants import SAMPLE_RATE
 from slmlab.data.manifest import load_audio, read_split
 from slmlab.tokenizers.mel import MelVocoder
@@ -59,6 +59,15 @@ class UnitToMel(nn.Module):
         mel_per_unit: float = 4.0,
     ) -> None:
         super().__init__()
+        self.config = {
+            "n_units": n_units,
+            "n_pitch": n_pitch,
+            "n_styles": n_styles,
+            "n_mels": n_mels,
+            "dim": dim,
+            "layers": layers,
+            "mel_per_unit": mel_per_unit,
+        }
         self.unit = nn.Embedding(n_units, dim)
         self.pitch, self.style = nn.Embedding(n_pitch + 1, dim), nn.Embedding(n_styles + 1, dim)
         self.encoder = nn.ModuleList(ConvBlock(dim) for _ in range(layers))
@@ -130,6 +139,33 @@ class UnitVocoder(MelVocoder):
     ) -> None:
         super().__init__(SAMPLE_RATE, mel, griffin_lim_iters, vocoder_path)
         self.model = model.eval()
+        self.griffin_lim_iters, self.vocoder_path = griffin_lim_iters, vocoder_path
+        self.source: Path | None = None  # the folder it was loaded from (or fitted into)
+
+    def save(self, folder: str | Path) -> None:
+        """`unit_to_mel.pt` (weights) and `unit_vocoder.json` (sizes, mel settings, waveform vocoder)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), folder / "unit_to_mel.pt")
+        settings = {
+            "model": self.model.config,
+            "mel": self.mel,
+            "griffin_lim_iters": self.griffin_lim_iters,
+            "vocoder_path": self.vocoder_path,
+        }
+        (folder / "unit_vocoder.json").write_text(json.dumps(settings, indent=2))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> UnitVocoder:
+        folder = Path(folder)
+        settings = load_json(folder / "unit_vocoder.json")
+        model = UnitToMel(**settings["model"])
+        model.load_state_dict(load_tensors(folder / "unit_to_mel.pt"))
+        vocoder = cls(
+            model, settings["mel"], settings["griffin_lim_iters"], settings["vocoder_path"]
+        )
+        vocoder.source = folder
+        return vocoder
 
     @torch.no_grad()
     def synthesise(
@@ -313,7 +349,7 @@ def load_or_fit_unit_vocoder(
         test_records, _ = read_split(corpus, "test")
         report = resynthesis_report(tokenizer, vocoder, test_records)
         log.info("unit vocoder resynthesis on test: %s", json.dumps(report))
-        torch.save(model.state_dict(), tmp / "unit_to_mel.pt")
+        vocoder.save(tmp)
         (tmp / "resynthesis.json").write_text(
             json.dumps({"settings": settings, "test": report}, indent=2)
         )
@@ -325,4 +361,6 @@ def load_or_fit_unit_vocoder(
 
     name = f"hu{sizes['Hu']}-dim{dim}"
     folder = artifact_dir(corpus.root, "unit_vocoder", name, settings, inputs)
-    return fit_once(folder, fit, load, {"settings": settings, "inputs": inputs})
+    vocoder = fit_once(folder, fit, load, {"settings": settings, "inputs": inputs})
+    vocoder.source = folder
+    return vocoder

@@ -204,6 +204,7 @@ class SpeechTokenizer:
         self.decoder = (
             None  # a fitted `UnitVocoder` (tokenizers/unit_vocoder.py), attached by the loader
         )
+        self.source: Path | None = None  # the folder it was loaded from (or fitted into)
 
     # sizes
     @property
@@ -327,6 +328,7 @@ class SpeechTokenizer:
 
     # persistence
     def save(self, folder: str | Path) -> None:
+        """The fitted state into `folder`; the unit vocoder, when attached, into `folder/decoder/`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "speech_tokenizer.json").write_text(json.dumps(self.config, indent=2))
@@ -339,12 +341,20 @@ class SpeechTokenizer:
             },
             folder / "speech_tokenizer.pt",
         )
+        if self.decoder is not None:
+            self.decoder.save(folder / "decoder")
 
     @classmethod
     def load(cls, folder: str | Path) -> SpeechTokenizer:
+        from slmlab.tokenizers.unit_vocoder import UnitVocoder
+
         folder = Path(folder)
         config = load_json(folder / "speech_tokenizer.json")
-        return cls(config, **load_tensors(folder / "speech_tokenizer.pt"))
+        tokenizer = cls(config, **load_tensors(folder / "speech_tokenizer.pt"))
+        if (folder / "decoder").is_dir():
+            tokenizer.decoder = UnitVocoder.load(folder / "decoder")
+        tokenizer.source = folder
+        return tokenizer
 
 
 def make_features(config: dict):
@@ -485,6 +495,7 @@ def load_or_fit_speech_tokenizer(
     tokenizer = fit_once(
         folder, fit, SpeechTokenizer.load, {"settings": settings, "inputs": inputs}
     )
+    tokenizer.source = folder
     if decoder is not None:
         tokenizer.decoder = load_or_fit_unit_vocoder(corpus, tokenizer, **{"seed": seed, **decoder})
     return tokenizer
