@@ -41,14 +41,15 @@ def make_cfg(data_dir, tmp_path):
     return _make
 
 
-def fit_on_tiny_corpus(cfg) -> tuple:
-    """Build the run `cfg` describes, validate it on one batch, train it, validate again:
+def fit_on_tiny_corpus(cfg, built: tuple | None = None) -> tuple:
+    """Build the run `cfg` describes (or take `built`, its (datamodule, task), for a test that looks at
+    it first), validate it on one batch, train it, validate again:
     -> (task, metrics before training, metrics after) for the tests that check a loss falls."""
     from hydra.utils import instantiate
 
     from slmlab.runs import build
 
-    datamodule, task = build(cfg)
+    datamodule, task = built or build(cfg)
     trainer = instantiate(
         cfg.trainer,
         logger=False,

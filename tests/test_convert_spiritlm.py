@@ -17,6 +17,7 @@ import re
 import pytest
 import sentencepiece
 import torch
+from conftest import fit_on_tiny_corpus
 from hydra.utils import instantiate
 from tokenizers import Tokenizer, models
 from transformers import (
@@ -270,17 +271,7 @@ def test_training_continues_from_a_release_folder(releases, tiny_corpus, make_cf
     datamodule, task = build(cfg)
     ids = mixed_ids(task.tokenizer, "expressive")
     assert torch.allclose(logits(task.net, ids), logits(original, ids), atol=1e-5)
-    trainer = instantiate(
-        cfg.trainer,
-        logger=False,
-        callbacks=[],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=1,
-    )
-    before = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
-    trainer.fit(task, datamodule=datamodule)
-    after = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    task, before, after = fit_on_tiny_corpus(cfg, built=(datamodule, task))
     for name in ("val/text_loss", "val/speech_loss", "val/interleaved_loss"):
         assert after[name] < 0.9 * before[name], (name, before, after)
 

@@ -24,7 +24,7 @@ from collections import Counter
 import torch
 
 from slmlab.constants import TOKEN_RATES
-from slmlab.tokenizers.units import KIND_OF
+from slmlab.tokenizers.units import merge_streams
 
 TEXT, SPEECH = "[TEXT]", "[SPEECH]"
 MODALITIES = ("TEXT", "SPEECH", "ARBITRARY")
@@ -48,18 +48,7 @@ def release_merge(
     writes them: units and pitch with repeats merged (when `dedup`), style never merged (one token per
     second), in time order with RELEASE_ORDER at equal times. (`SpeechTokenizer.merge` is our order:
     units before pitch, style merged.)"""
-    events = []
-    for name, values in streams.items():
-        kind = KIND_OF[name]
-        times = torch.arange(len(values)) / TOKEN_RATES[kind]
-        inside = (times >= start) & (times < (end if end is not None else float("inf")))
-        values, times = values[inside], times[inside]
-        if dedup and kind != "St" and len(values):
-            keep = torch.ones(len(values), dtype=torch.bool)
-            keep[1:] = values[1:] != values[:-1]
-            values, times = values[keep], times[keep]
-        events += [(float(t), RELEASE_ORDER[kind], kind, int(v)) for t, v in zip(times, values)]
-    return [(kind, value) for _, _, kind, value in sorted(events)]
+    return merge_streams(streams, start, end, RELEASE_ORDER, ("Hu", "Pi") if dedup else ())
 
 
 class InterleavedVocabulary:

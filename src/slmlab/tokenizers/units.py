@@ -185,6 +185,29 @@ def f0_contour(
     )
 
 
+def merge_streams(
+    streams: dict[str, torch.Tensor],
+    start: float,
+    end: float | None,
+    order: dict[str, int],
+    merged_kinds,
+) -> list[tuple[str, int]]:
+    """Frame-level streams -> [(kind, value)] whose time lies in [start, end) s, in time order and, at
+    equal times, in `order`; repeats of a value merged in the kinds of `merged_kinds`."""
+    events = []
+    for name, values in streams.items():
+        kind = KIND_OF[name]
+        times = torch.arange(len(values)) / TOKEN_RATES[kind]
+        inside = (times >= start) & (times < (end if end is not None else float("inf")))
+        values, times = values[inside], times[inside]
+        if kind in merged_kinds and len(values):
+            keep = torch.ones(len(values), dtype=torch.bool)
+            keep[1:] = values[1:] != values[:-1]
+            values, times = values[keep], times[keep]
+        events += [(float(t), order[kind], kind, int(v)) for t, v in zip(times, values)]
+    return [(kind, value) for _, _, kind, value in sorted(events)]
+
+
 class SpeechTokenizer:
     """Fitted state: unit centroids, pitch bin edges (log-F0), style centroids and feature statistics."""
 
@@ -277,18 +300,9 @@ class SpeechTokenizer:
     ) -> list[tuple[str, int]]:
         """Tokens of the given streams whose time lies in [start, end) s, each stream deduplicated when
         configured (repeats of a unit, pitch or style value merged), merged in time order."""
-        events = []
-        for name, values in streams.items():
-            kind = KIND_OF[name]
-            times = torch.arange(len(values)) / TOKEN_RATES[kind]
-            inside = (times >= start) & (times < (end if end is not None else float("inf")))
-            values, times = values[inside], times[inside]
-            if self.dedup and len(values):
-                keep = torch.ones(len(values), dtype=torch.bool)
-                keep[1:] = values[1:] != values[:-1]
-                values, times = values[keep], times[keep]
-            events += [(float(t), MERGE_ORDER[kind], kind, int(v)) for t, v in zip(times, values)]
-        return [(kind, value) for _, _, kind, value in sorted(events)]
+        return merge_streams(
+            streams, start, end, MERGE_ORDER, set(KIND_OF.values()) if self.dedup else ()
+        )
 
     # strings
     @staticmethod
