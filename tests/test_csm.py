@@ -230,18 +230,24 @@ def test_cli_trains_and_speaks_a_text(tiny_corpus, data_dir, tmp_path):
     )
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
     assert {"val/c0_loss", "val/decoder_loss", "test/c0_loss", "train/decoder_loss"} <= set(metrics)
-    out = tmp_path / "generated"
-    run_cli(
-        "slmlab-generate",
-        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-        "text=the dog runs",
-        "modality=SPEECH",
-        "speaker=us_m3",
-        "generation.max_seconds=1.0",
-        f"hydra.run.dir={out}",
-        cwd=tmp_path,
-    )
-    assert (out / "output.wav").is_file()
+
+    def speak(seed: int) -> bytes:  # csm samples its codes (top-k): the seed fixes them
+        out = tmp_path / f"generated{seed}"
+        run_cli(
+            "slmlab-generate",
+            f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+            "text=the dog runs",
+            "modality=SPEECH",
+            "speaker=us_m3",
+            "generation.max_seconds=1.0",
+            f"seed={seed}",
+            f"hydra.run.dir={out}",
+            cwd=tmp_path,
+        )
+        return (out / "output.wav").read_bytes()
+
+    first = speak(0)
+    assert speak(0) == first != speak(1)
     # the run's checkpoint leaves slmlab in Sesame's layout with the trained weights
     run_cli(
         "slmlab-convert",

@@ -300,6 +300,7 @@ class GenerateConfig:
     """conf/generate.yaml."""
 
     task_name: str = allowed()
+    seed: int = allowed("{kind} in [0, 2**32)", lambda v: 0 <= v < 2**32)
     ckpt_path: str = allowed()
     audio: str | None = allowed()
     text: str | None = allowed()

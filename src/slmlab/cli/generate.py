@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import hydra
+import lightning as L
 import soundfile
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> dict:
     check_config(cfg, "generate")
     task = load_task(cfg.ckpt_path)
+    L.seed_everything(cfg.seed)
     audio = load_audio(cfg.audio, task.sample_rate) if cfg.audio else None
     overrides = {
         k: v
