@@ -4,12 +4,15 @@ our exports give the same logits there."""
 
 # no `from __future__ import annotations`: the hub mixin reads SesameModel's `config: SesameArgs` annotation
 import json
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import fit_on_tiny_corpus
 from huggingface_hub import PyTorchModelHubMixin
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -19,6 +22,7 @@ from transformers import CsmConfig, CsmForConditionalGeneration, MimiConfig
 from slmlab.convert import CheckpointMismatchError
 from slmlab.convert import csm as convert
 from slmlab.models.csm import CSM, build_csm
+from slmlab.runs import compose
 
 K, CARD, TEXT = 4, 32, 100
 TEXT_FRAMES, FRAMES = 4, 12
@@ -422,3 +426,30 @@ def test_e_a_csm_trained_here_generates_in_transformers(tiny_corpus, make_cfg, t
         ours.shape[1] < new_frames
     ):  # we stopped at the all-zero end frame, which transformers went past
         assert not generated[:, ours.shape[1]].any()
+
+
+def test_the_readme_fine_tune_csm_1b_command_composes_csm_1b(tmp_path):
+    """The README's "Fine-tune CSM-1B" command, composed and checked as slmlab-train does, builds (here on the
+    meta device: no weights) a model whose every size and setting is that of Sesame's CSM-1B release, which is
+    what `load_pretrained` checks before it reads a weight."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    command = readme.split("- **Fine-tune CSM-1B**")[1].split("```")[1]
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert argv[0].endswith("slmlab-train")
+    cfg = compose("train", argv[1:])
+    assert cfg.model.task.net.pretrained_path == "/models/csm-1b"
+    assert cfg.model.task.net.init_device is None  # allocated, to be trained
+    release = convert.CSM_1B_ARGS
+    net = instantiate(cfg.model.task.net)(
+        text_vocab_size=release["text_vocab_size"],  # the recipe's Llama-3.2 tokenizer
+        num_codebooks=cfg.tokenizer.speech.num_codebooks,
+        cardinality=cfg.model.task.audio_vocab_size,
+        init_device="meta",
+        pretrained_path=None,
+    )
+    theirs = convert._sesame_sizes(release, tmp_path / "config.json")
+    assert convert.sizes_of(net) == {
+        **theirs,
+        "backbone": {k: theirs["backbone"][k] for k in convert.sizes_of(net)["backbone"]},
+        "decoder": {k: theirs["decoder"][k] for k in convert.sizes_of(net)["decoder"]},
+    }
