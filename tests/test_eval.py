@@ -222,6 +222,14 @@ def test_the_evaluator_reports_what_an_arm_supports_and_nothing_else(tiny_corpus
             items = text_only.items[name]
             assert metric_value(name, items["num"], items["den"]) == pytest.approx(value)
     assert len(text_only.items["lexical_text"]["ids"]) == 5  # probe_pairs
+    for name in (
+        "judge_wer",
+        "judge_cer",
+    ):  # the judge's own items on the real audio, for its interval
+        items = text_only.items[name]
+        assert metric_value(name, items["num"], items["den"]) == pytest.approx(
+            text_only.baselines[name]
+        )
     echo = evaluator(_EchoArm(tiny_corpus)).metrics
     assert echo["asr_wer"] == 0.0 and echo["asr_cer"] == 0.0
     assert echo["tts_wer"] == 0.0  # the judge hears the replayed reference
@@ -276,6 +284,7 @@ def _fake_run(
     val_curve: list[float],
     empty_outputs: dict | None = None,
     items: dict | None = None,
+    judge_wer: float = 0.1,
 ) -> None:
     from omegaconf import OmegaConf
     from torch.utils.tensorboard import SummaryWriter
@@ -289,7 +298,7 @@ def _fake_run(
         "trivial_wer": 0.9,
         "trivial_cer": 0.8,
         "trivial_wer_output": "empty",
-        "judge_wer": 0.1,
+        "judge_wer": judge_wer,
         "judge_cer": 0.05,
         "style_majority": 0.3,
         "style_chance": 0.25,
@@ -413,6 +422,37 @@ def test_the_report_writer_on_fake_runs(tmp_path):
     assert (out / "val_curves.png").stat().st_size > 1000 and (
         out / "metrics.png"
     ).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("judge_edits", [[1] * 20, [9, 10] * 10])
+def test_no_verdict_rests_on_a_judge_that_does_not_hear(judge_edits, tmp_path):
+    """The judge's quality is checked in every report: the metrics it scores get verdicts only when its own
+    WER on the real test audio beats the trivial output's (0.9) by its interval; a deaf judge (0.95 here)
+    leaves them unjudged, however good the arm's figure looks."""
+    from slmlab.eval.compare import write_report
+    from slmlab.eval.evaluate import METRICS
+
+    judge = _wer_items(judge_edits)
+    _fake_run(
+        tmp_path / "sweep" / "0",
+        "csm",
+        0,
+        {**dict.fromkeys(METRICS), "tts_wer": 0.2},
+        [3.0, 2.0, 1.5],
+        items={"tts_wer": _wer_items([2] * 20), "judge_wer": judge},
+        judge_wer=sum(judge["num"]) / sum(judge["den"]),
+    )
+    write_report(tmp_path / "sweep", tmp_path / "out", "Does CSM speak?", ["x"], root=tmp_path)
+    readme = (tmp_path / "out" / "README.md").read_text()
+    tts = next(line for line in readme.splitlines() if line.startswith("- **tts_wer**"))
+    if judge_edits[0] == 1:  # the judge hears: WER 0.1
+        assert "csm beats it" in tts and "does not hear" not in readme
+    else:
+        assert tts.startswith(
+            "- **tts_wer**: not judged: the judge does not hear the real test audio"
+        )
+        assert "beats it" not in tts and "(its WER 0.950 [" in tts
+        assert "**But the judge does not hear" in readme
 
 
 def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):

@@ -320,16 +320,39 @@ def trivial_baselines(baselines: dict) -> dict[str, float | None]:
 
 # metrics whose values do not compare across arms: each arm counts its own speech tokens; generation cost
 NOT_ACROSS_ARMS = ("speech_nats_per_second", "generation_rtf")
+# metrics the judge ASR scores by listening to the arms' speech: only as good as the judge's own hearing
+HEARD_BY_THE_JUDGE = ("tts_wer", "tts_cer", "resynthesis_wer")
+
+
+def judge_is_deaf(runs: list[Run], baselines: dict) -> str | None:
+    """Why no verdict can rest on the judge, or None when it hears: its WER on the real test audio must beat
+    the trivial output's, by its 95% interval over those utterances (none without its items: an older run)."""
+    judged = next((r.items["judge_wer"] for r in runs if r.items.get("judge_wer")), None)
+    trivial = baselines.get("trivial_wer")
+    if judged is None or trivial is None:
+        return None
+    low, high = interval("judge_wer", [judged])
+    if high < trivial:
+        return None
+    return (
+        f"the judge does not hear the real test audio better than the trivial output (its WER "
+        f"{baselines['judge_wer']:.3f} [{low:.3f}, {high:.3f}] against {trivial:.3f}), so nothing it scores "
+        "is judged"
+    )
 
 
 def reading(runs: list[Run], table: dict, baselines: dict) -> list[str]:
     """One line per metric: each arm against the trivial baseline (its 95% interval must exclude it), and
     the best arm against the runner-up (the paired interval of their difference must exclude 0)."""
     trivial = trivial_baselines(baselines)
+    deaf = judge_is_deaf(runs, baselines)
     lines = []
     for name in METRICS:
         scored = {arm: cells[name] for arm, cells in table.items() if cells[name] is not None}
         if not scored or name in NOT_ACROSS_ARMS:
+            continue
+        if deaf and name in HEARD_BY_THE_JUDGE:
+            lines.append(f"- **{name}**: not judged: {deaf}.")
             continue
         lower = METRICS[name][1] == "lower"
         ranked = sorted(scored, key=lambda a: scored[a].mean, reverse=not lower)
@@ -498,6 +521,9 @@ def write_report(
         if "judge_wer" in baselines
         else "No run was evaluated. "
     )
+    deaf = judge_is_deaf(runs, baselines)
+    if deaf:
+        floor += f"**But {deaf} ({', '.join(HEARD_BY_THE_JUDGE)}).** "
     style = (
         f"The style classifier is right on {baselines['style_classifier_accuracy']:.3f} of real test crops "
         f"(chance {baselines.get('style_chance', 0):.3f}, majority {baselines.get('style_majority', 0):.3f}). "

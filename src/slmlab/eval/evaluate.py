@@ -90,7 +90,8 @@ class Evaluation:
     """metrics: METRICS' names -> value or None; baselines: what each metric must beat (trivial outputs,
     chance) and the judges' own figures on real audio; samples: TTS examples for TensorBoard; empty: per
     metric scored on generated outputs, how many of them were empty or failed (scored as wrong); items: per
-    metric, each item's id and (num, den), whose sums' ratio is the metric (slmlab.eval.intervals)."""
+    metric, and for the judge on real audio (`judge_wer`, `judge_cer`), each item's id and (num, den), whose
+    sums' ratio is the metric (slmlab.eval.intervals)."""
 
     metrics: dict[str, float | None]
     baselines: dict[str, float | str]
@@ -173,13 +174,18 @@ class Evaluator:
         self.train_texts = [r.text for r in train]
 
     def baselines(self) -> dict[str, float | str]:
-        """Trivial outputs, chance, and the judges on the same real test items the arms are scored on."""
+        """Trivial outputs, chance, and the judges on the same real test items the arms are scored on (the
+        judge's own items too, as `judge_wer` and `judge_cer`: the report checks that it hears)."""
         test = self.test[: self.utterances]
         trivial = trivial_error_rates([r.text for r in test], self.train_texts)
-        judged = error_rates(
-            self.judge.transcribe([load_audio(r.audio_filepath, SAMPLE_RATE) for r in test]),
-            [r.text for r in test],
-        )
+        heard = self.judge.transcribe([load_audio(r.audio_filepath, SAMPLE_RATE) for r in test])
+        judged = error_rates(heard, [r.text for r in test])
+        for name, (edits, lengths) in item_errors(heard, [r.text for r in test]).items():
+            self.items[f"judge_{name}"] = {
+                "ids": [r.id for r in test],
+                "num": edits,
+                "den": lengths,
+            }
         baselines = {
             "trivial_wer": trivial["wer"],
             "trivial_cer": trivial["cer"],
