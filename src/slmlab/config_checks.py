@@ -233,11 +233,13 @@ class Judge:
     batch_size: int = at_least(1)
     lr: float = above(0)
     lexicon: bool = allowed()
+    max_hours: float = above(0)  # of train audio it is fitted on
 
 
 @dataclass
 class StyleClassifier:
     crop_seconds: float = above(0)
+    max_hours: float = above(0)
 
 
 @dataclass
@@ -254,6 +256,32 @@ class Eval:
     continuation_seconds: float = above(0)
     max_seconds: float = above(0)
     tensorboard_samples: int = at_least(0)
+
+
+@dataclass
+class UnitVocoderFit:
+    """`tokenizer.speech.decoder`: the unit vocoder's fit; its other keys are the fit's arguments."""
+
+    other_keys: ClassVar[bool] = True
+    max_hours: float = above(0)  # of train audio it is fitted on
+
+
+@dataclass
+class TokenizerFit:
+    """`tokenizer.text`, `tokenizer.speech`: a tokenizer fitted on the corpus (or loaded); its other keys
+    are its target's arguments."""
+
+    other_keys: ClassVar[bool] = True
+    max_hours: float = above(0)  # of train audio it is fitted on
+    max_frames: int = at_least(1)  # sampled from that audio for k-means
+    decoder: UnitVocoderFit = group(UnitVocoderFit)
+
+
+@dataclass
+class Tokenizers:
+    other_keys: ClassVar[bool] = True
+    text: TokenizerFit = group(TokenizerFit)
+    speech: TokenizerFit = group(TokenizerFit)
 
 
 @dataclass
@@ -280,7 +308,7 @@ class TrainConfig:
     eval: Eval = group(Eval)
     paths: Paths = group(Paths)
     data: Any = allowed()
-    tokenizer: Any = allowed()
+    tokenizer: Tokenizers = group(Tokenizers)
     callbacks: Any = allowed()
     logger: Any = allowed()
 

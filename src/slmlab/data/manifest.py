@@ -301,6 +301,15 @@ def read_split(
     return read_records(corpus.manifest(split), policy or RecordPolicy.of(corpus))
 
 
+def read_transcripts(corpus, split: str) -> list[str]:
+    """The texts of `corpus.manifest(split)`'s records, read without opening their audio (fields, ids, text
+    and word timings checked as `read_split` checks them): for what needs only transcripts, such as the
+    trivial baselines of a run evaluated where its training audio is not."""
+    policy = RecordPolicy.of(corpus).model_dump() | {"check_audio": False}
+    records, _ = read_manifest(corpus.manifest(split), **policy)
+    return [r.text for r in records]
+
+
 def read_records(path: str | Path, policy: RecordPolicy) -> tuple[list[Utterance], ManifestReport]:
     """`read_manifest` with audio checks under `policy`, once per process and version of the file (its
     problems are logged once, however many readers ask); a file with no usable record is an error."""
@@ -446,3 +455,48 @@ def load_audio(path: str, sample_rate: int) -> torch.Tensor:
 def audio_path(record) -> str:
     """The record's 24 kHz file when the corpus has one (the embedded corpus does), else its main file."""
     return record.extra.get("audio_filepath_24k") or record.audio_filepath
+
+
+# -- fitting on a bounded share of a split ---------------------------------------------------------
+def fitting_subset(
+    records: list[Utterance], max_hours: float, seed: int = 0
+) -> tuple[list[Utterance], dict]:
+    """At most `max_hours` of audio from `records` (validated ones, from `read_split`), so that a fitter's
+    time and memory stop growing with the corpus: all of them when they fit, else a random subset (seeded;
+    at least one record) in file order. -> (records, usage): utterances and hours used, of how many, and
+    the cap, for the artifact's record and the log."""
+    durations = np.array([r.duration for r in records])
+    if durations.sum() <= max_hours * 3600:
+        chosen = records
+    else:
+        order = np.random.default_rng(seed).permutation(len(records))
+        count = int(np.searchsorted(np.cumsum(durations[order]), max_hours * 3600, side="right"))
+        chosen = [records[i] for i in sorted(order[: max(1, count)])]
+    usage = {
+        "utterances": len(chosen),
+        "hours": round(sum(r.duration for r in chosen) / 3600, 4),
+        "of_utterances": len(records),
+        "of_hours": round(float(durations.sum()) / 3600, 4),
+        "max_hours": max_hours,
+    }
+    return chosen, usage
+
+
+class AudioOf:
+    """The audio of `records` at `sample_rate`, each file read when asked for (`[i]`, or one at a time while
+    iterating, as often as a fitter passes over it): no list of waveforms in memory. `path` picks the file
+    of a record (`audio_path` for the 24 kHz one)."""
+
+    def __init__(
+        self, records: list[Utterance], sample_rate: int, path=lambda r: r.audio_filepath
+    ) -> None:
+        self.records, self.sample_rate, self.path = records, sample_rate, path
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return load_audio(self.path(self.records[i]), self.sample_rate)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))

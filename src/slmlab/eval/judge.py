@@ -27,7 +27,7 @@ from slmlab.artifacts import (
     manifest_fingerprints,
 )
 from slmlab.constants import CTC_ALPHABET, SAMPLE_RATE
-from slmlab.data.manifest import load_audio, read_split
+from slmlab.data.manifest import AudioOf, fitting_subset, read_split
 from slmlab.eval.metrics import error_rates, normalise_text
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,12 @@ class CTCJudge:
         self.lexicon = Lexicon(config["lexicon"]) if config.get("lexicon") else None
 
     @torch.no_grad()
-    def transcribe(self, waveforms: list[torch.Tensor], batch_size: int = 32) -> list[str]:
+    def transcribe(self, waveforms, batch_size: int = 32) -> list[str]:
+        """waveforms: a list, or `AudioOf` records (read a batch at a time)."""
         texts = []
         for i in range(0, len(waveforms), batch_size):
-            mel, lengths = _pad([self.features(w) for w in waveforms[i : i + batch_size]])
+            batch = [waveforms[j] for j in range(i, min(i + batch_size, len(waveforms)))]
+            mel, lengths = _pad([self.features(w) for w in batch])
             texts += greedy_ctc(*self.model(mel, lengths))
         return [self.lexicon(t) for t in texts] if self.lexicon else texts
 
@@ -186,24 +188,27 @@ def _batches(lengths: list[int], batch_size: int, generator: torch.Generator) ->
 
 
 def fit_ctc_judge(
-    waveforms: list[torch.Tensor],
+    waveforms,
     texts: list[str],
     model: dict,
     epochs: float = 10.0,
     batch_size: int = 32,
     lr: float = 3e-3,
-    lexicon: bool = True,
+    lexicon: bool | list[str] = True,
     n_mels: int = 80,
     seed: int = 0,
 ) -> CTCJudge:
     """Fit the CTC recogniser on 16 kHz waveforms [S] and their transcripts for `epochs` passes, with AdamW,
-    linear warm-up over the first 10 % of the steps and cosine decay."""
+    linear warm-up over the first 10 % of the steps and cosine decay. `waveforms` (a list, or `AudioOf`
+    records) is read once for the lengths, then a batch at a time: a batch's log-mel is made at each step,
+    so that no utterance's features stay in memory. `lexicon`: the words of `texts` (True), of the texts
+    given (all of a corpus's transcripts when the audio is a subset), or none (False)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     features = LogMel(n_mels)
-    mels = [features(w) for w in waveforms]
+    frames = [max(1, len(w) // 160) for w in waveforms]  # LogMel's length at 100 Hz
     targets = [torch.tensor([CTC_ALPHABET.index(c) + 1 for c in normalise_text(t)]) for t in texts]
-    steps = max(1, math.ceil(epochs * len(mels) / batch_size))
+    steps = max(1, math.ceil(epochs * len(frames) / batch_size))
     warmup = max(1, steps // 10)
     recognizer = CTCRecognizer(n_mels=n_mels, **model)
     optimizer = torch.optim.AdamW(recognizer.parameters(), lr=lr, weight_decay=0.01)
@@ -215,8 +220,8 @@ def fit_ctc_judge(
     recognizer.train()
     step, started = 0, time.perf_counter()
     while step < steps:
-        for batch in _batches([len(m) for m in mels], batch_size, generator):
-            mel, lengths = _pad([mels[i] for i in batch])
+        for batch in _batches(frames, batch_size, generator):
+            mel, lengths = _pad([features(waveforms[i]) for i in batch])
             log_probs, out_lengths = recognizer(mel, lengths)
             labels = torch.cat([targets[i] for i in batch])
             loss = ctc(
@@ -240,7 +245,8 @@ def fit_ctc_judge(
             step += 1
             if step == steps:
                 break
-    words = sorted({w for t in texts for w in normalise_text(t).split()}) if lexicon else None
+    lexicon_texts = texts if lexicon is True else lexicon or []
+    words = sorted({w for t in lexicon_texts for w in normalise_text(t).split()}) or None
     return CTCJudge(recognizer, {"model": model, "n_mels": n_mels, "lexicon": words})
 
 
@@ -252,11 +258,13 @@ def load_or_fit_judge(
     batch_size: int = 32,
     lr: float = 3e-3,
     lexicon: bool = True,
+    max_hours: float = 2.0,
     seed: int = 0,
 ):
-    """The judge for `corpus`: the local recogniser at `pretrained_path`, or the CTC judge fitted on the
-    corpus's train audio by the first call (saved under `<corpus>/artifacts/judge/ctc-<key>/` with
-    `floor.json`, its WER and CER on the real test audio)."""
+    """The judge for `corpus`: the local recogniser at `pretrained_path`, or the CTC judge fitted by the
+    first call on at most `max_hours` of the corpus's train audio (a random subset, `fitting_subset`; the
+    utterances and hours used in its artifact.json, `fitted_on`), saved under
+    `<corpus>/artifacts/judge/ctc-<key>/` with `floor.json`, its WER and CER on the real test audio."""
     if pretrained_path:
         return PretrainedJudge(pretrained_path)
     model = dict(model or {})
@@ -266,26 +274,31 @@ def load_or_fit_judge(
         "batch_size": batch_size,
         "lr": lr,
         "lexicon": lexicon,
+        "max_hours": max_hours,
         "seed": seed,
     }
     inputs = manifest_fingerprints(corpus, "train", "test")
+    record = {"settings": settings, "inputs": inputs}
 
     def fit(tmp: Path) -> CTCJudge:
-        records, _ = read_split(corpus, "train")
-        log.info("fitting the judge ASR on %d train utterances for %s epochs", len(records), epochs)
+        train, _ = read_split(corpus, "train")
+        records, record["fitted_on"] = fitting_subset(train, max_hours, seed)
+        log.info(
+            "fitting the judge ASR for %s epochs on %s", epochs, json.dumps(record["fitted_on"])
+        )
         started = time.perf_counter()
         judge = fit_ctc_judge(
-            [load_audio(r.audio_filepath, SAMPLE_RATE) for r in records],
+            AudioOf(records, SAMPLE_RATE),
             [r.text for r in records],
             model,
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
-            lexicon=lexicon,
+            lexicon=[r.text for r in train] if lexicon else False,
             seed=seed,
         )
         test, _ = read_split(corpus, "test")
-        hypotheses = judge.transcribe([load_audio(r.audio_filepath, SAMPLE_RATE) for r in test])
+        hypotheses = judge.transcribe(AudioOf(test, SAMPLE_RATE))
         judge.floor = {
             **error_rates(hypotheses, [r.text for r in test]),
             "utterances": len(test),
@@ -294,7 +307,7 @@ def load_or_fit_judge(
         judge.save(tmp)
         (tmp / "floor.json").write_text(json.dumps(judge.floor, indent=2) + "\n")
         log.info("judge ASR on the real test audio: %s", json.dumps(judge.floor))
-        return judge
+        return judge  # artifact.json, written after fit, holds record["fitted_on"]
 
     def load(folder: Path) -> CTCJudge:
         judge = CTCJudge.load(folder)
@@ -302,4 +315,4 @@ def load_or_fit_judge(
         return judge
 
     folder = artifact_dir(corpus.root, "judge", "ctc", settings, inputs)
-    return fit_once(folder, fit, load, {"settings": settings, "inputs": inputs})
+    return fit_once(folder, fit, load, record)

@@ -17,7 +17,7 @@ import torchaudio
 
 from slmlab.artifacts import artifact_dir, fit_once, load_tensors, manifest_fingerprints
 from slmlab.constants import SAMPLE_RATE
-from slmlab.data.manifest import load_audio, read_split
+from slmlab.data.manifest import AudioOf, fitting_subset, read_split
 from slmlab.eval.metrics import classification_accuracy
 from slmlab.tokenizers.units import f0_contour
 
@@ -80,7 +80,8 @@ class StyleClassifier:
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return ((features - self.mean) / self.std) @ self.weight.T + self.bias
 
-    def predict(self, waveforms: list[torch.Tensor]) -> list[str]:
+    def predict(self, waveforms) -> list[str]:
+        """16 kHz waveforms [S] (any iterable, read one at a time) -> their style names."""
         features = torch.stack([prosody_features(w) for w in waveforms])
         return [self.styles[i] for i in self.logits(features).argmax(-1).tolist()]
 
@@ -117,9 +118,10 @@ def random_crop(wav: torch.Tensor, seconds: float, generator: torch.Generator) -
 
 
 def fit_style_classifier(
-    waveforms: list[torch.Tensor], labels: list[str], l2: float = 1e-3, iterations: int = 200
+    waveforms, labels: list[str], l2: float = 1e-3, iterations: int = 200
 ) -> StyleClassifier:
-    """Multinomial logistic regression on standardised prosody features, by L-BFGS."""
+    """Multinomial logistic regression on standardised prosody features of `waveforms` (an iterable, read
+    one at a time), by L-BFGS."""
     styles = sorted(set(labels))
     x = torch.stack([prosody_features(w) for w in waveforms])
     y = torch.tensor([styles.index(s) for s in labels])
@@ -142,12 +144,13 @@ def fit_style_classifier(
 
 
 def load_or_fit_style_classifier(
-    corpus, crop_seconds: float = 2.0, seed: int = 0
+    corpus, crop_seconds: float = 2.0, max_hours: float = 10.0, seed: int = 0
 ) -> StyleClassifier | None:
-    """Fitted on `crop_seconds` crops of the train audio (the length of a continuation) by the first call
-    (saved under `<corpus>/artifacts/style_classifier/`); its accuracy on crops of the real test audio is
-    in `.report` (the ceiling of the probe). None when the train records carry no `style` (LibriSpeech,
-    most manifests): there is nothing to classify."""
+    """Fitted on `crop_seconds` crops of at most `max_hours` of the styled train audio (a random subset,
+    `fitting_subset`; the utterances and hours used in its artifact.json, `fitted_on`), a clip at a time,
+    by the first call (saved under `<corpus>/artifacts/style_classifier/`); its accuracy on crops of the
+    real test audio is in `.report` (the ceiling of the probe). None when the train records carry no
+    `style` (LibriSpeech, most manifests): there is nothing to classify."""
     styled = {
         split: [r for r in read_split(corpus, split)[0] if r.style] for split in ("train", "test")
     }
@@ -156,23 +159,24 @@ def load_or_fit_style_classifier(
             "no style labels in %s: no style classifier, no style metrics", corpus.manifest("train")
         )
         return None
-    settings = {"crop_seconds": crop_seconds, "seed": seed}
+    settings = {"crop_seconds": crop_seconds, "max_hours": max_hours, "seed": seed}
     inputs = manifest_fingerprints(corpus, "train", "test")
+    record = {"settings": settings, "inputs": inputs}
 
     def fit(tmp: Path) -> StyleClassifier:
         generator = torch.Generator().manual_seed(seed)
+        train, record["fitted_on"] = fitting_subset(styled["train"], max_hours, seed)
+        log.info("fitting the style classifier on %s", json.dumps(record["fitted_on"]))
 
-        def crops(split: str) -> tuple[list[torch.Tensor], list[str]]:
-            return (
-                [
-                    random_crop(load_audio(r.audio_filepath, SAMPLE_RATE), crop_seconds, generator)
-                    for r in styled[split]
-                ],
-                [r.style for r in styled[split]],
-            )
+        def crops(records: list) -> tuple:
+            """(the records' crops, read one at a time; their style labels)"""
+            audio = AudioOf(records, SAMPLE_RATE)
+            return (random_crop(w, crop_seconds, generator) for w in audio), [
+                r.style for r in records
+            ]
 
-        classifier = fit_style_classifier(*crops("train"))
-        test_clips, test_labels = crops("test")
+        classifier = fit_style_classifier(*crops(train))
+        test_clips, test_labels = crops(styled["test"])
         classifier.report = {
             **classification_accuracy(classifier.predict(test_clips), test_labels),
             "crop_seconds": crop_seconds,
@@ -180,11 +184,11 @@ def load_or_fit_style_classifier(
         }
         classifier.save(tmp / "style_classifier.pt")
         log.info("style classifier on real test crops: %s", json.dumps(classifier.report))
-        return classifier
+        return classifier  # artifact.json, written after fit, holds record["fitted_on"]
 
     def load(folder: Path) -> StyleClassifier:
         return StyleClassifier.load(folder / "style_classifier.pt")
 
     name = f"crop{crop_seconds:g}s"
     folder = artifact_dir(corpus.root, "style_classifier", name, settings, inputs)
-    return fit_once(folder, fit, load, {"settings": settings, "inputs": inputs})
+    return fit_once(folder, fit, load, record)

@@ -29,9 +29,9 @@ from slmlab.artifacts import (
     manifest_fingerprints,
 )
 from slmlab.constants import CODEC_FRAME_RATE, CODEC_SAMPLE_RATE
-from slmlab.data.manifest import audio_path, load_audio, read_split
+from slmlab.data.manifest import AudioOf, audio_path, fitting_subset, load_audio, read_split
 from slmlab.tokenizers.mel import MelVocoder
-from slmlab.tokenizers.units import assign_nearest, kmeans
+from slmlab.tokenizers.units import assign_nearest, kmeans, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,11 @@ def fit_builtin_codec(
     max_frames: int = 100_000,
     seed: int = 0,
 ) -> BuiltinCodec:
-    """Residual k-means on the stacked log-mel frames of an iterable of waveforms [S] at `sample_rate`."""
+    """Residual k-means on the stacked log-mel frames of waveforms [S] at `sample_rate`, one in memory at a
+    time. `waveforms` is read twice (a list, or `AudioOf` records; not a generator): the mel statistics
+    (sums in float64), then at most `max_frames` random frames (`sample_rows`)."""
+    if iter(waveforms) is waveforms:
+        raise TypeError("fit_builtin_codec reads its waveforms twice: pass a list or AudioOf")
     mel = {
         "n_fft": 1024,
         "win_length": 960,
@@ -187,7 +191,6 @@ def fit_builtin_codec(
         "n_mels": 80,
         **(mel or {}),
     }
-    waveforms = list(waveforms)  # read twice: mel statistics, then frames
     config = {
         "num_codebooks": num_codebooks,
         "cardinality": cardinality,
@@ -201,14 +204,19 @@ def fit_builtin_codec(
         torch.zeros(mel["n_mels"]),
         torch.ones(mel["n_mels"]),
     )
-    log_mels = torch.cat([analysis.vocoder.log_mel(w.float()).T for w in waveforms])
-    mean, std = log_mels.mean(0), log_mels.std(0).clamp_min(1e-3)
-    analysis.mean, analysis.std = mean, std
-    frames = torch.cat([analysis.frames(w) for w in waveforms])
-    if len(frames) > max_frames:
-        frames = frames[
-            torch.randperm(len(frames), generator=torch.Generator().manual_seed(seed))[:max_frames]
-        ]
+    count, total, squares, frames = 0, 0.0, 0.0, 0
+    for wav in waveforms:
+        log_mel = analysis.vocoder.log_mel(wav.float()).T.double()  # [M, n_mels]
+        count, total, squares = (
+            count + len(log_mel),
+            total + log_mel.sum(0),
+            squares + log_mel.pow(2).sum(0),
+        )
+        frames += -(-len(wav) // analysis.samples_per_frame)
+    mean = total / count
+    std = ((squares - count * mean**2) / (count - 1)).clamp_min(0).sqrt()
+    analysis.mean, analysis.std = mean.float(), std.float().clamp_min(1e-3)
+    frames = sample_rows((analysis.frames(w) for w in waveforms), frames, max_frames, seed)
     codebooks, residual = [], frames
     for k in range(num_codebooks):
         codebook = kmeans(residual, cardinality, iters=15, seed=seed + k)
@@ -219,7 +227,9 @@ def fit_builtin_codec(
             k,
             float(residual.pow(2).mean() / frames.pow(2).mean()),
         )
-    return BuiltinCodec(config, torch.stack(codebooks), mean, std, griffin_lim_iters, vocoder_path)
+    return BuiltinCodec(
+        config, torch.stack(codebooks), analysis.mean, analysis.std, griffin_lim_iters, vocoder_path
+    )
 
 
 def resynthesis_report(codec: BuiltinCodec, waveforms) -> dict:
@@ -258,32 +268,38 @@ def load_or_fit_builtin_codec(
     mel: dict | None = None,
     griffin_lim_iters: int = 32,
     vocoder_path: str | None = None,
+    max_hours: float = 10.0,
     max_frames: int = 100_000,
     seed: int = 0,
 ) -> BuiltinCodec:
-    """`tokenizer/speech=codec_builtin`: fit on (at most `max_frames` random frames of) the corpus's train audio
-    once (saved under `<corpus>/artifacts/codec/`, with `resynthesis.json` on 16 test clips); later calls
-    load it."""
+    """`tokenizer/speech=codec_builtin`: fit on at most `max_frames` random frames of at most `max_hours` of
+    the corpus's train audio (a random subset, `fitting_subset`), streamed, once (saved under
+    `<corpus>/artifacts/codec/`, with `resynthesis.json` on 16 test clips and the utterances and hours
+    used in its artifact.json, `fitted_on`); later calls load it."""
     settings = {
         "num_codebooks": num_codebooks,
         "cardinality": cardinality,
         "sample_rate": sample_rate,
         "mel": mel,
+        "max_hours": max_hours,
         "max_frames": max_frames,
         "seed": seed,
     }
     inputs = manifest_fingerprints(corpus, "train", "test")
+    record = {"settings": settings, "inputs": inputs}
 
     def fit(tmp: Path) -> BuiltinCodec:
-        records, _ = read_split(corpus, "train")
+        records, record["fitted_on"] = fitting_subset(
+            read_split(corpus, "train")[0], max_hours, seed
+        )
         log.info(
-            "fitting the built-in codec (%d x %d) on %d utterances",
+            "fitting the built-in codec (%d x %d) on %s",
             num_codebooks,
             cardinality,
-            len(records),
+            json.dumps(record["fitted_on"]),
         )
         codec = fit_builtin_codec(
-            [load_audio(audio_path(r), sample_rate) for r in records],
+            AudioOf(records, sample_rate, audio_path),
             num_codebooks,
             cardinality,
             sample_rate,
@@ -299,7 +315,7 @@ def load_or_fit_builtin_codec(
         log.info("built-in codec resynthesis on test: %s", json.dumps(report))
         codec.save(tmp)
         (tmp / "resynthesis.json").write_text(json.dumps(report, indent=2))
-        return codec
+        return codec  # artifact.json, written after fit, holds record["fitted_on"]
 
     def load(folder: Path) -> BuiltinCodec:
         return BuiltinCodec.load(
@@ -308,6 +324,6 @@ def load_or_fit_builtin_codec(
 
     name = f"{num_codebooks}x{cardinality}"
     folder = artifact_dir(corpus.root, "codec", name, settings, inputs)
-    codec = fit_once(folder, fit, load, {"settings": settings, "inputs": inputs})
+    codec = fit_once(folder, fit, load, record)
     codec.source = folder
     return codec

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
-from slmlab.data.manifest import read_split
+from slmlab.data.manifest import fitting_subset, read_split
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,9 @@ class TextTokenizer:
     load = from_pretrained  # every tokenizer, codec and vocoder: `save(folder)`, `cls.load(folder)`
 
 
-def fit_bpe(texts: list[str], vocab_size: int, min_frequency: int = 2) -> TextTokenizer:
-    """A byte-level BPE (as GPT-2/Llama-3 use) fitted with the `tokenizers` library."""
+def fit_bpe(texts, vocab_size: int, min_frequency: int = 2) -> TextTokenizer:
+    """A byte-level BPE (as GPT-2/Llama-3 use) fitted with the `tokenizers` library on an iterable of
+    texts, read as it goes (`train_from_iterator`)."""
     backend = Tokenizer(models.BPE(unk_token=None))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     backend.decoder = decoders.ByteLevel()
@@ -105,28 +106,31 @@ def fit_bpe(texts: list[str], vocab_size: int, min_frequency: int = 2) -> TextTo
     return TextTokenizer(hf)
 
 
-def load_or_fit_bpe(corpus, vocab_size: int = 1024, min_frequency: int = 2) -> TextTokenizer:
-    """`tokenizer/text=bpe`: fit on the corpus's train transcripts once, saved under
-    `<corpus>/artifacts/bpe/` (`artifacts.py`)."""
-    settings = {"vocab_size": vocab_size, "min_frequency": min_frequency}
+def load_or_fit_bpe(
+    corpus, vocab_size: int = 1024, min_frequency: int = 2, max_hours: float = 1000.0
+) -> TextTokenizer:
+    """`tokenizer/text=bpe`: fit on the transcripts of at most `max_hours` of the corpus's train audio (a
+    random subset, `fitting_subset`) once, saved under `<corpus>/artifacts/bpe/` (`artifacts.py`; the
+    utterances and hours used in its artifact.json, `fitted_on`, and in `fitted_on.json`)."""
+    settings = {"vocab_size": vocab_size, "min_frequency": min_frequency, "max_hours": max_hours}
     inputs = manifest_fingerprints(corpus, "train")
+    record = {"settings": settings, "inputs": inputs}
 
     def fit(tmp: Path) -> None:
-        records, _ = read_split(corpus, "train")
-        tokenizer = fit_bpe([r.text for r in records], vocab_size, min_frequency)
+        records, record["fitted_on"] = fitting_subset(read_split(corpus, "train")[0], max_hours)
+        tokenizer = fit_bpe((r.text for r in records), vocab_size, min_frequency)
         tokenizer.save(tmp)
         fitted_on = {
             "manifest": str(corpus.manifest("train")),
             "records": len(records),
             "vocab_size": len(tokenizer),
+            **record["fitted_on"],
         }
         (tmp / "fitted_on.json").write_text(json.dumps(fitted_on))
-        log.info("fitted a %d-token BPE on %d transcripts", len(tokenizer), len(records))
+        log.info("fitted a %d-token BPE on %s", len(tokenizer), json.dumps(record["fitted_on"]))
 
     folder = artifact_dir(corpus.root, "bpe", f"bpe{vocab_size}", settings, inputs)
-    return fit_once(
-        folder, fit, TextTokenizer.from_pretrained, {"settings": settings, "inputs": inputs}
-    )
+    return fit_once(folder, fit, TextTokenizer.from_pretrained, record)
 
 
 def load_pretrained(path: str, corpus=None) -> TextTokenizer:

@@ -22,7 +22,7 @@ from torch import nn
 
 from slmlab.artifacts import artifact_dir, fit_once, load_json, load_tensors, manifest_fingerprints
 from slmlab.constants import SAMPLE_RATE
-from slmlab.data.manifest import load_audio, read_split
+from slmlab.data.manifest import AudioOf, fitting_subset, read_split
 from slmlab.tokenizers.mel import MelVocoder
 from slmlab.tokenizers.units import dedup
 
@@ -181,24 +181,18 @@ class UnitVocoder(MelVocoder):
         return self.mel_to_wave(log_mel[0])
 
 
-def _training_examples(tokenizer, records, vocoder: UnitVocoder) -> list[dict]:
-    examples = []
-    for record in records:
-        wav = load_audio(record.audio_filepath, SAMPLE_RATE)
-        streams = tokenizer.encode_streams(wav)
-        # the conditioning synthesis will see: each unit with the pitch and style last seen in the merged stream
-        units, pitch, style = (torch.tensor(v) for v in unit_conditioning(tokenizer.merge(streams)))
-        durations = dedup(streams["units"])[1] if tokenizer.dedup else torch.ones_like(units)
-        examples.append(
-            {
-                "units": units,
-                "pitch": pitch,
-                "style": style,
-                "durations": durations,
-                "mel": vocoder.log_mel(wav),
-            }
-        )
-    return examples
+def _conditioning(tokenizer, wav: torch.Tensor) -> dict:
+    """What the model reads of a 16 kHz waveform [S]: its deduplicated units [N], each with the pitch and
+    style last seen before it in the merged stream (as synthesis sees them), and their durations [N]."""
+    streams = tokenizer.encode_streams(wav)
+    units, pitch, style = (torch.tensor(v) for v in unit_conditioning(tokenizer.merge(streams)))
+    durations = dedup(streams["units"])[1] if tokenizer.dedup else torch.ones_like(units)
+    return {"units": units, "pitch": pitch, "style": style, "durations": durations}
+
+
+def _example(tokenizer, vocoder: UnitVocoder, wav: torch.Tensor) -> dict:
+    """A training example: the conditioning of `wav` and its log-mel target [n_mels, M]."""
+    return {**_conditioning(tokenizer, wav), "mel": vocoder.log_mel(wav)}
 
 
 def _batch(examples: list[dict], drop_prosody: torch.Tensor | None = None) -> dict:
@@ -250,9 +244,8 @@ def resynthesis_report(tokenizer, vocoder: UnitVocoder, records, limit: int = 32
     def units(wav: torch.Tensor) -> str:
         return " ".join(str(int(u)) for u in tokenizer.encode(wav))
 
-    for example, record in zip(
-        _training_examples(tokenizer, records[:limit], vocoder), records[:limit]
-    ):
+    for wav in AudioOf(records[:limit], SAMPLE_RATE):
+        example = _example(tokenizer, vocoder, wav)
         batch = _batch([example])
         with torch.no_grad():
             mel_l1.append(float(vocoder_loss(vocoder.model, batch)[0]))
@@ -266,7 +259,7 @@ def resynthesis_report(tokenizer, vocoder: UnitVocoder, records, limit: int = 32
         )
         tokens = [("Hu", int(u)) for u in example["units"]]
         resynthesised = vocoder.synthesise(tokens)
-        refs.append(units(load_audio(record.audio_filepath, SAMPLE_RATE)))
+        refs.append(units(wav))
         hyps.append(units(resynthesised))
         ceiling.append(units(vocoder.mel_to_wave(example["mel"])))
     return {
@@ -290,11 +283,15 @@ def load_or_fit_unit_vocoder(
     griffin_lim_iters: int = 32,
     vocoder_path: str | None = None,
     mel: dict | None = None,
+    max_hours: float = 2.0,
     seed: int = 0,
 ) -> UnitVocoder:
-    """Fit `UnitToMel` on the corpus's train split once, for `epochs` passes over it in random batches (saved
-    under `<corpus>/artifacts/unit_vocoder/`, keyed by the tokenizer's fingerprint, with a resynthesis
-    report on the test split); later calls load it."""
+    """Fit `UnitToMel` once on at most `max_hours` of the corpus's train audio (a random subset,
+    `fitting_subset`), for `epochs` passes over it in random batches (saved under
+    `<corpus>/artifacts/unit_vocoder/`, keyed by the tokenizer's fingerprint, with a resynthesis report on
+    the test split and the utterances and hours used in its artifact.json, `fitted_on`); later calls load
+    it. Only the speech tokens of those utterances stay in memory: a batch's log-mel targets are made from
+    its audio, read again at each step."""
     mel = {"n_fft": 1024, "win_length": 640, "hop_length": 160, "n_mels": 80, **(mel or {})}
     settings = {
         "epochs": epochs,
@@ -303,6 +300,7 @@ def load_or_fit_unit_vocoder(
         "dim": dim,
         "layers": layers,
         "mel": mel,
+        "max_hours": max_hours,
         "seed": seed,
         "conditioning": "merged-stream",
     }  # bump when the training examples change, so old fits are not reused
@@ -310,6 +308,7 @@ def load_or_fit_unit_vocoder(
         "tokenizer": tokenizer.fingerprint(),
         **manifest_fingerprints(corpus, "train", "test"),
     }
+    record = {"settings": settings, "inputs": inputs}
     sizes = tokenizer.sizes
     model = UnitToMel(
         sizes["Hu"], sizes["Pi"], sizes["St"], mel["n_mels"], dim, layers, 640 / mel["hop_length"]
@@ -317,10 +316,15 @@ def load_or_fit_unit_vocoder(
 
     def fit(tmp: Path) -> UnitVocoder:
         vocoder = UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
-        records, _ = read_split(corpus, "train")
+        records, record["fitted_on"] = fitting_subset(
+            read_split(corpus, "train")[0], max_hours, seed
+        )
         steps = max(1, math.ceil(epochs * len(records) / batch_size))
-        log.info("fitting the unit vocoder on %d utterances for %d steps", len(records), steps)
-        examples = _training_examples(tokenizer, records, vocoder)
+        log.info(
+            "fitting the unit vocoder for %d steps on %s", steps, json.dumps(record["fitted_on"])
+        )
+        audio = AudioOf(records, SAMPLE_RATE)
+        conditioning = [_conditioning(tokenizer, wav) for wav in audio]
         generator = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -328,9 +332,9 @@ def load_or_fit_unit_vocoder(
         )
         model.train()
         for step in range(steps):
-            picks = torch.randint(len(examples), (batch_size,), generator=generator)
+            picks = torch.randint(len(conditioning), (batch_size,), generator=generator).tolist()
             batch = _batch(
-                [examples[i] for i in picks],
+                [{**conditioning[i], "mel": vocoder.log_mel(audio[i])} for i in picks],
                 drop_prosody=torch.rand(batch_size, generator=generator) < 0.5,
             )
             mel_loss, duration_loss = vocoder_loss(model, batch)
@@ -353,7 +357,7 @@ def load_or_fit_unit_vocoder(
         (tmp / "resynthesis.json").write_text(
             json.dumps({"settings": settings, "test": report}, indent=2)
         )
-        return vocoder
+        return vocoder  # artifact.json, written after fit, holds record["fitted_on"]
 
     def load(folder: Path) -> UnitVocoder:
         model.load_state_dict(load_tensors(folder / "unit_to_mel.pt"))
@@ -361,6 +365,6 @@ def load_or_fit_unit_vocoder(
 
     name = f"hu{sizes['Hu']}-dim{dim}"
     folder = artifact_dir(corpus.root, "unit_vocoder", name, settings, inputs)
-    vocoder = fit_once(folder, fit, load, {"settings": settings, "inputs": inputs})
+    vocoder = fit_once(folder, fit, load, record)
     vocoder.source = folder
     return vocoder

@@ -36,7 +36,7 @@ from slmlab.artifacts import (
     manifest_fingerprints,
 )
 from slmlab.constants import SAMPLE_RATE, TOKEN_RATES
-from slmlab.data.manifest import load_audio, read_split
+from slmlab.data.manifest import AudioOf, fitting_subset, read_split
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,28 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Ten
         counts = torch.bincount(assign, minlength=k).unsqueeze(1)
         centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
     return centroids
+
+
+def sample_rows(chunks, total: int, k: int, seed: int = 0) -> torch.Tensor:
+    """The rows of `chunks` ([n_i, D] tensors, `total` rows in all, made one at a time) -> [min(k, total), D]:
+    all of them in order when total <= k, else `torch.cat(chunks)[torch.randperm(total)[:k]]` (seeded),
+    gathered chunk by chunk without ever holding the concatenation."""
+    if total <= k:
+        return torch.cat(list(chunks))
+    picks = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:k]
+    order = picks.argsort()
+    sorted_picks, rows, start = picks[order], None, 0
+    for chunk in chunks:
+        lo, hi = torch.searchsorted(
+            sorted_picks, torch.tensor([start, start + len(chunk)])
+        ).tolist()
+        if rows is None:
+            rows = chunk.new_empty(k, chunk.shape[1])
+        rows[order[lo:hi]] = chunk[sorted_picks[lo:hi] - start]
+        start += len(chunk)
+    if start != total:
+        raise ValueError(f"expected {total} rows, the chunks held {start}")
+    return rows
 
 
 def assign_nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
@@ -426,7 +448,14 @@ def fit_speech_tokenizer(
     max_frames: int = 200_000,
     seed: int = 0,
 ) -> SpeechTokenizer:
-    """Fit units, pitch bins and styles on an iterable of 16 kHz waveforms [S]."""
+    """Fit units, pitch bins and styles on 16 kHz waveforms [S], one in memory at a time. `waveforms` is
+    read three times (a list, or `AudioOf` records; not a generator): voiced log-F0 for the pitch bins and
+    the frame count; the k-means pool (at most `max_frames` random frames, `sample_rows`); the style rows
+    with the fitted units. Features are computed twice (HuBERT's too): memory for time."""
+    if iter(waveforms) is waveforms:
+        raise TypeError(
+            "fit_speech_tokenizer reads its waveforms three times: pass a list or AudioOf"
+        )
     config = {
         "features": features,
         "n_units": n_units,
@@ -438,15 +467,15 @@ def fit_speech_tokenizer(
         "seed": seed,
     }
     extractor = make_features(config)
-    waveforms = list(waveforms)
-    frames, f0s = [extractor(w) for w in waveforms], [f0_contour(w) for w in waveforms]
-    pool = torch.cat(frames)
-    if len(pool) > max_frames:
-        pool = pool[
-            torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:max_frames]
-        ]
+    voiced, frames = [], 0  # a feature frame every 640 samples (25 Hz)
+    for wav in waveforms:
+        f0 = f0_contour(wav)
+        voiced.append(f0[f0 > 0].log())
+        frames += len(wav) // 640
+    pool = sample_rows((extractor(w) for w in waveforms), frames, max_frames, seed)
     unit_centroids = kmeans(pool, n_units, seed=seed)
-    voiced = torch.cat([f0[f0 > 0].log() for f0 in f0s])
+    del pool
+    voiced = torch.cat(voiced)
     pitch_edges = (
         torch.quantile(voiced, torch.linspace(0, 1, n_pitch)[1:-1])
         if len(voiced)
@@ -454,8 +483,8 @@ def fit_speech_tokenizer(
     )
     rows = torch.cat(
         [
-            style_features(w, f0, assign_nearest(x, unit_centroids))
-            for w, f0, x in zip(waveforms, f0s, frames)
+            style_features(w, f0_contour(w), assign_nearest(extractor(w), unit_centroids))
+            for w in waveforms
         ]
     )
     style_stats = torch.stack([rows.mean(0), rows.std(0).clamp_min(1e-5)])
@@ -475,11 +504,14 @@ def load_or_fit_speech_tokenizer(
     hubert_path: str | None = None,
     hubert_layer: int = 6,
     decoder: dict | None = None,
+    max_hours: float = 10.0,
+    max_frames: int = 200_000,
     seed: int = 0,
 ) -> SpeechTokenizer:
-    """`tokenizer/speech=units_*`: fit on the corpus's train audio once (first `slmlab-prepare` or training
-    run), saved under `<corpus>/artifacts/units/` (`artifacts.py`); with `decoder` settings, the unit
-    vocoder too."""
+    """`tokenizer/speech=units_*`: fit on at most `max_hours` of the corpus's train audio (a random subset,
+    `fitting_subset`), streamed, once (first `slmlab-prepare` or training run), saved under
+    `<corpus>/artifacts/units/` (`artifacts.py`; the utterances and hours used in its artifact.json,
+    `fitted_on`); with `decoder` settings, the unit vocoder too."""
     from slmlab.tokenizers.unit_vocoder import load_or_fit_unit_vocoder
 
     settings = {
@@ -490,25 +522,30 @@ def load_or_fit_speech_tokenizer(
         "dedup": dedup,
         "hubert_path": hubert_path,
         "hubert_layer": hubert_layer,
+        "max_hours": max_hours,
+        "max_frames": max_frames,
         "seed": seed,
     }
     inputs = manifest_fingerprints(corpus, "train")
+    record = {"settings": settings, "inputs": inputs}
 
     def fit(tmp: Path) -> SpeechTokenizer:
-        records, _ = read_split(corpus, "train")
+        records, record["fitted_on"] = fitting_subset(
+            read_split(corpus, "train")[0], max_hours, seed
+        )
         log.info(
-            "fitting speech tokens (%s, %d units) on %d utterances", features, n_units, len(records)
+            "fitting speech tokens (%s, %d units) on %s",
+            features,
+            n_units,
+            json.dumps(record["fitted_on"]),
         )
-        tokenizer = fit_speech_tokenizer(
-            (load_audio(r.audio_filepath, SAMPLE_RATE) for r in records), **settings
-        )
+        fit_settings = {k: v for k, v in settings.items() if k != "max_hours"}
+        tokenizer = fit_speech_tokenizer(AudioOf(records, SAMPLE_RATE), **fit_settings)
         tokenizer.save(tmp)
-        return tokenizer
+        return tokenizer  # artifact.json, written after fit, holds record["fitted_on"]
 
     folder = artifact_dir(corpus.root, "units", f"{features}{n_units}", settings, inputs)
-    tokenizer = fit_once(
-        folder, fit, SpeechTokenizer.load, {"settings": settings, "inputs": inputs}
-    )
+    tokenizer = fit_once(folder, fit, SpeechTokenizer.load, record)
     tokenizer.source = folder
     if decoder is not None:
         tokenizer.decoder = load_or_fit_unit_vocoder(corpus, tokenizer, **{"seed": seed, **decoder})
