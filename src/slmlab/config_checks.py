@@ -285,6 +285,21 @@ class Tokenizers:
 
 
 @dataclass
+class PeriodicCheckpoint:
+    """`callbacks.periodic_checkpoint` (slmlab.tasks.callbacks.PeriodicCheckpoint)."""
+
+    every_n_train_steps: int = at_least(1)
+
+
+@dataclass
+class Callbacks:
+    """`callbacks`: any Lightning callbacks, each checked against its target's arguments."""
+
+    other_keys: ClassVar[bool] = True
+    periodic_checkpoint: PeriodicCheckpoint = group(PeriodicCheckpoint)
+
+
+@dataclass
 class Paths:
     root_dir: str = allowed()
     data_dir: str = allowed()
@@ -299,6 +314,7 @@ class TrainConfig:
     task_name: str = allowed()
     seed: int = allowed("{kind} in [0, 2**32)", lambda v: 0 <= v < 2**32)
     threads: int | None = at_least(1)
+    resume: str = one_of("auto", "never")
     ckpt_path: str | None = allowed()
     test: bool = allowed()
     evaluate: bool = allowed()
@@ -309,7 +325,7 @@ class TrainConfig:
     paths: Paths = group(Paths)
     data: Any = allowed()
     tokenizer: Tokenizers = group(Tokenizers)
-    callbacks: Any = allowed()
+    callbacks: Callbacks = group(Callbacks)
     logger: Any = allowed()
 
 

@@ -37,7 +37,6 @@ from slmlab.artifacts import (
     CHECKPOINT_ADVICE,
     RECORD,
     UnreadableFileError,
-    check_checkpoint,
     fit_once,
     load_json,
     load_tensors,
@@ -231,24 +230,51 @@ def load_tokenizers(run_dir: str | Path) -> dict:
     return tokenizers
 
 
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint the run `cfg` continues from: `ckpt_path` when given; else, with `resume=auto`
+    (NeMo's resume_if_exists), the latest state in the run's own folder, `<paths.output_dir>/checkpoints/
+    last.ckpt`, or Lightning's SLURM requeue checkpoint `<paths.output_dir>/hpc_ckpt_<n>.ckpt` where that
+    one is further on; else None (a new run; always with `resume=never`). A truncated, corrupt or unsafe
+    checkpoint fails here, naming the file (`artifacts.check_checkpoint`'s check: tensors mapped, not
+    read), before anything is fitted."""
+    if cfg.get("ckpt_path"):
+        candidates = [Path(cfg.ckpt_path)]
+    elif cfg.get("resume", "auto") == "auto":
+        run_dir = Path(cfg.paths.output_dir)
+        candidates = [
+            run_dir / "checkpoints" / "last.ckpt",
+            *sorted(run_dir.glob("hpc_ckpt_*.ckpt")),
+        ]
+        candidates = [path for path in candidates if path.is_file()]
+    else:
+        candidates = []
+    steps = {
+        path: load_tensors(path, CHECKPOINT_ADVICE, mmap=True).get("global_step", 0)
+        for path in candidates
+    }
+    if not steps:
+        return None
+    latest = max(steps, key=steps.get)  # on a tie, last.ckpt (saved between two steps)
+    log.info("resuming from %s at step %d", latest, steps[latest])
+    return str(latest)
+
+
 def train(cfg: DictConfig) -> dict:
-    """Fit the run `cfg` describes; then test its best checkpoint (`test`), save the transformers
-    layout (arms that have one) and evaluate it (`evaluate`). -> the last logged metrics."""
+    """Fit the run `cfg` describes, from scratch or from where it stopped (`resume_checkpoint`); then
+    test its best checkpoint (`test`), save the transformers layout (arms that have one) and evaluate it
+    (`evaluate`). -> the last logged metrics."""
     L.seed_everything(cfg.seed, workers=True)
-    if cfg.get(
-        "ckpt_path"
-    ):  # a truncated, corrupt or unsafe checkpoint fails here, naming the file
-        check_checkpoint(cfg.ckpt_path)
-    datamodule, task = build(cfg, run_dir=cfg.paths.output_dir)
+    ckpt_path = resume_checkpoint(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    datamodule, task = build(cfg, run_dir=cfg.paths.output_dir)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:  # the whole config (CSV, TensorBoard text)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if cfg.get("test"):  # report the best checkpoint (by val/loss) on both held-out splits
-        callback = trainer.checkpoint_callback
-        best = (callback.best_model_path if callback else "") or None
+        monitoring = [c for c in trainer.checkpoint_callbacks if c.monitor]
+        best = (monitoring[0].best_model_path if monitoring else "") or None
         trainer.validate(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
         trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
     if hasattr(task, "save_pretrained") and trainer.is_global_zero:  # the transformers way

@@ -15,6 +15,8 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     `max_tokens` is set, at most `max_tokens` padded positions (longest item x batch size). Items are
     sorted by length inside windows of `bucket_batches` batches, so batches stay random but tight.
     Every rank gets the same number of batches (the list is padded by repeating batches).
+    A resumed run calls `resume(epoch, batches_done)`: its next iteration starts that epoch past the
+    batches already trained on (Lightning 2.x does not fast-forward a map-style sampler itself).
     """
 
     def __init__(
@@ -31,9 +33,19 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self.lengths, self.batch_size, self.max_tokens = list(lengths), batch_size, max_tokens
         self.shuffle, self.bucket_batches, self.seed = shuffle, bucket_batches, seed
         self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        self.skip = 0  # batches of this rank's next iteration already trained on (a resumed run)
+        # Lightning calls set_epoch on a loader's `batch_sampler.sampler`, never on a batch sampler
+        self.sampler = self
 
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
+    def set_epoch(self, epoch: int) -> None:  # at the start of every epoch (`self.sampler`)
         self.epoch = epoch
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Make the next iteration the rest of `epoch`, whose first `batches_done` batches of this rank
+        were trained on (the next epoch, whole, when it has no more)."""
+        self.epoch, self.skip = epoch, batches_done
+        if batches_done >= len(self):
+            self.epoch, self.skip = epoch + 1, 0
 
     def _all_batches(self) -> list[list[int]]:
         order = list(range(len(self.lengths)))
@@ -65,7 +77,8 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self):
-        return iter(self._all_batches()[self.rank :: self.num_replicas])
+        skip, self.skip = self.skip, 0
+        return iter(self._all_batches()[self.rank :: self.num_replicas][skip:])
 
     def __len__(self) -> int:
         return len(self._all_batches()) // self.num_replicas

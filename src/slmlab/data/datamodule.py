@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from slmlab.artifacts import (
@@ -136,6 +138,7 @@ class SpeechDataModule(L.LightningDataModule):
         self.datasets: dict[str, UtteranceDataset] = {}
         self.reports: dict[str, dict] = {}
         self._prepared: dict[str, tuple[list[Utterance], dict]] = {}
+        self.resume_at: dict | None = None  # {"epoch", "batches_done"} from a checkpoint
 
     # -- cache ------------------------------------------------------------------------------------
     def _prepare_split(self, split: str) -> tuple[list[Utterance], dict[str, list[torch.Tensor]]]:
@@ -226,16 +229,41 @@ class SpeechDataModule(L.LightningDataModule):
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # its own generator: every new iterator draws its workers' seed from it, not from torch's
+            # global generator, which a training step samples from (dropout, csm's frames) and a
+            # resumed run restores: an epoch's start or a validation would move it otherwise
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        if self.resume_at:  # fitting from a checkpoint: the rest of its epoch
+            loader.batch_sampler.resume(**self.resume_at)
+            self.resume_at = None
+        return loader
+
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    # -- resume (Lightning keeps this state in every checkpoint) ---------------------------------------
+    def state_dict(self) -> dict:
+        """Where fitting stands: the epoch and how many of its batches each rank has trained on, as
+        Lightning's fit loop counts them (the sampler's iterator is a batch ahead: Lightning prefetches)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restored by Lightning from a checkpoint, before `train_dataloader`, which resumes there."""
+        self.resume_at = dict(state) or None
+        # Lightning's warning on a mid-epoch checkpoint does not apply: the sampler skips what was done
+        warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before")
 
     def collate(self, items: list[dict]) -> dict:
         batch = {

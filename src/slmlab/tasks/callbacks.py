@@ -1,16 +1,22 @@
-"""Callbacks shared by every arm (the rest come from Lightning: checkpoints, LR monitor, throughput)."""
+"""Callbacks shared by every arm (the rest come from Lightning: checkpoints, LR monitor, throughput), and
+the checkpoint writer (`AtomicCheckpointIO`, a `trainer.plugins` entry)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
+import random
 import resource
 import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +149,156 @@ class ProgressLog(L.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self._line(trainer, "val/")
+
+
+# -- checkpoints a run resumes from exactly ---------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to `<name>.tmp-<pid>` beside it, then renames it over `<name>` (`os.replace`),
+    so that a process killed mid-save (`kill -9`, a preempted job) leaves the previous checkpoint whole,
+    never a truncated one. Lightning's own `_atomic_save` only buffers the checkpoint in memory: it then
+    writes it through fsspec to a file in the system's temporary folder and moves that over `<name>`,
+    which is a copy (truncated when killed) wherever that folder is on another file system than the
+    run's, as on a cluster. Local (or mounted) paths."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint every `every_n_train_steps` optimisation steps whatever validation
+    finds, and at the run's last step, so that `last.ckpt` always holds the latest of those states
+    (ModelCheckpoint alone skips a last step that is not a multiple of the interval). With
+    `save_top_k: 0` it keeps `last.ckpt` only."""
+
+    def __init__(self, every_n_train_steps: int, **kwargs) -> None:
+        if isinstance(every_n_train_steps, bool) or not isinstance(every_n_train_steps, int):
+            raise ValueError(
+                f"callbacks.periodic_checkpoint.every_n_train_steps={every_n_train_steps!r}: not an "
+                "integer number of steps (by default it is trainer.val_check_interval); set it"
+            )
+        if every_n_train_steps < 1:
+            raise ValueError(
+                f"callbacks.periodic_checkpoint.every_n_train_steps={every_n_train_steps}: must be >= 1"
+            )
+        super().__init__(every_n_train_steps=every_n_train_steps, **kwargs)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.global_step >= trainer.max_steps > 0 and not self._should_skip_saving_checkpoint(
+            trainer
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def task_generators(pl_module) -> dict:
+    """The task's own generators: its attributes holding a `torch.Generator` or a `random.Random`
+    (csm's frame sampler, spiritlm's span sampler)."""
+    return {
+        name: value
+        for name, value in vars(pl_module).items()
+        if isinstance(value, (torch.Generator, random.Random))
+    }
+
+
+def generator_states(pl_module) -> dict:
+    """The state of every generator a training step may draw from: torch's (CPU, and CUDA once in use),
+    Python's `random`, numpy's global one and the task's own. Tensors and plain data, so that a
+    checkpoint still loads with weights_only=True (Lightning's `_collect_rng_states` keeps numpy's as an
+    ndarray, which that refuses)."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "task": {
+            name: g.get_state() if isinstance(g, torch.Generator) else g.getstate()
+            for name, g in task_generators(pl_module).items()
+        },
+    }
+    if torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_generator_states(pl_module, states: dict) -> None:
+    """Put back the states `generator_states` took."""
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    numpy = states["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["gauss"],
+        )
+    )
+    generators = task_generators(pl_module)
+    for name, state in states["task"].items():
+        if isinstance(generators[name], torch.Generator):
+            generators[name].set_state(state)
+        else:
+            generators[name].setstate(state)
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class GeneratorStates(L.Callback):
+    """Exact resume: each checkpoint holds every rank's generator states (`generator_states`), which a
+    run resumed from it puts back right before its first training step; and validation draws from them
+    without moving them, so that training draws the same numbers whether or not (and wherever) a run
+    validated, and a resumed run (which does not repeat the validation of the step it resumes at)
+    continues the same streams."""
+
+    KEY = "generator_states"  # in the checkpoint: one entry per rank
+
+    def __init__(self) -> None:
+        self.to_restore: dict | None = None
+        self.outside_validation: dict | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        states = generator_states(pl_module)  # every rank builds the checkpoint; rank 0 writes it
+        if trainer.world_size > 1:
+            gathered = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, states)
+            checkpoint[self.KEY] = gathered
+        else:
+            checkpoint[self.KEY] = [states]
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        saved = checkpoint.get(self.KEY)
+        if saved is None or len(saved) != trainer.world_size:
+            log.warning(
+                "the checkpoint holds no generator states for %d ranks (%s): the generators go on "
+                "from the seed, so the resumed run draws other numbers than the run it continues",
+                trainer.world_size,
+                "none" if saved is None else f"{len(saved)} ranks",
+            )
+            return
+        self.to_restore = saved[trainer.global_rank]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.to_restore is not None:
+            set_generator_states(pl_module, self.to_restore)
+            self.to_restore = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.outside_validation = generator_states(pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        set_generator_states(pl_module, self.outside_validation)
