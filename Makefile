@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= default
 
-.PHONY: setup demo demo-fit-units demo-fit-codec-judges test lint format bench clean-venv
+.PHONY: setup demo demo-fit-units demo-fit-codec-judges test test-cluster lint format bench clean-venv
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ demo-fit-codec-judges:
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The cluster tests (tests/cluster/, not part of `make test`) on a running SLURM controller, e.g. the
+# single-node one `sudo scripts/local_slurm.sh` brings up here; they fail, not skip, when none answers.
+test-cluster: $(STAMP)
+	SLMLAB_REQUIRE_SLURM=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/cluster
 
 # ruff's settings are in pyproject.toml; `make format` rewrites the files, `make lint` only checks them
 lint: $(STAMP)

@@ -31,6 +31,7 @@ def options(group: str) -> list[str]:
 ALL = [(g, o) for g in GROUPS for o in options(g)] + [
     ("hydra/launcher", "basic"),
     ("hydra/launcher", "slurm"),
+    ("hydra/launcher", "slurm_cpu"),
 ]
 
 
@@ -140,29 +141,61 @@ def test_slurm_launcher_follows_the_trainer():
     assert (launcher.partition, launcher.account, launcher.timeout_min) == ("gpu", "speech", 600)
 
 
-def test_slurm_submission_script_carries_the_layout(tmp_path):
-    """No SLURM controller here: we check the sbatch script submitit would submit (mocking sbatch)."""
-    from submitit.slurm.slurm import _make_sbatch_string
+def sbatch_script(tmp_path, monkeypatch, *overrides: str) -> tuple[str, object]:
+    """The sbatch script hydra/launcher=slurm* would submit for slmlab's composed config, made without
+    a controller: the launcher's own `launch` maps its settings onto submitit's executor, which is
+    captured at its submission (`map_array`); submitit then writes the script. -> (script, executor)."""
+    import submitit
 
-    script = _make_sbatch_string(
-        command="python train.py",
-        folder=str(tmp_path),
-        job_name="slmlab",
-        partition="gpu",
-        account="speech",
-        nodes=2,
-        ntasks_per_node=4,
-        gpus_per_node=4,
-        time=600,
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[*overrides, f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True
+        )
+    captured = []
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))  # no srun here
+    monkeypatch.setattr(
+        submitit.AutoExecutor, "map_array", lambda executor, *args: captured.append(executor) or []
+    )
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+    launcher.launch([["seed=0"]], initial_job_idx=0)
+    executor = captured[0]._executor
+    return executor._make_submission_file_text("python -m submitit.core._submit", "uid"), executor
+
+
+def test_slurm_submission_script_carries_the_layout(tmp_path, monkeypatch):
+    script, executor = sbatch_script(
+        tmp_path,
+        monkeypatch,
+        "hydra/launcher=slurm",
+        "strategy=ddp",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=speech",
+        "hydra.launcher.timeout_min=600",
     )
     for line in (
         "#SBATCH --nodes=2",
         "#SBATCH --ntasks-per-node=4",
         "#SBATCH --gpus-per-node=4",
+        "#SBATCH --cpus-per-task=8",
         "#SBATCH --partition=gpu",
         "#SBATCH --account=speech",
+        "#SBATCH --time=600",
+        "#SBATCH --signal=USR2@120",  # submitit requeues on it; the run resumes (resume: auto)
     ):
-        assert line in script
+        assert line in script.splitlines()
+    assert executor.max_num_timeout == 3  # requeued after up to 3 time limits
+
+
+def test_slurm_cpu_submission_script_asks_for_no_gpu(tmp_path, monkeypatch):
+    script, _ = sbatch_script(tmp_path, monkeypatch, "hydra/launcher=slurm_cpu", "strategy=ddp_cpu")
+    lines = script.splitlines()
+    assert {"#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=1", "#SBATCH --mem=4GB"} <= set(
+        lines
+    )
+    assert not [line for line in lines if "gpu" in line]
 
 
 @pytest.mark.parametrize("strategy", ["auto", "ddp_cpu"])
