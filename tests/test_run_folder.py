@@ -155,10 +155,11 @@ def test_a_moved_run_is_evaluated_given_only_its_corpus_test_items(
     for made in ("corpus.json", "artifact.json"):  # nor the marks of a synthesised corpus
         (corpus / made).unlink()
     (corpus / "val.jsonl").unlink()
-    for wav in [*corpus.glob("wav16k/val_*.wav"), *corpus.glob("wav24k/val_*.wav")]:
-        wav.unlink()
-    # left: the manifests of train (transcripts, for the trivial baselines; the evaluator reads them
-    # through read_split, which checks their audio too) and test, test and probe audio, probes, judges
+    for split in ("train", "val"):
+        for wav in [*corpus.glob(f"wav16k/{split}_*.wav"), *corpus.glob(f"wav24k/{split}_*.wav")]:
+            wav.unlink()
+    # left: the train manifest (transcripts only, for the trivial baselines) and the test manifest, test
+    # and probe audio, probes, judges
     out = tmp_path / "evaluated"
     run_cli("slmlab-eval", f"ckpt_path={ckpt}", *TINY_EVAL, f"hydra.run.dir={out}", cwd=tmp_path)
     evaluation = json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]

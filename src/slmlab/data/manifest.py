@@ -301,13 +301,13 @@ def read_split(
     return read_records(corpus.manifest(split), policy or RecordPolicy.of(corpus))
 
 
-def read_transcripts(corpus, split: str) -> list[str]:
-    """The texts of `corpus.manifest(split)`'s records, read without opening their audio (fields, ids, text
-    and word timings checked as `read_split` checks them): for what needs only transcripts, such as the
-    trivial baselines of a run evaluated where its training audio is not."""
+def read_labels(corpus, split: str) -> list[Utterance]:
+    """The records of `corpus.manifest(split)` read without opening their audio (fields, ids, text and word
+    timings checked as `read_split` checks them): for what needs only their texts and labels, such as the
+    trivial baselines or whether a corpus has styles, where the training audio is not (a run evaluated
+    away from its corpus). Anything that reads their audio takes `read_split`."""
     policy = RecordPolicy.of(corpus).model_dump() | {"check_audio": False}
-    records, _ = read_manifest(corpus.manifest(split), **policy)
-    return [r.text for r in records]
+    return read_manifest(corpus.manifest(split), **policy)[0]
 
 
 def read_records(path: str | Path, policy: RecordPolicy) -> tuple[list[Utterance], ManifestReport]:

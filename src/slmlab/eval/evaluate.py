@@ -19,7 +19,14 @@ import torch
 import torchaudio.functional as AF
 
 from slmlab.constants import SAMPLE_RATE
-from slmlab.data.manifest import RecordPolicy, audio_path, load_audio, read_records, read_split
+from slmlab.data.manifest import (
+    RecordPolicy,
+    audio_path,
+    load_audio,
+    read_labels,
+    read_records,
+    read_split,
+)
 from slmlab.eval.intervals import metric_value
 from slmlab.eval.metrics import (
     classification_accuracy,
@@ -170,8 +177,8 @@ class Evaluator:
             tensorboard_samples,
         )
         self.test, _ = read_split(corpus, "test")
-        train, _ = read_split(corpus, "train")
-        self.train_texts = [r.text for r in train]
+        # the trivial baselines need only the transcripts
+        self.train_texts = [r.text for r in read_labels(corpus, "train")]
 
     def baselines(self) -> dict[str, float | str]:
         """Trivial outputs, chance, and the judges on the same real test items the arms are scored on (the

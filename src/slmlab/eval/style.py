@@ -17,7 +17,7 @@ import torchaudio
 
 from slmlab.artifacts import artifact_dir, fit_once, load_tensors, manifest_fingerprints
 from slmlab.constants import SAMPLE_RATE
-from slmlab.data.manifest import AudioOf, fitting_subset, read_split
+from slmlab.data.manifest import AudioOf, fitting_subset, read_labels, read_split
 from slmlab.eval.metrics import classification_accuracy
 from slmlab.tokenizers.units import f0_contour
 
@@ -151,10 +151,8 @@ def load_or_fit_style_classifier(
     by the first call (saved under `<corpus>/artifacts/style_classifier/`); its accuracy on crops of the
     real test audio is in `.report` (the ceiling of the probe). None when the train records carry no
     `style` (LibriSpeech, most manifests): there is nothing to classify."""
-    styled = {
-        split: [r for r in read_split(corpus, split)[0] if r.style] for split in ("train", "test")
-    }
-    if not styled["train"]:
+    # whether there are styles, from the labels alone: a fitted classifier loads without the train audio
+    if not any(r.style for r in read_labels(corpus, "train")):
         log.info(
             "no style labels in %s: no style classifier, no style metrics", corpus.manifest("train")
         )
@@ -164,6 +162,10 @@ def load_or_fit_style_classifier(
     record = {"settings": settings, "inputs": inputs}
 
     def fit(tmp: Path) -> StyleClassifier:
+        styled = {
+            split: [r for r in read_split(corpus, split)[0] if r.style]
+            for split in ("train", "test")
+        }
         generator = torch.Generator().manual_seed(seed)
         train, record["fitted_on"] = fitting_subset(styled["train"], max_hours, seed)
         log.info("fitting the style classifier on %s", json.dumps(record["fitted_on"]))
