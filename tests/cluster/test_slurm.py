@@ -1,6 +1,6 @@
 """slmlab on a real SLURM (`make test-cluster`; `scripts/local_slurm.sh` brings one up here): a `-m` sweep
 submitted by `hydra/launcher=slurm_cpu`, one job of 2 tasks training with DDP over gloo, and a job that is
-signalled as before a time limit, requeued, and resumed in its own run folder (to come). Not part of `make test`
+signalled as before a time limit, requeued, and resumed in its own run folder. Not part of `make test`
 (pyproject's `norecursedirs`); skipped when no controller answers, failed instead under
 `SLMLAB_REQUIRE_SLURM=1` (set by `make test-cluster`)."""
 
@@ -10,10 +10,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
+
+from slmlab.runs import REPO_ROOT
 
 HERE = Path(__file__).parent  # slurm_probe.py, the callback every job here runs with
 UP = ("idle", "mixed", "allocated", "completing")
@@ -161,3 +165,97 @@ def test_ddp_job_takes_its_two_ranks_from_slurm(prepared, tmp_path, job_env):
         assert "Job completed successfully" in (folder / f"{folder.name}_{r}_log.out").read_text()
     assert ranks[0][0]["slurm_job_id"] == ranks[1][0]["slurm_job_id"]
     assert ranks[0][0]["pid"] != ranks[1][0]["pid"]
+
+
+def wait_for(condition, what: str, timeout: float, launcher: subprocess.Popen, log: Path):
+    """Poll `condition()` until it returns something true; fail naming `what` when the launcher
+    exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if launcher.poll() is not None:
+            break
+        time.sleep(0.5)
+    pytest.fail(f"{what}: not within {timeout:.0f} s; launcher log:\n{log.read_text()[-3000:]}")
+
+
+def job_state(job_id: str) -> str:
+    return subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_in_its_run_folder(
+    prepared, tmp_path, job_env
+):
+    """SLURM's signal before a time limit (submitit's USR2, sent here as `scancel --signal`) makes
+    submitit requeue the job; the job starts again in the same run folder and continues from its
+    last periodic checkpoint (`resume: auto`) to max_steps."""
+    max_steps, every = 300, 20
+    log = tmp_path / "launcher.log"
+    command = [
+        str(Path(sys.executable).parent / "slmlab-train"),
+        "-m",
+        *overrides(prepared, tmp_path),
+        f"trainer.max_steps={max_steps}",
+        f"callbacks.periodic_checkpoint.every_n_train_steps={every}",
+    ]
+    env = {**os.environ, "SLMLAB_ROOT": str(REPO_ROOT)}
+    with log.open("w") as out:
+        launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=out)
+    job_id = None
+    try:
+        # the sweep folder is named by the launch time (${now:}), which the requeued job must keep
+        sweep = wait_for(
+            lambda: next((tmp_path / "tiny_text_lm/multiruns").glob("*/.submitit"), None),
+            "the job submitted",
+            120,
+            launcher,
+            log,
+        ).parent
+        run, probe = sweep / "0", sweep / "0/probe/rank0.jsonl"
+        job_id = wait_for(lambda: job_folders(sweep), "the job's folder", 60, launcher, log)[0].name
+        # signal once a checkpoint exists and a few steps more have run
+        wait_for(
+            lambda: (run / "checkpoints/last.ckpt").is_file()
+            and max((s.get("step", 0) for s in read_jsonl(probe)), default=0) >= every + 5,
+            "a checkpoint, then 5 steps more",
+            300,
+            launcher,
+            log,
+        )
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        # submitit requeues it; SLURM holds a requeued job ~2 minutes (BeginTime): start it now
+        wait_for(lambda: job_state(job_id) == "PENDING", "the job requeued", 120, launcher, log)
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+        launcher.wait(timeout=600)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if job_id is not None and job_state(job_id):
+            subprocess.run(["scancel", job_id])
+    assert launcher.returncode == 0, f"launcher log:\n{log.read_text()[-3000:]}\n{job_logs(sweep)}"
+
+    assert [p.name for p in job_folders(sweep)] == [job_id]  # one job, one run folder
+    assert [p.name for p in sweep.iterdir() if (p / ".hydra").is_dir()] == ["0"]
+    lines = read_jsonl(probe)
+    starts = [line for line in lines if "rank" in line]
+    assert [(s["restart"], s["slurm_job_id"]) for s in starts] == [
+        (0, starts[0]["slurm_job_id"]),
+        (1, starts[0]["slurm_job_id"]),
+    ], "the job ran twice: once, then once requeued"
+    first = [s["step"] for s in lines if s.get("restart") == 0 and "step" in s]
+    second = [s["step"] for s in lines if s.get("restart") == 1 and "step" in s]
+    resumed_from = starts[1]["start_step"]
+    # the second run started at a checkpoint the first had saved, and went on step by step
+    assert first == list(range(1, len(first) + 1)) and every + 5 <= first[-1] < max_steps
+    assert resumed_from % every == 0 and every <= resumed_from <= first[-1]
+    assert second == list(range(resumed_from + 1, max_steps + 1))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["start_step"], metrics["global_step"]) == (resumed_from, max_steps)
+    # submitit handled the signal (Lightning's own auto-requeue saves hpc_ckpt_*.ckpt; it did not)
+    job_log = (sweep / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
+    assert "Caught signal SIGUSR2" in job_log and "Job completed successfully" in job_log
+    assert not list(run.glob("hpc_ckpt_*.ckpt"))
