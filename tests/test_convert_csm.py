@@ -329,7 +329,8 @@ def test_d_a_checkpoint_that_does_not_fit_is_refused_naming_the_key(tmp_path, ti
     )
     with pytest.raises(
         CheckpointMismatchError,
-        match=r"backbone.layers.0.attn.k_proj.weight has shape \(32, 64\), the model expects \(64, 64\)",
+        match=r"backbone_model.layers.0.self_attn.k_proj.weight \(ours: backbone.layers.0.attn.k_proj.weight\) "
+        r"has shape \(32, 64\), the model expects \(64, 64\)",
     ):
         convert.import_checkpoint(tmp_path / "hf")
     config.write_text(
@@ -341,7 +342,8 @@ def test_d_a_checkpoint_that_does_not_fit_is_refused_naming_the_key(tmp_path, ti
     save_file({**state, q: state[q][:40]}, weights)  # not whole heads: no q/k permutation fits it
     with pytest.raises(
         CheckpointMismatchError,
-        match=r"backbone.layers.1.attn.q_proj.weight has shape \(40, 64\), the model expects \(64, 64\)",
+        match=r"backbone_model.layers.1.self_attn.q_proj.weight \(ours: backbone.layers.1.attn.q_proj.weight\) "
+        r"has shape \(40, 64\), the model expects \(64, 64\)",
     ):
         convert.import_checkpoint(tmp_path / "hf")
 

@@ -11,7 +11,8 @@ here is found by its name, which the run's `model.name` starts with):
                                          EXPORT_TAKES_TASK, as a layout may need the tokenizers too)
 
 `load_matching` is the one place a converted state dict meets a module: it names the first key whose
-shape does not fit, and every key that is missing or left over, instead of torch's list of all of them.
+shape does not fit, and every key that is missing or left over, instead of torch's list of all of them,
+each as the checkpoint's file names it (a converter that renames keys passes its renaming).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -33,23 +34,34 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint whose keys or shapes do not fit the model it is loaded into."""
 
 
-def load_matching(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+def load_matching(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    file_name: Callable[[str], str] | None = None,
+) -> None:
     """`module.load_state_dict(state, strict=True)`, refusing first with the first mismatching key.
 
-    source: where `state` came from (a path), for the message."""
+    source: where `state` came from (a path), for the message; file_name: our key -> the name it has in
+    that file, where the converter renamed it (the message gives both)."""
+
+    def named(key: str) -> str:
+        theirs = file_name(key) if file_name is not None else key
+        return key if theirs == key else f"{theirs} (ours: {key})"
+
     expected = module.state_dict()
     for key, tensor in state.items():
         if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
             raise CheckpointMismatchError(
-                f"{source}: {key} has shape {tuple(tensor.shape)}, the model expects "
+                f"{source}: {named(key)} has shape {tuple(tensor.shape)}, the model expects "
                 f"{tuple(expected[key].shape)} (is the size preset the checkpoint's?)"
             )
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointMismatchError(
-            f"{source}: {len(missing)} keys missing (first: {missing[:1]}), "
-            f"{len(unexpected)} keys not in the model (first: {unexpected[:1]})"
+            f"{source}: {len(missing)} keys missing (first: {[named(k) for k in missing[:1]]}), "
+            f"{len(unexpected)} keys not in the model (first: {[named(k) for k in unexpected[:1]]})"
         )
     module.load_state_dict(state, strict=True)
 

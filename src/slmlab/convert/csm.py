@@ -209,7 +209,7 @@ def import_checkpoint(path: str | Path) -> tuple[CSM, dict]:
     """A Sesame or transformers CSM checkpoint -> (our `CSM` with its weights, its `build_csm` size arguments)."""
     sizes, state, source = read_checkpoint(path)
     model = CSM(**sizes)
-    load_matching(model, state, source)
+    load_matching(model, state, source, _file_name(path))
     return model, sizes
 
 
@@ -226,7 +226,21 @@ def load_pretrained(model: CSM, path: str | Path) -> None:
                     f"{source}: {part}.{key} is {theirs[key]} in the checkpoint, {ours[part][key]} in the model "
                     "(is the size preset the checkpoint's?)"
                 )
-    load_matching(model, state, source)
+    load_matching(model, state, source, _file_name(path))
+
+
+def _file_name(path: str | Path):
+    """Our key -> its name in the checkpoint at `path` (transformers renames every key; Sesame's are ours)."""
+    if detect(Path(path)) != "transformers":
+        return None
+
+    def name(key: str) -> str:
+        try:
+            return _hf_name(key)
+        except (AttributeError, KeyError):  # not a key of ours: kept as it was read
+            return key
+
+    return name
 
 
 def _read_sesame(path: Path) -> tuple[dict, dict, str]:
