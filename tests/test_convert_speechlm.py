@@ -408,19 +408,26 @@ def test_qwen2_audio_checkpoint_gives_the_originals_logits(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "layout,edit,key",
+    "layout,edit,key,ours",
     [
-        ("ultravox", lambda c: c | {"stack_factor": 2}, "projector.net.1.weight"),
+        (
+            "ultravox",
+            lambda c: c | {"stack_factor": 2},
+            "multi_modal_projector.linear_1.weight",
+            "projector.net.1.weight",
+        ),
         (
             "qwen2_audio",
             lambda c: c | {"text_config": c["text_config"] | {"vocab_size": 64}},
+            "language_model.model.embed_tokens.weight",
             "decoder.model.embed_tokens.weight",
         ),
     ],
 )
 def test_a_checkpoint_whose_shapes_do_not_fit_is_refused_naming_the_key(
-    tmp_path, layout, edit, key
+    tmp_path, layout, edit, key, ours
 ):
+    """Named as the file names it, and as ours."""
     if layout == "ultravox":
         whisper, llama = tiny_towers(0)
         write_ultravox(tmp_path / "ckpt", whisper.encoder, llama, ln_mid=True)
@@ -428,5 +435,5 @@ def test_a_checkpoint_whose_shapes_do_not_fit_is_refused_naming_the_key(
         tiny_qwen2_audio(tmp_path / "ckpt")
     config_file = tmp_path / "ckpt" / "config.json"
     config_file.write_text(json.dumps(edit(json.loads(config_file.read_text()))))
-    with pytest.raises(CheckpointMismatchError, match=rf"ckpt: {key} has shape"):
+    with pytest.raises(CheckpointMismatchError, match=rf"ckpt: {key} \(ours: {ours}\) has shape"):
         import_checkpoint(tmp_path / "ckpt")

@@ -192,9 +192,21 @@ def _unfilled(
     return model
 
 
-def _load(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+def _load(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: Path,
+    prefixes: dict[str, str] | None = None,
+) -> None:
     """`load_matching`, after giving each tied parameter that the file stores under one name only
-    (transformers saves a tied LM head once) its other names."""
+    (transformers saves a tied LM head once) its other names. prefixes: the renaming `_renamed` applied
+    (theirs -> ours), so that a refusal names the key as the file has it."""
+    ours_to_theirs = {ours: theirs for theirs, ours in (prefixes or {}).items()}
+
+    def file_name(key: str) -> str:
+        ours = next((p for p in ours_to_theirs if key.startswith(p)), None)
+        return key if ours is None else ours_to_theirs[ours] + key[len(ours) :]
+
     names_of: dict[int, list[str]] = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
         names_of.setdefault(id(tensor), []).append(name)
@@ -203,7 +215,7 @@ def _load(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> Non
         for name in names:
             if stored and name not in state:
                 state[name] = state[stored[0]]
-    load_matching(model, state, str(source))
+    load_matching(model, state, str(source), file_name)
 
 
 def _config_from_dict(config: dict, default_type: str) -> PretrainedConfig:
@@ -240,7 +252,7 @@ def _import_qwen2_audio(folder: Path) -> SpeechLM:
         "multi_modal_projector.linear.": "projector.net.0.",
         "language_model.": "decoder.",
     }
-    _load(model, _renamed(_read_weights(folder), prefixes), folder)
+    _load(model, _renamed(_read_weights(folder), prefixes), folder, prefixes)
     return model.eval()
 
 
@@ -301,7 +313,7 @@ def _import_ultravox(
         for theirs, ours in ULTRAVOX_PROJECTOR.items()
     }
     state |= _renamed(_read_weights(folder), prefixes)
-    _load(model, state, folder)
+    _load(model, state, folder, prefixes)
     return model.eval()
 
 
