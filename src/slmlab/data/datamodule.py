@@ -35,6 +35,7 @@ from slmlab.data.manifest import RecordPolicy, Utterance, read_split
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+CACHE_SHARD_RECORDS = 1000  # records per token cache file (tokens-00000.pt, tokens-00001.pt, ...)
 
 
 def previous_turns(records: list[Utterance], count: int) -> list[list[int]]:
@@ -91,14 +92,34 @@ class UtteranceDataset(Dataset):
         return {**self.utterance(i), "context": [self.utterance(j) for j in self.previous[i]]}
 
 
+def _shard_path(folder: Path, index: int) -> Path:
+    return folder / f"tokens-{index:05d}.pt"
+
+
+def _save_tokens(folder: Path, records: list[Utterance], field) -> int:
+    """`field`'s values of `records` into shards of `CACHE_SHARD_RECORDS` records ({"ids", "values"} each),
+    one shard in memory at a time. -> the number of shards."""
+    starts = range(0, len(records), CACHE_SHARD_RECORDS)
+    for index, start in enumerate(starts):
+        shard = records[start : start + CACHE_SHARD_RECORDS]
+        values = [field(r) for r in shard]
+        torch.save({"ids": [r.id for r in shard], "values": values}, _shard_path(folder, index))
+    return len(starts)
+
+
 def _load_tokens(folder: Path, ids: list[str]) -> list[torch.Tensor]:
-    """The cached values of the records `ids`, in order; `UnreadableFileError` if `tokens.pt` does not
-    load (weights_only) or holds other records."""
-    path = folder / "tokens.pt"
-    cache = load_tensors(path)
-    if not isinstance(cache, dict) or cache.get("ids") != ids:
-        raise UnreadableFileError(path, "does not hold the values of the records its key names")
-    return cache["values"]
+    """The cached values of the records `ids`, in order, read shard by shard; `UnreadableFileError` naming
+    a shard that is missing, does not load (weights_only) or holds other records."""
+    values = []
+    for index, start in enumerate(range(0, len(ids), CACHE_SHARD_RECORDS)):
+        path = _shard_path(folder, index)
+        if not path.is_file():
+            raise UnreadableFileError(path, "is missing")
+        shard, expected = load_tensors(path), ids[start : start + CACHE_SHARD_RECORDS]
+        if not isinstance(shard, dict) or shard.get("ids") != expected:
+            raise UnreadableFileError(path, "does not hold the values of the records its key names")
+        values += shard["values"]
+    return values
 
 
 class SpeechDataModule(L.LightningDataModule):
@@ -157,8 +178,9 @@ class SpeechDataModule(L.LightningDataModule):
         self, split: str, records: list[Utterance]
     ) -> dict[str, list[torch.Tensor]]:
         """Each cached field's values for `records`, built once into `<cache_dir or corpus root>/artifacts/
-        token_cache/<split>-<field>-<key>/tokens.pt` (`artifacts.py`), keyed by the field's tokenizer
-        fingerprint, the manifest's bytes and the ids of the records kept from it."""
+        token_cache/<split>-<field>-<key>/tokens-*.pt` (`artifacts.py`; `CACHE_SHARD_RECORDS` records a
+        shard), keyed by the field's tokenizer fingerprint, the manifest's bytes and the ids of the records
+        kept from it."""
         inputs = {
             **manifest_fingerprints(self.corpus, split),
             "records": fingerprint(" ".join(r.id for r in records).encode()),
@@ -167,13 +189,15 @@ class SpeechDataModule(L.LightningDataModule):
         for name, field in self.fields.items():
             if not field.cached:
                 continue
-            settings = {"field": name, "fingerprint": field.fingerprint()}
+            settings = {
+                "field": name,
+                "fingerprint": field.fingerprint(),
+                "shard_records": CACHE_SHARD_RECORDS,
+            }
 
-            def build(tmp: Path, name=name, field=field) -> list[torch.Tensor]:
-                values = [field(r) for r in records]
-                torch.save({"ids": ids, "values": values}, tmp / "tokens.pt")
-                log.info("cached %s/%s for %d records", split, name, len(values))
-                return values
+            def build(tmp: Path, name=name, field=field) -> None:
+                shards = _save_tokens(tmp, records, field)
+                log.info("cached %s/%s: %d records, %d shards", split, name, len(records), shards)
 
             folder = artifact_dir(
                 self.cache_root, "token_cache", f"{split}-{name}", settings, inputs

@@ -168,6 +168,20 @@ class BuiltinCodec:
         return codec
 
 
+def _mel_statistics(codec: BuiltinCodec, waveforms) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Waveforms [S] -> (mean [n_mels], standard deviation [n_mels] (>= 1e-3) of their log-mel frames, from
+    float64 sums; their count of codec frames)."""
+    count, total, squares, frames = 0, 0.0, 0.0, 0
+    for wav in waveforms:
+        log_mel = codec.vocoder.log_mel(wav.float()).T.double()  # [M, n_mels]
+        count, total = count + len(log_mel), total + log_mel.sum(0)
+        squares = squares + log_mel.pow(2).sum(0)
+        frames += -(-len(wav) // codec.samples_per_frame)
+    mean = total / count
+    std = ((squares - count * mean**2) / (count - 1)).clamp_min(0).sqrt()
+    return mean.float(), std.float().clamp_min(1e-3), frames
+
+
 def fit_builtin_codec(
     waveforms,
     num_codebooks: int = 8,
@@ -204,19 +218,8 @@ def fit_builtin_codec(
         torch.zeros(mel["n_mels"]),
         torch.ones(mel["n_mels"]),
     )
-    count, total, squares, frames = 0, 0.0, 0.0, 0
-    for wav in waveforms:
-        log_mel = analysis.vocoder.log_mel(wav.float()).T.double()  # [M, n_mels]
-        count, total, squares = (
-            count + len(log_mel),
-            total + log_mel.sum(0),
-            squares + log_mel.pow(2).sum(0),
-        )
-        frames += -(-len(wav) // analysis.samples_per_frame)
-    mean = total / count
-    std = ((squares - count * mean**2) / (count - 1)).clamp_min(0).sqrt()
-    analysis.mean, analysis.std = mean.float(), std.float().clamp_min(1e-3)
-    frames = sample_rows((analysis.frames(w) for w in waveforms), frames, max_frames, seed)
+    analysis.mean, analysis.std, count = _mel_statistics(analysis, waveforms)
+    frames = sample_rows((analysis.frames(w) for w in waveforms), count, max_frames, seed)
     codebooks, residual = [], frames
     for k in range(num_codebooks):
         codebook = kmeans(residual, cardinality, iters=15, seed=seed + k)

@@ -436,6 +436,16 @@ def style_features(wav: torch.Tensor, f0: torch.Tensor, units: torch.Tensor) -> 
     return torch.tensor([[float(v) for v in row] for row in rows])
 
 
+def _voiced_log_f0(waveforms) -> tuple[torch.Tensor, int]:
+    """16 kHz waveforms [S] -> (log-F0 of their voiced 10 ms frames [V], their count of 25 Hz frames)."""
+    voiced, frames = [], 0
+    for wav in waveforms:
+        f0 = f0_contour(wav)
+        voiced.append(f0[f0 > 0].log())
+        frames += len(wav) // 640  # as the features: one every 640 samples
+    return torch.cat(voiced), frames
+
+
 def fit_speech_tokenizer(
     waveforms,
     features: str = "mfcc",
@@ -467,15 +477,10 @@ def fit_speech_tokenizer(
         "seed": seed,
     }
     extractor = make_features(config)
-    voiced, frames = [], 0  # a feature frame every 640 samples (25 Hz)
-    for wav in waveforms:
-        f0 = f0_contour(wav)
-        voiced.append(f0[f0 > 0].log())
-        frames += len(wav) // 640
+    voiced, frames = _voiced_log_f0(waveforms)
     pool = sample_rows((extractor(w) for w in waveforms), frames, max_frames, seed)
     unit_centroids = kmeans(pool, n_units, seed=seed)
     del pool
-    voiced = torch.cat(voiced)
     pitch_edges = (
         torch.quantile(voiced, torch.linspace(0, 1, n_pitch)[1:-1])
         if len(voiced)
