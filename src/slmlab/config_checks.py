@@ -132,6 +132,7 @@ class Optimizer:
         "two numbers in [0, 1)",
         lambda v: isinstance(v, list) and len(v) == 2 and all(0 <= b < 1 for b in v),
     )
+    fused: bool | None = allowed()  # null: fused on CUDA, foreach elsewhere (SLMTask)
 
 
 @dataclass
@@ -186,6 +187,7 @@ class Sizes:
     encoder_attention_heads: int = at_least(1)
     encoder_ffn_dim: int = at_least(1)
     num_mel_bins: int = at_least(1)
+    attn_implementation: str = one_of("sdpa", "flash_attention_2", "eager")  # transformers
 
 
 @dataclass
@@ -314,6 +316,7 @@ class TrainConfig:
     task_name: str = allowed()
     seed: int = allowed("{kind} in [0, 2**32)", lambda v: 0 <= v < 2**32)
     threads: int | None = at_least(1)
+    compile: bool = allowed()
     resume: str = one_of("auto", "never")
     ckpt_path: str | None = allowed()
     test: bool = allowed()

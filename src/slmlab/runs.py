@@ -160,7 +160,10 @@ def build(cfg: DictConfig, run_dir: str | Path | None = None):
         name: instantiate(field, tokenizers=tokenizers) for name, field in cfg.model.fields.items()
     }
     datamodule = instantiate(cfg.datamodule, corpus=corpus, fields=fields)
-    return datamodule, build_task(cfg, tokenizers)
+    task = build_task(cfg, tokenizers)
+    if cfg.get("compile"):  # torch.compile in place (nn.Module.compile): same state_dict keys
+        task.net.compile()
+    return datamodule, task
 
 
 def _provenance(part) -> dict:

@@ -11,8 +11,9 @@ and `steps` timed steps on the same corpus, each arm batching it with its own sa
 - speed in the arm's own tokens per second (`token`: what one is) and in one common unit, seconds of
   training audio per second: the summed durations of the batch's utterances (text_lm reads the
   transcripts of the same utterances; their audio duration is counted alike);
-- model FLOPs per step as 6 x N x tokens (Kaplan et al. 2020, forward and backward of a dense
-  transformer, no attention term; N = parameters outside embedding tables, tokens = the arm's own),
+- model FLOPs per step as 6 x N x tokens (`slmlab.tasks.base.training_flops`, the formula training logs
+  MFU with: Kaplan et al. 2020, forward and backward of a dense transformer, no attention term;
+  N = parameters outside embedding tables, tokens = the arm's own),
   and, as a check on that formula, the FLOPs torch's `FlopCounterMode` counts (matmuls, convolutions,
   attention) on the first warm-up step, per token. They differ where positions are not the arm's tokens:
   SpeechLM's encoder runs at 50 Hz on mel frames, CSM's depth decoder on 1/16 of the frames.
@@ -34,6 +35,7 @@ from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 from slmlab.runs import build, compose
+from slmlab.tasks.base import FLOPS_FORMULA, dense_parameters, training_flops
 from slmlab.tasks.callbacks import batch_tokens
 
 ARMS = ("text_lm", "spiritlm_base", "spiritlm_expressive", "csm", "speechlm")
@@ -146,10 +148,7 @@ def measure_arm(arm: str, steps: int, overrides: list[str], warmup: int = 2) -> 
         memory.start()
         trainer.fit(task, datamodule=datamodule)
         memory_bytes = memory.peak()
-    embeddings = {
-        id(p) for m in task.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()
-    }
-    dense = sum(p.numel() for p in task.parameters() if id(p) not in embeddings)
+    dense = dense_parameters(task)
     seconds, tokens = sum(cost.seconds), statistics.mean(cost.tokens)
     return {
         "benchmark": "train_cost",
@@ -168,8 +167,8 @@ def measure_arm(arm: str, steps: int, overrides: list[str], warmup: int = 2) -> 
         "weight_bytes": sum(p.numel() * p.element_size() for p in task.parameters()),
         "parameters": sum(p.numel() for p in task.parameters()),
         "dense_parameters": dense,
-        "model_flops_per_step": 6 * dense * tokens,
-        "flops_formula": "6 x dense_parameters x tokens_per_step (Kaplan et al. 2020; no attention term)",
+        "model_flops_per_step": training_flops(dense, tokens),
+        "flops_formula": FLOPS_FORMULA,
         "counted_flops_per_token": cost.counted_flops_per_token,
         "steps": steps,
         "warmup_steps": warmup,
@@ -179,6 +178,6 @@ def measure_arm(arm: str, steps: int, overrides: list[str], warmup: int = 2) -> 
         "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "summary": (
             f"{sum(cost.tokens) / seconds:,.0f} tokens/s ({TOKEN[arm]}), "
-            f"{6 * dense * tokens / 1e9:.2f} GFLOP/step (6ND), {memory_bytes / 2**20:.1f} MiB"
+            f"{training_flops(dense, tokens) / 1e9:.2f} GFLOP/step (6ND), {memory_bytes / 2**20:.1f} MiB"
         ),
     }

@@ -21,13 +21,18 @@ def build_llama_lm(
     pretrained_path: str | None = None,
     pad_token_id: int | None = None,
     init_device: str | None = None,
+    attn_implementation: str = "sdpa",
 ) -> LlamaForCausalLM:
     """From scratch: sizes as given (intermediate_size defaults to the SwiGLU 8/3 x hidden, rounded up
     to 64), on `init_device` ("meta": shapes only, to inspect a published-scale architecture without
     allocating it). From `pretrained_path` (a local `save_pretrained` folder): its sizes, with the input and
-    output embeddings resized to `vocab_size` when the tokenizer has grown."""
+    output embeddings resized to `vocab_size` when the tokenizer has grown. attn_implementation: transformers'
+    "sdpa" (torch's scaled_dot_product_attention, flash kernels on GPU), "flash_attention_2" (needs the
+    flash-attn package) or "eager"."""
     if pretrained_path is not None:
-        model = load_local(LlamaForCausalLM, pretrained_path)
+        model = load_local(
+            LlamaForCausalLM, pretrained_path, attn_implementation=attn_implementation
+        )
         if model.get_input_embeddings().num_embeddings != vocab_size:
             model.resize_token_embeddings(vocab_size)
         return model
@@ -44,6 +49,7 @@ def build_llama_lm(
         attention_dropout=dropout,
         pad_token_id=pad_token_id,
         tie_word_embeddings=False,
+        attn_implementation=attn_implementation,
     )
     with torch.device(init_device or "cpu"):
         return LlamaForCausalLM(config)

@@ -1,5 +1,6 @@
 """The training logic every arm shares: optimiser and schedule from config, LM labels, text logging,
-and what an arm declares about itself (its capabilities for the evaluator, its FSDP units)."""
+model FLOPs per batch (for Lightning's MFU), and what an arm declares about itself (its capabilities for
+the evaluator, its FSDP units)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,32 @@ from hydra.utils import get_class
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from slmlab.tasks.callbacks import batch_tokens
+
 # the run's tokenizers, passed in as objects by `runs.build` and saved in `<run>/tokenizers/`
 TOKENIZER_ARGUMENTS = ("tokenizer", "speech_tokenizer")
+FLOPS_FORMULA = "6 x dense_parameters x tokens (Kaplan et al. 2020; no attention term)"
+
+
+def dense_parameters(module: torch.nn.Module) -> int:
+    """Parameters outside embedding tables (`nn.Embedding`): the N of the FLOPs formula."""
+    embeddings = {
+        id(p) for m in module.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()
+    }
+    return sum(p.numel() for p in module.parameters() if id(p) not in embeddings)
+
+
+def training_flops(dense: int, tokens: int) -> int:
+    """Model FLOPs of one training step of a network of `dense` parameters (`dense_parameters`) over
+    `tokens` positions: 6 N D (Kaplan et al. 2020: 2 N per token forward, 4 N backward, for a dense
+    transformer; no attention term)."""
+    return 6 * dense * tokens
+
+
+def adamw_kernel(device: torch.device) -> dict:
+    """AdamW's implementation for parameters on `device`: torch's fused kernel on CUDA, its foreach
+    (multi-tensor) one elsewhere."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
 
 class SLMTask(L.LightningModule):
@@ -25,6 +50,11 @@ class SLMTask(L.LightningModule):
 
     optimizer: a partial (Hydra `_partial_: true`) taking the parameters; scheduler: a partial taking
     the optimizer, stepped every optimisation step (e.g. transformers' `get_cosine_schedule_with_warmup`).
+    An optimizer configured with `fused: null` gets `adamw_kernel` for the device it runs on.
+
+    flops_per_batch: the model FLOPs of the training batch just run (`training_flops` of its tokens,
+    `callbacks.batch_tokens`), which Lightning's `ThroughputMonitor` turns into FLOPs/s and MFU; also
+    logged as `train/flops_per_batch`.
 
     Every `__init__` argument of the arm but its tokenizers is a hyperparameter (Lightning's
     `save_hyperparameters`: `self.hparams`, `checkpoint["hyper_parameters"]`), kept as plain data so that
@@ -39,13 +69,39 @@ class SLMTask(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.save_hyperparameters(ignore=TOKENIZER_ARGUMENTS, logger=False)
         self.hparams.update({name: as_data(value, name) for name, value in self.hparams.items()})
+        self.num_dense_parameters: int | None = None
+        self._train_batch: dict | None = None
+
+    def setup(self, stage: str) -> None:
+        """Count the dense parameters before a strategy shards them (FSDP)."""
+        self.num_dense_parameters = dense_parameters(self)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._train_batch = batch  # the training step adds `num_tokens` to it
+
+    @property
+    def flops_per_batch(self) -> int | None:
+        """Model FLOPs of the training batch being run; None outside a training batch (validation,
+        test), which the ThroughputMonitor then counts no FLOPs for."""
+        if self._train_batch is None:
+            return None
+        return training_flops(self.num_dense_parameters, batch_tokens(self._train_batch))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # after every callback's on_train_batch_end (the ThroughputMonitor's read of flops_per_batch)
+        self.log("train/flops_per_batch", float(self.flops_per_batch), batch_size=1)
+        self._train_batch = None
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]  # no weight decay on norms and biases
         no_decay = [p for p in params if p.ndim < 2]
+        kernel = {}
+        keywords = getattr(self.optimizer_factory, "keywords", {})
+        if "fused" in keywords and keywords["fused"] is None:
+            kernel = adamw_kernel(self.device)
         optimizer = self.optimizer_factory(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], **kernel
         )
         if self.scheduler_factory is None:
             return optimizer
