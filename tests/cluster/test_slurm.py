@@ -187,12 +187,18 @@ def job_state(job_id: str) -> str:
     ).stdout.strip()
 
 
-def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_in_its_run_folder(
+def steps_of(probe: Path, restart: int) -> list[int]:
+    """The optimisation steps the job's attempt `restart` (0: the first run) trained, in order."""
+    return [s["step"] for s in read_jsonl(probe) if s.get("restart") == restart and "step" in s]
+
+
+def test_a_requeued_job_resumes_in_its_run_folder_from_its_last_checkpoint(
     prepared, tmp_path, job_env
 ):
-    """SLURM's signal before a time limit (submitit's USR2, sent here as `scancel --signal`) makes
-    submitit requeue the job; the job starts again in the same run folder and continues from its
-    last periodic checkpoint (`resume: auto`) to max_steps."""
+    """A job is interrupted twice: by the signal SLURM sends before a time limit (submitit's USR2,
+    sent here with `scancel --signal`), which submitit answers by requeueing it, then by a plain
+    `scontrol requeue` (an admin's, or a preemption's). Each time the job starts again in the same run
+    folder and continues from its last periodic checkpoint (`resume: auto`); it ends at max_steps."""
     max_steps, every = 300, 20
     log = tmp_path / "launcher.log"
     command = [
@@ -205,7 +211,7 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_in_its_ru
     env = {**os.environ, "SLMLAB_ROOT": str(REPO_ROOT)}
     with log.open("w") as out:
         launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=out)
-    job_id = None
+    job_id, sweep = None, tmp_path
     try:
         # the sweep folder is named by the launch time (${now:}), which the requeued job must keep
         sweep = wait_for(
@@ -215,21 +221,22 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_in_its_ru
             launcher,
             log,
         ).parent
-        run, probe = sweep / "0", sweep / "0/probe/rank0.jsonl"
+        probe = sweep / "0/probe/rank0.jsonl"
         job_id = wait_for(lambda: job_folders(sweep), "the job's folder", 60, launcher, log)[0].name
-        # signal once a checkpoint exists and a few steps more have run
-        wait_for(
-            lambda: (run / "checkpoints/last.ckpt").is_file()
-            and max((s.get("step", 0) for s in read_jsonl(probe)), default=0) >= every + 5,
-            "a checkpoint, then 5 steps more",
-            300,
-            launcher,
-            log,
-        )
-        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-        # submitit requeues it; SLURM holds a requeued job ~2 minutes (BeginTime): start it now
-        wait_for(lambda: job_state(job_id) == "PENDING", "the job requeued", 120, launcher, log)
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+        interruptions = (["scancel", "--signal=USR2", job_id], ["scontrol", "requeue", job_id])
+        for restart, interrupt in enumerate(interruptions):
+            # once this attempt has saved a checkpoint of its own and trained 5 steps more
+            wait_for(
+                lambda restart=restart: len(steps_of(probe, restart)) >= every + 5,
+                f"attempt {restart}: a checkpoint, then 5 steps more",
+                300,
+                launcher,
+                log,
+            )
+            subprocess.run(interrupt, check=True)
+            # SLURM holds a requeued job ~2 minutes (BeginTime): start it now
+            wait_for(lambda: job_state(job_id) == "PENDING", "the job requeued", 120, launcher, log)
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
         launcher.wait(timeout=600)
     finally:
         if launcher.poll() is None:
@@ -240,22 +247,22 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_in_its_ru
 
     assert [p.name for p in job_folders(sweep)] == [job_id]  # one job, one run folder
     assert [p.name for p in sweep.iterdir() if (p / ".hydra").is_dir()] == ["0"]
-    lines = read_jsonl(probe)
-    starts = [line for line in lines if "rank" in line]
+    starts = [line for line in read_jsonl(probe) if "rank" in line]
     assert [(s["restart"], s["slurm_job_id"]) for s in starts] == [
-        (0, starts[0]["slurm_job_id"]),
-        (1, starts[0]["slurm_job_id"]),
-    ], "the job ran twice: once, then once requeued"
-    first = [s["step"] for s in lines if s.get("restart") == 0 and "step" in s]
-    second = [s["step"] for s in lines if s.get("restart") == 1 and "step" in s]
-    resumed_from = starts[1]["start_step"]
-    # the second run started at a checkpoint the first had saved, and went on step by step
-    assert first == list(range(1, len(first) + 1)) and every + 5 <= first[-1] < max_steps
-    assert resumed_from % every == 0 and every <= resumed_from <= first[-1]
-    assert second == list(range(resumed_from + 1, max_steps + 1))
+        (restart, starts[0]["slurm_job_id"]) for restart in range(3)
+    ], "one job, run three times: once, then requeued twice"
+    # each attempt started at a checkpoint the one before had saved, after its own start, and trained
+    # on step by step; the last one to max_steps
+    for before, after in zip(starts, starts[1:]):
+        trained = steps_of(probe, before["restart"])
+        assert trained == list(range(before["start_step"] + 1, trained[-1] + 1))
+        assert after["start_step"] % every == 0
+        assert before["start_step"] + every <= after["start_step"] <= trained[-1] < max_steps
+    assert steps_of(probe, 2) == list(range(starts[2]["start_step"] + 1, max_steps + 1))
+    run = sweep / "0"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert (metrics["start_step"], metrics["global_step"]) == (resumed_from, max_steps)
-    # submitit handled the signal (Lightning's own auto-requeue saves hpc_ckpt_*.ckpt; it did not)
+    assert (metrics["start_step"], metrics["global_step"]) == (starts[2]["start_step"], max_steps)
+    # submitit handled the signal; Lightning's own auto-requeue (hpc_ckpt_*.ckpt) did not act
     job_log = (sweep / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
     assert "Caught signal SIGUSR2" in job_log and "Job completed successfully" in job_log
     assert not list(run.glob("hpc_ckpt_*.ckpt"))
