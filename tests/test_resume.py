@@ -3,14 +3,18 @@ its own folder continues from it (`resume=auto`) or starts again (`resume=never`
 with SIGKILL and relaunched trains on the same batches, in the same order, with bit-equal losses (CPU,
 fp32) as the same run never interrupted."""
 
+import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_cli
@@ -19,7 +23,7 @@ from hydra.utils import instantiate
 from slmlab.config_checks import ConfigError
 from slmlab.data.batching import LengthBucketBatchSampler
 from slmlab.runs import REPO_ROOT, compose, train
-from slmlab.tasks.callbacks import AtomicCheckpointIO
+from slmlab.tasks.callbacks import AtomicCheckpointIO, GeneratorStates, set_generator_states
 
 HELPERS = Path(__file__).parent / "helpers"
 
@@ -75,6 +79,10 @@ def test_resume_auto_continues_in_the_run_folder_and_never_starts_again(
 ):
     run = tmp_path / "run"
     train(make_cfg("experiment=tiny_text_lm", *RUN, "trainer.max_steps=20"))
+    # saved after the step-20 validation, which the resumed run does not repeat: it knows its best
+    states = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"].values()
+    (best,) = [state["best_model_path"] for state in states if state.get("monitor") == "val/loss"]
+    assert best == str(run / "checkpoints" / "step000020.ckpt")
     caplog.set_level("INFO", logger="slmlab.runs")
     train(make_cfg("experiment=tiny_text_lm", *RUN, "trainer.max_steps=30"))
     assert f"resuming from {run / 'checkpoints' / 'last.ckpt'} at step 20" in caplog.text
@@ -118,6 +126,47 @@ def test_the_sampler_resumes_past_the_batches_each_rank_trained_on():
     sampler = LengthBucketBatchSampler(lengths, 4)
     sampler.resume(epoch=3, batches_done=10)  # a checkpoint at the end of epoch 3
     assert list(sampler) == epoch(4)
+
+
+class TaskWithGenerators(torch.nn.Module):  # as csm's and spiritlm's tasks keep theirs
+    def __init__(self) -> None:
+        super().__init__()
+        self.generator, self.rng = torch.Generator().manual_seed(1), random.Random(2)
+
+
+def draws(task: TaskWithGenerators) -> list:
+    """A number from each generator a training step may draw from."""
+    return [
+        torch.rand(2).tolist(),
+        random.random(),
+        float(np.random.rand()),
+        torch.rand(2, generator=task.generator).tolist(),
+        task.rng.random(),
+    ]
+
+
+def test_generator_states_come_back_from_a_checkpoint_and_validation_leaves_them_alone():
+    task, trainer, callback = (
+        TaskWithGenerators(),
+        SimpleNamespace(world_size=1, global_rank=0),
+        GeneratorStates(),
+    )
+    checkpoint = {}
+    callback.on_save_checkpoint(trainer, task, checkpoint)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    checkpoint = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    expected = draws(task)
+    draws(task)  # the killed run went on drawing
+    callback.on_load_checkpoint(trainer, task, checkpoint)
+    callback.on_train_batch_start(trainer, task, batch=None, batch_idx=0)
+    assert draws(task) == expected
+
+    set_generator_states(task, checkpoint[GeneratorStates.KEY][0])
+    callback.on_validation_start(trainer, task)
+    draws(task)  # a validation that samples (spiritlm's sample continuations)
+    callback.on_validation_end(trainer, task)
+    assert draws(task) == expected
 
 
 def launch(*args: str, cwd: Path) -> subprocess.Popen:

@@ -160,6 +160,8 @@ def build(cfg: DictConfig, run_dir: str | Path | None = None):
         name: instantiate(field, tokenizers=tokenizers) for name, field in cfg.model.fields.items()
     }
     datamodule = instantiate(cfg.datamodule, corpus=corpus, fields=fields)
+    if cfg.get("seed") is not None:  # initial weights from the seed alone: a tokenizer fitted here
+        L.seed_everything(cfg.seed, workers=True)  # drew from the generators, one loaded did not
     task = build_task(cfg, tokenizers)
     if cfg.get("compile"):  # torch.compile in place (nn.Module.compile): same state_dict keys
         task.net.compile()

@@ -175,9 +175,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class PeriodicCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint every `every_n_train_steps` optimisation steps whatever validation
-    finds, and at the run's last step, so that `last.ckpt` always holds the latest of those states
-    (ModelCheckpoint alone skips a last step that is not a multiple of the interval). With
-    `save_top_k: 0` it keeps `last.ckpt` only."""
+    finds (after the validation of that step, where there is one), and at the run's last step, so that
+    `last.ckpt` always holds the latest of those states (ModelCheckpoint alone skips a last step that is
+    not a multiple of the interval). With `save_top_k: 0` it keeps `last.ckpt` only."""
 
     def __init__(self, every_n_train_steps: int, **kwargs) -> None:
         if isinstance(every_n_train_steps, bool) or not isinstance(every_n_train_steps, int):
@@ -192,10 +192,17 @@ class PeriodicCheckpoint(ModelCheckpoint):
         super().__init__(every_n_train_steps=every_n_train_steps, **kwargs)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        last_step = trainer.global_step >= trainer.max_steps > 0
+        due = trainer.global_step % self._every_n_train_steps == 0 or last_step
+        loop = trainer.fit_loop
+        if due and loop.epoch_loop._should_check_val_fx(loop._data_fetcher):  # Lightning's own test
+            # a validation follows: save after it (ModelCheckpoint.on_validation_end), so that the
+            # checkpoint holds what it found (the best checkpoint so far), as a resumed run does not
+            # validate that step again
+            self._defer_save_until_validation = True
+            return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if trainer.global_step >= trainer.max_steps > 0 and not self._should_skip_saving_checkpoint(
-            trainer
-        ):
+        if last_step and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
