@@ -1,8 +1,8 @@
 """slmlab on a real SLURM (`make test-cluster`; `scripts/local_slurm.sh` brings one up here): a `-m` sweep
-submitted by `hydra/launcher=slurm_cpu`, one job of 2 tasks training with DDP over gloo, and a job that is
-signalled as before a time limit, requeued, and resumed in its own run folder. Not part of `make test`
-(pyproject's `norecursedirs`); skipped when no controller answers, failed instead under
-`SLMLAB_REQUIRE_SLURM=1` (set by `make test-cluster`)."""
+submitted by `hydra/launcher=slurm_cpu`, one job of 2 tasks training with DDP over gloo, and a job
+interrupted twice (the signal before a time limit, then `scontrol requeue`) that resumes each time in its own
+run folder. Not part of `make test` (pyproject's `norecursedirs`); skipped when no controller answers, failed
+instead under `SLMLAB_REQUIRE_SLURM=1` (set by `make test-cluster`)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,8 @@ def slurm_problem() -> str | None:
         return "no SLURM client here (scontrol, sinfo not found)"
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=60)
     if ping.returncode != 0 or " is UP" not in ping.stdout:
-        return (
-            f"no SLURM controller answers (`scontrol ping`: {(ping.stdout + ping.stderr).strip()})"
-        )
+        said = (ping.stdout + ping.stderr).strip().splitlines() or ["nothing"]
+        return f"no SLURM controller answers (`scontrol ping`: {said[0]})"
     nodes = subprocess.run(["sinfo", "-h", "-o", "%n %T"], capture_output=True, text=True).stdout
     if not any(line.split()[1].rstrip("*~#") in UP for line in nodes.splitlines()):
         return f"no SLURM node is up (`sinfo`: {nodes.strip() or 'no node'})"
@@ -40,6 +39,7 @@ def slurm_problem() -> str | None:
 
 @pytest.fixture(scope="module", autouse=True)
 def slurm_controller() -> None:
+    """Skip this module's tests (fail them under SLMLAB_REQUIRE_SLURM=1) when SLURM is not here."""
     problem = slurm_problem()
     if problem is None:
         return
