@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -30,6 +31,8 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
 
 from slmlab.artifacts import fit_once
 from slmlab.constants import CORPUS_SAMPLE_RATES
@@ -393,3 +396,56 @@ def _lexical_candidates(rng: random.Random) -> list[str]:
 
 def _summary(root: Path) -> dict:
     return json.loads((root / "corpus.json").read_text())
+
+
+# -- a LibriSpeech-layout tree ----------------------------------------------------------------------
+LIBRISPEECH_SUBSETS = {"train-clean-100": 0.9, "dev-clean": 0.05, "test-clean": 0.05}
+
+
+def write_librispeech_like(
+    root: str | Path, files: int, seed: int = 0, chapter_size: int = 50
+) -> dict:
+    """A LibriSpeech-layout tree of `files` utterances spoken by eSpeak NG, as `data=librispeech` reads it:
+    `<root>/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<n>.flac` (16 kHz) next to
+    `<speaker>-<chapter>.trans.txt` (`<utterance id> <TRANSCRIPT>` lines, upper case), over
+    train-clean-100, dev-clean and test-clean (90/5/5 %, at least one file each). Each subset has its own
+    speakers (an eSpeak voice at its own pitch and rate), two chapters of up to `chapter_size` utterances
+    each; sentences come from `grammar.py`. One in-process engine speaks them all, a file at a time: the
+    texts, speakers and layout repeat for a seed, the audio not byte for byte (the embedded corpus's
+    does). `root` must not exist yet or be empty. -> {subset: {"files", "hours", "speakers"}}."""
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(
+            f"{root} is not empty: write a LibriSpeech-like tree into a new folder"
+        )
+    if files < len(LIBRISPEECH_SUBSETS):
+        raise ValueError(f"files={files}: at least one per subset ({len(LIBRISPEECH_SUBSETS)})")
+    rng = random.Random(seed)
+    grammar, engine = Grammar(rng), EspeakSynthesizer()
+    counts = {name: max(1, round(share * files)) for name, share in LIBRISPEECH_SUBSETS.items()}
+    counts["train-clean-100"] = files - counts["dev-clean"] - counts["test-clean"]
+    summary, speaker_id, chapter_id = {}, 100, 1000
+    for subset, count in counts.items():
+        seconds, speakers = 0.0, 0
+        for first in range(0, count, 2 * chapter_size):  # a speaker reads two chapters
+            speaker_id, speakers = speaker_id + 1, speakers + 1
+            voice = SPEAKERS[sorted(SPEAKERS)[speaker_id % len(SPEAKERS)]]
+            pitch, rate = rng.randint(30, 70), rng.randint(140, 200)
+            for start in range(first, min(first + 2 * chapter_size, count), chapter_size):
+                size, chapter_id = min(chapter_size, count - start), chapter_id + 1
+                folder = root / subset / str(speaker_id) / str(chapter_id)
+                folder.mkdir(parents=True)
+                lines = []
+                for n in range(size):
+                    utterance = f"{speaker_id}-{chapter_id}-{n:04d}"
+                    text = grammar.sentence().text
+                    spoken = engine.synthesize(text, voice, pitch, 50, rate)
+                    common = math.gcd(16000, spoken.sample_rate)
+                    wav = resample_poly(spoken.wav, 16000 // common, spoken.sample_rate // common)
+                    sf.write(folder / f"{utterance}.flac", np.clip(wav, -1, 1), 16000, "PCM_16")
+                    seconds += len(wav) / 16000
+                    lines.append(f"{utterance} {text.upper()}\n")
+                (folder / f"{speaker_id}-{chapter_id}.trans.txt").write_text("".join(lines))
+        summary[subset] = {"files": count, "hours": round(seconds / 3600, 3), "speakers": speakers}
+        log.info("%s: %s", subset, json.dumps(summary[subset]))
+    return summary
