@@ -1,5 +1,5 @@
-"""GPU readiness, checked on CPU (no GPU here): model FLOPs and MFU logged for every arm, attention
-through torch's SDPA, `compile=true`, and AdamW's fused kernel chosen on CUDA."""
+"""GPU readiness, checked on CPU (no GPU here): model FLOPs and MFU logged for every arm training in
+bf16-mixed, attention through torch's SDPA, `compile=true`, and AdamW's fused kernel chosen on CUDA."""
 
 from __future__ import annotations
 
@@ -43,10 +43,11 @@ class RecordingLogger(Logger):
 
 class BatchRecord(L.Callback):
     """Per training batch: its tokens (as the throughput callbacks count them) and the calls to torch's
-    scaled_dot_product_attention (`calls`: a counter the patched function increments)."""
+    scaled_dot_product_attention (`calls`: a counter the patched function increments); and the dtypes
+    the device's peak was looked up for."""
 
     def __init__(self, calls: list[int]) -> None:
-        self.calls, self.tokens, self.sdpa_calls = calls, [], []
+        self.calls, self.tokens, self.sdpa_calls, self.peak_dtypes = calls, [], [], []
 
     def on_train_batch_start(self, trainer, task, batch, batch_idx) -> None:
         self.calls[0] = 0
@@ -89,7 +90,7 @@ def train_briefly(experiment: str, data_dir, run_dir, peak: float | None, *overr
         if peak is not None:
             patch.setattr(
                 "lightning.pytorch.callbacks.throughput_monitor.get_available_flops",
-                lambda device, dtype: peak,
+                lambda device, dtype: record.peak_dtypes.append(dtype) or peak,
             )
         trainer = instantiate(
             cfg.trainer,
@@ -109,7 +110,8 @@ def train_briefly(experiment: str, data_dir, run_dir, peak: float | None, *overr
 
 @pytest.fixture(scope="module", params=ARMS)
 def trained(request, tiny_corpus, data_dir, tmp_path_factory):
-    return train_briefly(request.param, data_dir, tmp_path_factory.mktemp("run"), PEAK)
+    run_dir = tmp_path_factory.mktemp("run")
+    return train_briefly(request.param, data_dir, run_dir, PEAK, "precision=bf16-mixed")
 
 
 def test_every_arm_logs_six_n_d_model_flops_per_batch(trained):
@@ -126,6 +128,7 @@ def test_every_arm_logs_mfu_as_model_flops_per_second_over_the_device_peak(train
     """Lightning's ThroughputMonitor over a 2-batch window: FLOPs/s = this batch's model FLOPs over the
     time since the previous batch; MFU = FLOPs/s / the device's peak (mocked: no GPU here)."""
     task, logger, record = trained
+    assert record.peak_dtypes == [torch.bfloat16]  # bf16-mixed: the device's bf16 peak
     flops = logger.series("train/flops_per_batch")
     rows = [metrics for metrics in logger.logged if "train/time" in metrics]
     assert len(rows) == STEPS

@@ -99,9 +99,10 @@ class SpeechLMTask(SLMTask):
         padding_side: str = "right",
     ) -> dict[str, torch.Tensor]:
         """Waveforms [S_i] (+ target ids) -> the keyword arguments of `SpeechLM.forward` / `generate`."""
-        features, lengths = extract_features(
-            self.feature_extractor, [w.float().cpu() for w in waveforms], self.sample_rate
-        )
+        with torch.autocast("cpu", enabled=False):  # numpy has no bf16 (bf16-mixed on CPU)
+            features, lengths = extract_features(
+                self.feature_extractor, [w.float().cpu() for w in waveforms], self.sample_rate
+            )
         audio_tokens = self.net.audio_output_lengths(lengths).tolist()
         prompts = prompt_batch(
             self.tokenizer, self.prompt_template + text_prompt, audio_tokens, targets, padding_side
