@@ -266,7 +266,6 @@ class SpeechDataModule(L.LightningDataModule):
             self.resume_at = None
         return loader
 
-
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
 
