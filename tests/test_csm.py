@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -319,3 +320,25 @@ def test_top_k_sampling_follows_the_model_within_its_top_k():
         expected[:topk] = (logits[:topk] / temperature).softmax(-1)
         torch.testing.assert_close(shares, expected, atol=0.015, rtol=0)
         assert not ids.ge(topk).any()
+
+
+@pytest.mark.parametrize("precision", ["bf16 weights", "bf16 autocast"])
+def test_generation_runs_in_bf16(precision):
+    """As on a GPU: weights in bf16 (precision=bf16-true), or fp32 weights under bf16 autocast
+    (bf16-mixed), where the KV caches must take the dtype the keys arrive in. Cached and uncached frames
+    agree in bf16 too."""
+    model, (tokens, mask, _) = make_model(), make_frames()
+    prompt = (tokens[:1, :8], mask[:1, :8])
+    if precision == "bf16 weights":
+        model, context = model.to(torch.bfloat16), contextlib.nullcontext()
+    else:
+        context = torch.autocast("cpu", dtype=torch.bfloat16)
+    with context:
+        codes = [
+            model.generate(
+                *prompt, max_frames=6, use_cache=cached, generator=torch.Generator().manual_seed(3)
+            )
+            for cached in (True, False)
+        ]
+    assert codes[0].dtype == torch.long and 0 < codes[0].shape[1] <= 6
+    assert torch.equal(*codes)

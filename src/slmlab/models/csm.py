@@ -229,6 +229,9 @@ class CSM(nn.Module):
                 f"max_seq_len ({self.backbone.max_seq_len})"
             )
         device, frames = tokens.device, []
+        # the caches hold keys and values in the dtype they are computed in: autocast's, else the weights'
+        autocast = torch.is_autocast_enabled(device.type)
+        cache_dtype = torch.get_autocast_dtype(device.type) if autocast else self.audio_head.dtype
         with ExitStack() as caches:
             if use_cache:
                 for net, length in (
@@ -240,7 +243,7 @@ class CSM(nn.Module):
                             net,
                             batch_size=1,
                             device=device,
-                            dtype=self.audio_head.dtype,
+                            dtype=cache_dtype,
                             decoder_max_seq_len=length,
                         )
                     )
@@ -294,6 +297,9 @@ class CSM(nn.Module):
         cached = self.decoder.caches_are_enabled()
         if cached:
             self.decoder.reset_caches()
+        h = h.to(
+            self.codebook0_head.weight.dtype
+        )  # torchtune returns float32 states from bf16 weights
         codes = [sample_topk(self.codebook0_head(h), topk, temperature, generator)]
         inputs = torch.cat([h[:, None], self.embed_audio(0, codes[0])], dim=1)  # [B, 2, D]
         causal = torch.tril(
@@ -308,9 +314,8 @@ class CSM(nn.Module):
                 positions = positions[:, -1:] + 1
             else:
                 out = self.decoder(self.projection(inputs))
-            codes.append(
-                sample_topk(out[:, -1] @ self.audio_head[k - 1], topk, temperature, generator)
-            )
+            logits = out[:, -1].to(self.audio_head.dtype) @ self.audio_head[k - 1]
+            codes.append(sample_topk(logits, topk, temperature, generator))
             step = self.embed_audio(k, codes[-1])
             inputs = step if cached else torch.cat([inputs, step], dim=1)
         return torch.cat(codes, dim=1)
