@@ -19,10 +19,12 @@ import pytest
 import torch
 from conftest import run_cli
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from slmlab.artifacts import UnreadableFileError
 from slmlab.config_checks import ConfigError
 from slmlab.data.batching import LengthBucketBatchSampler
-from slmlab.runs import REPO_ROOT, compose, train
+from slmlab.runs import REPO_ROOT, compose, resume_checkpoint, train
 from slmlab.tasks.callbacks import AtomicCheckpointIO, GeneratorStates, set_generator_states
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -96,6 +98,28 @@ def test_resume_auto_continues_in_the_run_folder_and_never_starts_again(
     metrics = (run / "metrics.json").read_text()
     assert '"start_step": 0' in metrics and '"global_step": 10' in metrics
     assert last_step(run) == 10
+
+
+def test_the_checkpoint_to_resume_from_is_the_latest_of_the_run_folder(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 10}, run / "checkpoints" / "last.ckpt")
+
+    def cfg(**keys):
+        return OmegaConf.create({"paths": {"output_dir": str(run)}, "ckpt_path": None, **keys})
+
+    assert resume_checkpoint(cfg()) == str(run / "checkpoints" / "last.ckpt")
+    assert resume_checkpoint(cfg(resume="never")) is None
+    torch.save(
+        {"global_step": 12}, run / "hpc_ckpt_1.ckpt"
+    )  # Lightning's SLURM requeue, further on
+    assert resume_checkpoint(cfg()) == str(run / "hpc_ckpt_1.ckpt")
+    other = tmp_path / "other.ckpt"
+    torch.save({"global_step": 3}, other)
+    assert resume_checkpoint(cfg(ckpt_path=str(other))) == str(other)  # a given one wins
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(UnreadableFileError, match="last.ckpt is truncated or corrupt"):
+        resume_checkpoint(cfg())
 
 
 def test_the_resume_settings_are_checked(make_cfg):
@@ -187,31 +211,28 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
         time.sleep(0.5)
 
 
-# arm, checkpoint interval, the checkpoint the kill follows, the step it kills at, steps in all:
-# text_lm is killed in the middle of an epoch (10 batches each); csm at the start of one, after the
-# step-20 validation (whose frames it samples; its training draws frames at random)
-KILLS = [("tiny_text_lm", 5, 15, 17, 30), ("tiny_csm", 10, 20, 22, 30)]
+# Each arm draws at random in its training steps: text_lm from torch's global generator (dropout, set
+# here), csm from its own (the frames its decoder trains on). text_lm is killed at the start of an
+# epoch (10 batches each), after the step-20 validation; csm in the middle of one. Per arm: its
+# overrides, the checkpoint interval, the checkpoint the kill follows, the step it is killed at.
+KILLS = {
+    "text_lm": (["experiment=tiny_text_lm", "+model.task.net.dropout=0.1"], 10, 20, 22),
+    "csm": (["experiment=tiny_csm"], 5, 15, 17),
+}
+STEPS = 30
 
 
-@pytest.mark.parametrize(("experiment", "every", "checkpoint", "kill_at", "steps"), KILLS)
+@pytest.mark.parametrize("arm", KILLS)
 def test_a_run_killed_after_a_checkpoint_resumes_exactly(
-    experiment,
-    every,
-    checkpoint,
-    kill_at,
-    steps,
-    tiny_corpus,
-    data_dir,
-    make_cfg,
-    tmp_path,
-    monkeypatch,
+    arm, tiny_corpus, data_dir, make_cfg, tmp_path, monkeypatch
 ):
     monkeypatch.syspath_prepend(HELPERS)  # record_steps, for the run in this process
     monkeypatch.setenv("PYTHONPATH", str(HELPERS))  # and in subprocesses
+    arm_overrides, every, checkpoint, kill_at = KILLS[arm]
     overrides = [
-        f"experiment={experiment}",
+        *arm_overrides,
         *RUN,
-        f"trainer.max_steps={steps}",
+        f"trainer.max_steps={STEPS}",
         f"callbacks.periodic_checkpoint.every_n_train_steps={every}",
     ]
     train(make_cfg(*overrides, *record_steps(tmp_path / "whole")))  # never interrupted
@@ -246,7 +267,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_exactly(
         for p in parts.glob("steps-*.jsonl")
         if p.name != f"steps-{proc.pid}-rank0.jsonl"
     ]
-    assert [s["step"] for s in resumed] == list(range(checkpoint + 1, steps + 1))
+    assert [s["step"] for s in resumed] == list(range(checkpoint + 1, STEPS + 1))
     # the same batches in the same order, and the same losses to the last bit
     assert killed[:checkpoint] + resumed == whole
     assert killed[checkpoint:] == resumed[: kill_at - checkpoint]  # the steps done twice, alike
