@@ -116,7 +116,7 @@ def test_a_corrupt_token_cache_shard_is_rebuilt_with_a_warning(tiny_corpus, tmp_
         return datamodule.datasets["train"].cached["text_ids"]
 
     built = train_tokens()
-    (shard,) = (tmp_path / "artifacts" / "token_cache").glob("train-text_ids-*/tokens.pt")
+    (shard,) = (tmp_path / "artifacts" / "token_cache").glob("train-text_ids-*/tokens-*.pt")
     ids, marker = load_tensors(shard)["ids"], tmp_path / "code_ran"
     damages = {
         "truncated": lambda: truncate(shard),
