@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import soundfile as sf
@@ -18,9 +20,17 @@ FILES = {"train-clean-100": 26, "dev-clean": 2, "test-clean": 2}
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
+    """Written in a fresh process, as scripts/make_librispeech_like.py writes it: eSpeak's in-process
+    engine carries state from whatever spoke before in this process (earlier tests), see `speak_many`."""
     root = tmp_path_factory.mktemp("LibriSpeechLike")
-    summary = write_librispeech_like(root, files=30, chapter_size=4)
-    return root, summary
+    write = (
+        "import json, sys; from slmlab.data.synthetic import write_librispeech_like; "
+        "print(json.dumps(write_librispeech_like(sys.argv[1], files=30, chapter_size=4)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", write, str(root)], capture_output=True, text=True, check=True
+    )
+    return root, json.loads(done.stdout.splitlines()[-1])
 
 
 def test_the_tree_has_librispeech_layout(tree):
