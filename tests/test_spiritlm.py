@@ -215,6 +215,60 @@ def test_logit_masking_never_generates_the_other_modality(
     assert other[generated[-1]].all()  # unmasked, the same model writes only the other modality
 
 
+def test_few_shot_prompts_hold_the_train_examples_then_the_query(
+    tiny_corpus, speech_tokenizer, monkeypatch
+):
+    """The paper's few-shot ASR and TTS prompts, id by id: bos, each train example's
+    [SPEECH]units[TEXT]text (TTS: [TEXT]text[SPEECH]units), then the test query and its output's switch;
+    without examples, the zero-shot prompt."""
+    task = make_task(load_or_fit_bpe(tiny_corpus, vocab_size=256), speech_tokenizer)
+    train, _ = read_manifest(tiny_corpus.manifest("train"), check_audio=False)
+    test, _ = read_manifest(tiny_corpus.manifest("test"), check_audio=False)
+    examples = [(load_audio(r.audio_filepath, 16000), r.text) for r in train[:3]]
+    query = load_audio(test[0].audio_filepath, 16000)
+    prompts = []
+
+    def recording(net, input_ids, *args, **kwargs):
+        prompts.append(input_ids[0].tolist())
+        return torch.zeros(0, dtype=torch.long)
+
+    monkeypatch.setattr("slmlab.tasks.spiritlm.generate_in_modality", recording)
+    task.transcribe([query], examples=[examples])
+    task.synthesise(test[0].text, examples=examples)
+    task.transcribe([query])
+
+    def units(wave):
+        return task.sequences.speech(speech_tokenizer.encode_streams(wave, task.streams))
+
+    def text(words):
+        return task.tokenizer.encode(words, bos=False, eos=False)
+
+    bos, speech, switch_to_text = task.tokenizer.bos_id, task.vocab.speech_id, task.vocab.text_id
+    asr = [bos]
+    tts = [bos]
+    for wave, words in examples:
+        asr += [speech, *units(wave), switch_to_text, *text(words)]
+        tts += [switch_to_text, *text(words), speech, *units(wave)]
+    asr += [speech, *units(query), switch_to_text]
+    tts += [switch_to_text, *text(test[0].text), speech]
+    assert prompts == [asr, tts, [bos, speech, *units(query), switch_to_text]]
+    assert prompts[0].count(speech) == prompts[1].count(switch_to_text) == len(examples) + 1
+
+
+def test_a_few_shot_answer_ends_where_the_next_example_would_start(
+    tiny_corpus, speech_tokenizer, waveform
+):
+    """An LM that always wants `[SPEECH]` next: prompted few-shot, its transcript ends there (empty);
+    zero-shot, `[SPEECH]` stays masked and it writes text up to max_new_tokens."""
+    task = make_task(load_or_fit_bpe(tiny_corpus, vocab_size=256), speech_tokenizer)
+    bias = torch.zeros(len(task.vocab))
+    bias[task.vocab.speech_id] = 50.0
+    task.net.lm_head.register_forward_hook(lambda module, args, logits: logits + bias)
+    examples = [[(waveform, "the dog runs")]]
+    assert task.transcribe([waveform], max_new_tokens=8, examples=examples) == [""]
+    assert len(task.transcribe([waveform], max_new_tokens=8)[0]) > 0
+
+
 def test_a_pretrained_text_lm_continues_with_its_embeddings_resized(
     tiny_corpus, speech_tokenizer, tmp_path
 ):

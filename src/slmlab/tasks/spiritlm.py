@@ -8,15 +8,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers.generation.stopping_criteria import EosTokenCriteria, StoppingCriteriaList
 
 from slmlab.constants import SAMPLE_RATE, TOKEN_RATES
 from slmlab.data.batching import pad_stack
 from slmlab.models.spiritlm import generate_in_modality
 from slmlab.tasks.base import SLMTask
 from slmlab.tokenizers.interleaved import InterleavedSequences, InterleavedVocabulary
+from slmlab.tokenizers.prompts import few_shot_pieces
 from slmlab.tokenizers.units import KIND_OF
 
 LOSS_NAMES = {"Hu": "unit_loss", "Pi": "pitch_loss", "St": "style_loss"}
+
+
+class SwitchCriteria(EosTokenCriteria):
+    """Ends generation at a modality switch. A type of its own: transformers' generate replaces its eos
+    criterion with a custom one of the same type, and would then run past eos."""
 
 
 class SpiritLMTask(SLMTask):
@@ -254,11 +261,21 @@ class SpiritLMTask(SLMTask):
 
     @torch.no_grad()
     def generate(
-        self, pieces: list[tuple[str, object]], modality: str = "ARBITRARY", **generation
+        self,
+        pieces: list[tuple[str, object]],
+        modality: str = "ARBITRARY",
+        until_switch: bool = False,
+        **generation,
     ) -> dict:
         """Interleaved prompt -> {"text": the text pieces, "speech_tokens": the speech pieces as strings,
-        "audio": their waveform [S] at 16 kHz (or None), "sample_rate", "pieces": [(modality, str)]}."""
+        "audio": their waveform [S] at 16 kHz (or None), "sample_rate", "pieces": [(modality, str)]}.
+        until_switch (TEXT or SPEECH): the other modality's switch may be generated and ends the output, as
+        eos does (a few-shot prompt's next example would start there)."""
         suppressed = self.vocab.suppressed_ids(modality)
+        if until_switch:
+            switch = self.vocab.speech_id if modality == "TEXT" else self.vocab.text_id
+            suppressed = [i for i in suppressed if i != switch]
+            generation["stopping_criteria"] = StoppingCriteriaList([SwitchCriteria(switch)])
         input_ids = torch.tensor([self.prompt_ids(pieces, modality)], device=self.device)
         synced = (
             self._trainer is not None and self.trainer.world_size > 1
@@ -324,21 +341,40 @@ class SpiritLMTask(SLMTask):
         ]
         return self._score_pieces(bodies, self.vocab.speech_id)
 
-    def transcribe(self, waveforms: list[torch.Tensor], max_new_tokens: int = 40) -> list[str]:
-        """ASR by prompting [SPEECH]units[TEXT], greedy."""
+    def transcribe(
+        self,
+        waveforms: list[torch.Tensor],
+        max_new_tokens: int = 40,
+        examples: list[list[tuple[torch.Tensor, str]]] | None = None,
+    ) -> list[str]:
+        """ASR by prompting [SPEECH]units[TEXT], greedy. examples: per waveform, (16 kHz waveform, its
+        text) pairs placed before it (few-shot, `few_shot_pieces`; the output ends at eos or `[SPEECH]`)."""
         return [
-            self.generate([("SPEECH", w)], "TEXT", do_sample=False, max_new_tokens=max_new_tokens)[
-                "text"
-            ]
-            for w in waveforms
+            self.generate(
+                few_shot_pieces(shots, w, "asr") if examples else [("SPEECH", w)],
+                "TEXT",
+                until_switch=bool(examples),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+            )["text"]
+            for w, shots in zip(waveforms, examples or [None] * len(waveforms))
         ]
 
     def synthesise(
-        self, text: str, speaker: str | None = None, max_seconds: float = 8.0
+        self,
+        text: str,
+        speaker: str | None = None,
+        max_seconds: float = 8.0,
+        examples: list[tuple[torch.Tensor, str]] | None = None,
     ) -> torch.Tensor:
-        """TTS by prompting [TEXT]text[SPEECH] (the speaker is not modelled) -> waveform [S] at 16 kHz."""
+        """TTS by prompting [TEXT]text[SPEECH] (the speaker is not modelled) -> waveform [S] at 16 kHz.
+        examples: (16 kHz waveform, its text) pairs placed before it (few-shot, `few_shot_pieces`; the
+        output ends at eos or `[TEXT]`)."""
         out = self.generate(
-            [("TEXT", text)], "SPEECH", max_new_tokens=self._speech_budget(max_seconds)
+            few_shot_pieces(examples, text, "tts") if examples else [("TEXT", text)],
+            "SPEECH",
+            until_switch=bool(examples),
+            max_new_tokens=self._speech_budget(max_seconds),
         )
         return out["audio"] if out["audio"] is not None else torch.zeros(0)
 

@@ -1,4 +1,4 @@
-"""SpeechLM's prompts: a text template with one `<|audio|>` placeholder, expanded to one token per
+"""Prompts. SpeechLM's: a text template with one `<|audio|>` placeholder, expanded to one token per
 audio embedding, then the transcript to learn.
 
     "<|audio|> transcribe:", n audio embeddings, target ids
@@ -6,6 +6,9 @@ audio embedding, then the transcript to learn.
     batch: input_ids [B, L], attention_mask [B, L], labels [B, L] (-100 wherever there is no loss)
 
 `SpeechLM` (`models/speechlm.py`) writes its audio embeddings over the placeholders in order.
+
+Spirit LM's few-shot ASR and TTS prompts (`few_shot_pieces`): example pairs from the train split, then the
+query, each piece after its modality switch.
 """
 
 from __future__ import annotations
@@ -53,3 +56,25 @@ def prompt_batch(
         batch["labels"][i, span] = torch.tensor(labels)
         batch["attention_mask"][i, span] = 1
     return batch
+
+
+def few_shot_pieces(
+    examples: list[tuple[object, str]], query: object, direction: str
+) -> list[tuple[str, object]]:
+    """Spirit LM's few-shot prompt (the paper's ASR and TTS protocol) as interleaved pieces, for
+    `SpiritLMTask.prompt_ids`: the examples in order, then the query, whose output modality follows.
+
+    examples: (speech, its text) pairs, speech a waveform or frame-level streams; direction "asr":
+      [SPEECH]speech_1[TEXT]text_1 ... [SPEECH]query  (then [TEXT], the transcript to generate)
+    direction "tts" (query a text):
+      [TEXT]text_1[SPEECH]speech_1 ... [TEXT]query  (then [SPEECH], the speech to generate)
+    """
+    if direction == "asr":
+        pairs = [(("SPEECH", speech), ("TEXT", text)) for speech, text in examples]
+        last = ("SPEECH", query)
+    elif direction == "tts":
+        pairs = [(("TEXT", text), ("SPEECH", speech)) for speech, text in examples]
+        last = ("TEXT", query)
+    else:
+        raise ValueError(f"unknown few-shot direction {direction!r}; valid: asr, tts")
+    return [piece for pair in pairs for piece in pair] + [last]
