@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -21,6 +22,7 @@ GROUPS = [
     "callbacks",
     "logger",
     "experiment",
+    "scale",
 ]
 
 
@@ -42,9 +44,11 @@ def test_groups_exist_with_the_documented_options():
     assert {"bpe", "hf_pretrained"} <= set(options("tokenizer/text"))
     assert {"text_lm", "speechlm", "spiritlm_base", "spiritlm_expressive"} <= set(options("model"))
     assert {"units_mfcc", "units_hubert"} <= set(options("tokenizer/speech"))
-    assert set(options("model/spiritlm/size")) == {"tiny", "demo", "7b"}
+    assert set(options("model/spiritlm/size")) == {"tiny", "demo", "gpu_100m", "7b"}
     assert {"codec_builtin", "codec_mimi"} <= set(options("tokenizer/speech"))
-    assert set(options("model/csm/size")) == {"tiny", "demo", "1b"}
+    assert set(options("model/csm/size")) == {"tiny", "demo", "gpu_100m", "1b"}
+    assert set(options("scale")) == set(options("model/text_lm/size")) == {"demo", "gpu_100m"}
+    assert set(options("model/speechlm/size")) == {"demo", "gpu_100m"}
     assert set(options("model/speechlm/encoder")) == {
         "whisper_tiny",
         "wav2vec2_tiny",
@@ -238,3 +242,38 @@ def test_sweep_job_folders_are_named_by_what_varies_and_safe(tmp_path):
         )
         == "2"
     )
+
+
+def parameter_count(cfg, arm: str) -> int:
+    """The arm's network as the config builds it, on the meta device (no memory), with the vocabularies of
+    a BPE of 1024, 500 units (+ 64 pitch and 100 style values for Expressive) and 8 x 256 codec codes."""
+    build = instantiate(cfg.model.task.net)
+    with torch.device("meta"):
+        if arm == "csm":
+            net = build(text_vocab_size=1024, cardinality=256, num_codebooks=8)
+        elif arm == "speechlm":
+            net = build(vocab_size=1025, audio_token_id=1024)
+        else:
+            extra = {"text_lm": 0, "spiritlm_base": 2 + 500, "spiritlm_expressive": 2 + 664}[arm]
+            net = build(vocab_size=1024 + extra)
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_compare_gpu_parameter_counts():
+    """experiment=compare_gpu (the documented GPU study) puts every arm at about 100 M parameters, within
+    10 % of the text_lm baseline's, both regimes and three seeds on LibriSpeech; the demo stays at ~4 M."""
+    counts, demo = {}, {}
+    for arm in ("text_lm", "spiritlm_base", "spiritlm_expressive", "csm", "speechlm"):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=[f"model={arm}", "experiment=compare_gpu", "data.source=/data/LS"],
+                return_hydra_config=True,
+            )
+            counts[arm] = parameter_count(cfg, arm)
+            demo[arm] = parameter_count(compose("train", overrides=[f"model={arm}"]), arm)
+    assert cfg.hydra.runtime.choices["data"] == "librispeech"
+    assert str(cfg.hydra.sweeper.params.regime) == "from_scratch,recipe"
+    assert all(85e6 <= n <= 115e6 for n in counts.values()), counts
+    assert all(abs(n / counts["text_lm"] - 1) <= 0.10 for n in counts.values()), counts
+    assert all(3e6 <= n <= 5e6 for n in demo.values()), demo

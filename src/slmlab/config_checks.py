@@ -224,6 +224,7 @@ class Model:
     report_order: int = allowed()
     fields: Any = allowed()
     speech_tokenizers: Any = allowed()
+    recipe: Any = allowed()  # regime=recipe: {part: {into: <key under model.task>, ...}}
     task: Task = group(Task)
 
 
@@ -319,6 +320,8 @@ class TrainConfig:
     compile: bool = allowed()
     resume: str = one_of("auto", "never")
     ckpt_path: str | None = allowed()
+    regime: str = one_of("from_scratch", "recipe")
+    pretrain: Any = allowed()
     test: bool = allowed()
     evaluate: bool = allowed()
     datamodule: DataModule = group(DataModule)

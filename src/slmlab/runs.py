@@ -49,6 +49,7 @@ from slmlab.eval.tensorboard import log_evaluation
 log = logging.getLogger(__name__)
 
 TOKENIZERS = "tokenizers"  # <run>/tokenizers/<role>/: the run's own copy of its tokenizers
+PRETRAINED_PARTS = "pretrained_parts.json"  # regime=recipe: {key under model.task: the folder it started from}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = str(REPO_ROOT / "conf")
 # `paths.root_dir` in conf/paths/default.yaml: $SLMLAB_ROOT when set, else this checkout
@@ -137,8 +138,44 @@ def fit_tokenizers(cfg: DictConfig, corpus) -> dict:
     return tokenizers
 
 
-def build_task(cfg: DictConfig, tokenizers: dict):
-    """The arm's task on these tokenizers (an arm may extend the text tokenizer in place)."""
+def fit_pretrained_parts(cfg: DictConfig, corpus, tokenizers: dict) -> dict[str, str]:
+    """regime=recipe: {key under `model.task`: local folder} for each pretrained part the arm's recipe
+    (`model.recipe`: `{part: {into: key, model: {...}}}`) names, each fitted once per corpus by
+    `cfg.pretrain.<part>` (slmlab.pretrain) and saved as a `save_pretrained` folder, which the arm then
+    loads through the same key as a real Llama or HuBERT; regime=from_scratch: {}. Call it before an arm
+    extends the text tokenizer: the text LM's vocabulary is the corpus's BPE."""
+    if cfg.get("regime", "from_scratch") == "from_scratch":
+        return {}
+    recipe = cfg.model.get("recipe")
+    if not recipe:
+        raise ValueError(
+            f"regime=recipe: model={cfg.model.name} names no pretrained parts (model.recipe); "
+            "use regime=from_scratch"
+        )
+    folders = {}
+    for part, spec in recipe.items():
+        if part not in cfg.pretrain:
+            raise ValueError(
+                f"model.recipe.{part}: no such pretrained part; the pretrain group fits "
+                f"{' | '.join(cfg.pretrain)}"
+            )
+        inputs = {"tokenizer": tokenizers["text"]} if part == "text_lm" else {}
+        model = OmegaConf.to_container(spec.get("model") or {}, resolve=True)
+        folders[spec.into] = str(
+            instantiate(cfg.pretrain[part], corpus=corpus, **inputs, **({"model": model} if model else {}))
+        )
+        log.info("regime=recipe: model.task.%s = %s (%s)", spec.into, folders[spec.into], part)
+    return folders
+
+
+def build_task(cfg: DictConfig, tokenizers: dict, pretrained: dict[str, str] | None = None):
+    """The arm's task on these tokenizers (an arm may extend the text tokenizer in place), with each
+    `model.task.<key>` of `pretrained` (fit_pretrained_parts) set to its folder."""
+    if pretrained:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            for key, folder in pretrained.items():
+                OmegaConf.update(cfg, f"model.task.{key}", folder, merge=False)
     extra = {"speech_tokenizer": tokenizers["speech"]} if "speech" in tokenizers else {}
     return instantiate(cfg.model.task, tokenizer=tokenizers["text"], **extra)
 
@@ -160,9 +197,12 @@ def build(cfg: DictConfig, run_dir: str | Path | None = None):
         name: instantiate(field, tokenizers=tokenizers) for name, field in cfg.model.fields.items()
     }
     datamodule = instantiate(cfg.datamodule, corpus=corpus, fields=fields)
-    if cfg.get("seed") is not None:  # initial weights from the seed alone: a tokenizer fitted here
-        L.seed_everything(cfg.seed, workers=True)  # drew from the generators, one loaded did not
-    task = build_task(cfg, tokenizers)
+    pretrained = fit_pretrained_parts(cfg, corpus, tokenizers)
+    if pretrained and run_dir is not None and rank_zero_only.rank == 0:
+        (Path(run_dir) / PRETRAINED_PARTS).write_text(json.dumps(pretrained, indent=2))
+    if cfg.get("seed") is not None:  # initial weights from the seed alone: a part fitted here drew
+        L.seed_everything(cfg.seed, workers=True)  # from the generators, one loaded did not
+    task = build_task(cfg, tokenizers, pretrained)
     if cfg.get("compile"):  # torch.compile in place (nn.Module.compile): same state_dict keys
         task.net.compile()
     return datamodule, task
