@@ -28,6 +28,7 @@ from slmlab.constants import CODEC_SAMPLE_RATE, SAMPLE_RATE
 from slmlab.data.manifest import audio_path, load_audio, read_split
 from slmlab.data.synthetic import SyntheticCorpus
 from slmlab.runs import (
+    check_checkpoint_tokenizers,
     compose,
     fit_tokenizers,
     load_corpus,
@@ -265,3 +266,21 @@ def test_a_run_folder_keeps_the_tokenizers_it_was_first_trained_with(tmp_path):
     (folder / "artifact.json").write_text(json.dumps(record))
     with pytest.raises(UnreadableFileError, match="names subprocess.Popen for text, not a class"):
         load_tokenizers(tmp_path)
+
+
+def test_a_checkpoint_of_another_run_must_share_its_tokenizers(tmp_path, caplog):
+    """ckpt_path= from another run folder: refused when that run recorded other tokenizers (the weights
+    would sit under other token ids), taken when they are the same, warned about when it records none."""
+    first = fit_bpe(["the dog runs", "the dog sleeps"], vocab_size=300)
+    other = fit_bpe(["a cat sleeps", "a cat runs"], vocab_size=300)
+    for run, tokenizer in (("same", first), ("other", other), ("this", first)):
+        save_tokenizers({"text": tokenizer}, tmp_path / run)
+        (tmp_path / run / "checkpoints").mkdir()
+    check_checkpoint_tokenizers(tmp_path / "same" / "checkpoints" / "last.ckpt", tmp_path / "this")
+    with pytest.raises(ValueError, match="was trained with another text tokenizer"):
+        check_checkpoint_tokenizers(
+            tmp_path / "other" / "checkpoints" / "x.ckpt", tmp_path / "this"
+        )
+    with caplog.at_level(logging.WARNING, logger="slmlab.runs"):
+        check_checkpoint_tokenizers(tmp_path / "alone" / "x.ckpt", tmp_path / "this")
+    assert "its tokenizers cannot be checked" in caplog.text

@@ -49,7 +49,9 @@ from slmlab.eval.tensorboard import log_evaluation
 log = logging.getLogger(__name__)
 
 TOKENIZERS = "tokenizers"  # <run>/tokenizers/<role>/: the run's own copy of its tokenizers
-PRETRAINED_PARTS = "pretrained_parts.json"  # regime=recipe: {key under model.task: the folder it started from}
+PRETRAINED_PARTS = (
+    "pretrained_parts.json"  # regime=recipe: {key under model.task: the folder it started from}
+)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = str(REPO_ROOT / "conf")
 # `paths.root_dir` in conf/paths/default.yaml: $SLMLAB_ROOT when set, else this checkout
@@ -162,7 +164,9 @@ def fit_pretrained_parts(cfg: DictConfig, corpus, tokenizers: dict) -> dict[str,
         inputs = {"tokenizer": tokenizers["text"]} if part == "text_lm" else {}
         model = OmegaConf.to_container(spec.get("model") or {}, resolve=True)
         folders[spec.into] = str(
-            instantiate(cfg.pretrain[part], corpus=corpus, **inputs, **({"model": model} if model else {}))
+            instantiate(
+                cfg.pretrain[part], corpus=corpus, **inputs, **({"model": model} if model else {})
+            )
         )
         log.info("regime=recipe: model.task.%s = %s (%s)", spec.into, folders[spec.into], part)
     return folders
@@ -275,6 +279,34 @@ def load_tokenizers(run_dir: str | Path) -> dict:
     return tokenizers
 
 
+def check_checkpoint_tokenizers(ckpt_path: str | Path, run_dir: str | Path) -> None:
+    """A checkpoint continued in `run_dir` must have been trained with the tokenizers this run saved in
+    `<run_dir>/tokenizers/`: the fingerprints its own run folder recorded (`<ckpt run>/tokenizers/`) must
+    equal these, role by role, or its weights would sit under other token ids. A checkpoint outside a run
+    folder that records them (a file sent alone) is taken with a warning."""
+    ckpt_run = Path(ckpt_path).resolve().parent.parent
+    theirs, ours = ckpt_run / TOKENIZERS / RECORD, Path(run_dir) / TOKENIZERS / RECORD
+    if not ours.is_file() or ckpt_run == Path(run_dir).resolve():
+        return
+    if not theirs.is_file():
+        log.warning(
+            "ckpt_path=%s: no %s beside it, so its tokenizers cannot be checked against this run's",
+            ckpt_path,
+            theirs,
+        )
+        return
+    recorded, saved = load_json(theirs), load_json(ours)
+    for role, entry in saved.items():
+        fingerprint = recorded.get(role, {}).get("fingerprint")
+        if fingerprint != entry["fingerprint"]:
+            raise ValueError(
+                f"ckpt_path={ckpt_path} was trained with another {role} tokenizer (fingerprint "
+                f"{fingerprint} in {theirs}) than this run's ({entry['fingerprint']}, from "
+                f"{entry.get('source')}): its weights belong to other token ids; train on that run's "
+                "corpus and tokenizer settings, or start from scratch"
+            )
+
+
 def resume_checkpoint(cfg: DictConfig) -> str | None:
     """The checkpoint the run `cfg` continues from: `ckpt_path` when given; else, with `resume=auto`
     (NeMo's resume_if_exists), the latest state in the run's own folder, `<paths.output_dir>/checkpoints/
@@ -312,6 +344,8 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resume_checkpoint(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     datamodule, task = build(cfg, run_dir=cfg.paths.output_dir)
+    if ckpt_path is not None and rank_zero_only.rank == 0:  # rank 0 saved this run's tokenizers
+        check_checkpoint_tokenizers(ckpt_path, cfg.paths.output_dir)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:  # the whole config (CSV, TensorBoard text)
