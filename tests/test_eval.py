@@ -276,6 +276,57 @@ def test_empty_and_failed_generations_are_counted_scored_wrong_and_logged_once(t
     assert len(warnings) == 2 and all(any(f"id={i}" in m for m in warnings) for i in ids)
 
 
+class _FewShotEchoArm(_EchoArm):
+    """_EchoArm that also takes few-shot examples, as Spirit LM does, and records them per query."""
+
+    def __init__(self, corpus):
+        super().__init__(corpus)
+        self.examples = {"asr": [], "tts": []}
+
+    def transcribe(self, waveforms, examples=None):
+        self.examples["asr"] += examples or []
+        return super().transcribe(waveforms)
+
+    def synthesise(self, text, speaker=None, max_seconds=8.0, examples=None):
+        self.examples["tts"] += [examples] if examples else []
+        return super().synthesise(text, speaker, max_seconds)
+
+
+def test_few_shot_prompts_take_train_examples_for_the_arms_that_take_examples_only(tiny_corpus):
+    """Each query's examples are `shots` train recordings with their texts (never a test sentence), drawn
+    per query and again alike on a rerun; an arm without `examples` gets no few-shot metric, nor do 0 shots."""
+    from slmlab.data.manifest import load_audio, read_manifest
+    from slmlab.eval.evaluate import Evaluator
+
+    fewshot = ["asr_wer_fewshot", "asr_cer_fewshot", "tts_wer_fewshot", "tts_cer_fewshot"]
+    evaluator = Evaluator(
+        tiny_corpus, _Judge(tiny_corpus), _Styles(), utterances=6, few_shot={"shots": 2, "seed": 0}
+    )
+    arm = _FewShotEchoArm(tiny_corpus)
+    evaluation = evaluator(arm)
+    assert [evaluation.metrics[name] for name in fewshot] == [0.0] * 4  # it echoes: all right
+    assert evaluation.empty["asr_wer_fewshot"] == evaluation.empty["tts_wer_fewshot"] == 0
+    train, _ = read_manifest(tiny_corpus.manifest("train"), check_audio=False)
+    train_audio = {r.text: r.audio_filepath for r in train}
+    test_texts = {r.text for r in evaluator.test}
+    drawn = {kind: [[t for _, t in query] for query in arm.examples[kind]] for kind in arm.examples}
+    assert len(drawn["asr"]) == 6 and drawn["asr"] == drawn["tts"]
+    assert all(len(query) == 2 for query in drawn["asr"])
+    for wave, text in (pair for query in arm.examples["asr"] for pair in query):
+        assert text in train_audio and text not in test_texts
+        assert torch.equal(wave, load_audio(train_audio[text], 16000))
+    assert len({tuple(query) for query in drawn["asr"]}) > 1  # drawn per query
+    again = _FewShotEchoArm(tiny_corpus)
+    evaluator(again)
+    assert [[t for _, t in query] for query in again.examples["asr"]] == drawn["asr"]
+
+    assert all(evaluator(_EchoArm(tiny_corpus)).metrics[name] is None for name in fewshot)
+    off = Evaluator(
+        tiny_corpus, _Judge(tiny_corpus), _Styles(), utterances=6, few_shot={"shots": 0}
+    )
+    assert all(off(_FewShotEchoArm(tiny_corpus)).metrics[name] is None for name in fewshot)
+
+
 def _fake_run(
     folder: Path,
     arm: str,
@@ -360,9 +411,12 @@ def test_the_report_writer_on_fake_runs(tmp_path):
         tmp_path / "sweep" / "2",
         "spiritlm_base",
         0,
-        {**none, "asr_wer": 0.475},
+        {**none, "asr_wer": 0.475, "asr_wer_fewshot": 0.3},
         [3.3, 2.4, 1.9],
-        items={"asr_wer": _wer_items([7, 3] * 5 + [1, 8] * 5)},
+        items={
+            "asr_wer": _wer_items([7, 3] * 5 + [1, 8] * 5),
+            "asr_wer_fewshot": _wer_items([3] * 20),
+        },
     )
     _fake_run(
         tmp_path / "sweep" / "3",
@@ -412,7 +466,13 @@ def test_the_report_writer_on_fake_runs(tmp_path):
     assert rows[0]["run"] == "sweep/0"  # relative to the project root given
     assert rows[0]["asr_wer_empty"] == "2" and rows[1]["asr_wer_empty"] == "1"
     assert rows[3]["asr_wer_empty"] == ""  # text_lm transcribes nothing: n/a, not 0
-    generation_table = readme.split("**Likelihoods")[0]
+    few_shot_table = readme.split("**Few-shot prompting")[1].split("**Likelihoods")[0]
+    assert "| spiritlm_base | 0.300 [0.300, 0.300] | n/a |" in few_shot_table
+    assert "| speechlm | n/a | n/a | n/a | n/a |" in few_shot_table
+    few_shot = next(line for line in readme.splitlines() if "**asr_wer_fewshot**" in line)
+    assert few_shot.startswith("- **asr_wer_fewshot** (trivial 0.900)")
+    assert "spiritlm_base beats it" in few_shot
+    generation_table = readme.split("**Few-shot prompting")[0]
     assert "| asr_wer 3 |" in generation_table and "| n/a |" in generation_table
     assert float(rows[0]["asr_wer_ci_low"]) < 0.4 < float(rows[0]["asr_wer_ci_high"])  # one run
     assert rows[3]["lexical_text_ci_low"] == "" and rows[3]["asr_wer_ci_low"] == ""

@@ -246,6 +246,14 @@ class StyleClassifier:
 
 
 @dataclass
+class FewShot:
+    """`eval.few_shot`: Spirit LM's few-shot ASR and TTS prompts."""
+
+    shots: int = at_least(0)
+    seed: int = at_least(0)
+
+
+@dataclass
 class Eval:
     """`eval`: the arguments of slmlab.eval.evaluate.Evaluator (its settings and its judges)."""
 
@@ -259,6 +267,7 @@ class Eval:
     continuation_seconds: float = above(0)
     max_seconds: float = above(0)
     tensorboard_samples: int = at_least(0)
+    few_shot: FewShot = group(FewShot)
 
 
 @dataclass

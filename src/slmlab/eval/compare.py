@@ -47,6 +47,12 @@ TABLES = {
         "resynthesis_style_accuracy",
         "empty_outputs",
     ],
+    "Few-shot prompting (Spirit LM: train examples before each query, the paper's protocol)": [
+        "asr_wer_fewshot",
+        "asr_cer_fewshot",
+        "tts_wer_fewshot",
+        "tts_cer_fewshot",
+    ],
     "Likelihoods": ["text_ppl", "speech_nats_per_second"],
     "Zero-shot probes (total log-likelihood, and per token)": [
         "lexical_text",
@@ -314,6 +320,7 @@ def trivial_baselines(baselines: dict) -> dict[str, float | None]:
         "style_accuracy": baselines.get("style_majority"),
         "resynthesis_style_accuracy": baselines.get("style_majority"),
     }
+    trivial |= {f"{k}_fewshot": trivial[k] for k in ("asr_wer", "asr_cer", "tts_wer", "tts_cer")}
     probes = [n for n in METRICS if n.startswith(("lexical", "syntactic"))]
     return trivial | dict.fromkeys(probes, 0.5)
 
@@ -321,7 +328,13 @@ def trivial_baselines(baselines: dict) -> dict[str, float | None]:
 # metrics whose values do not compare across arms: each arm counts its own speech tokens; generation cost
 NOT_ACROSS_ARMS = ("speech_nats_per_second", "generation_rtf")
 # metrics the judge ASR scores by listening to the arms' speech: only as good as the judge's own hearing
-HEARD_BY_THE_JUDGE = ("tts_wer", "tts_cer", "resynthesis_wer")
+HEARD_BY_THE_JUDGE = (
+    "tts_wer",
+    "tts_cer",
+    "tts_wer_fewshot",
+    "tts_cer_fewshot",
+    "resynthesis_wer",
+)
 
 
 def judge_is_deaf(runs: list[Run], baselines: dict) -> str | None:
@@ -451,7 +464,7 @@ def plot_metrics(path: Path, table: dict, baselines: dict) -> None:
         if baseline is not None:
             axis.axhline(baseline, color="tab:red", linestyle="--", linewidth=1)
         floor = (
-            baselines.get("judge_" + name.split("_")[-1])
+            baselines.get("judge_" + name.removesuffix("_fewshot").split("_")[-1])
             if name.startswith(("tts", "resynthesis"))
             else None
         )
@@ -483,6 +496,7 @@ def budget_line(runs: list[Run]) -> str:
         "probe_pairs",
     )
     values = {k: sorted({str(r.budget.get(k)) for r in runs}) for k in keys}
+    values["shots"] = sorted({str((r.budget.get("few_shot") or {}).get("shots")) for r in runs})
     text = {k: " / ".join(v) for k, v in values.items()}
     shared = all(len(v) == 1 for v in values.values())
     return (
@@ -490,7 +504,8 @@ def budget_line(runs: list[Run]) -> str:
         f"{text['steps']} optimisation steps of {text['batch']} utterances on the `{text['corpus']}` corpus; the "
         f"checkpoint with the best `val/loss` is evaluated on {text['utterances']} test utterances (ASR, TTS, "
         f"likelihoods), {text['style_prompts']} style prompts and {text['probe_pairs'].replace('None', 'all')} "
-        "pairs per probe."
+        f"pairs per probe; Spirit LM's few-shot prompts hold {text['shots'].replace('None', 'no')} train "
+        "examples per query."
     )
 
 

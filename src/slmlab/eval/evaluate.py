@@ -9,8 +9,10 @@ hear them at 16 kHz.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,13 @@ METRICS = {
     "asr_cer": ("speech -> text CER on test audio", "lower"),
     "tts_wer": ("text -> speech: the judge's WER on the generated audio", "lower"),
     "tts_cer": ("text -> speech: the judge's CER on the generated audio", "lower"),
+    **{
+        f"{metric}_fewshot": (
+            f"{metric}, the prompt led by train examples (Spirit LM's few-shot protocol)",
+            "lower",
+        )
+        for metric in ("asr_wer", "asr_cer", "tts_wer", "tts_cer")
+    },
     "resynthesis_wer": (
         "the judge's WER on test audio through the arm's speech tokens and decoder",
         "lower",
@@ -86,6 +95,8 @@ METRICS = {
 GENERATED = (
     "asr_wer",
     "tts_wer",
+    "asr_wer_fewshot",
+    "tts_wer_fewshot",
     "resynthesis_wer",
     "style_accuracy",
     "resynthesis_style_accuracy",
@@ -151,7 +162,11 @@ class Evaluator:
     """corpus: the one the arm trained on; judge: `transcribe(16 kHz waveforms)`; style_classifier:
     `predict(16 kHz waveforms)`, or None when the corpus has no style labels (no style metrics then).
     utterances: test utterances for ASR, TTS and likelihoods; style_prompts: prompts of the style probe;
-    probe_pairs: pairs per probe (None: all; a corpus without `probes/` has no probe metrics)."""
+    probe_pairs: pairs per probe (None: all; a corpus without `probes/` has no probe metrics).
+    few_shot: {"shots", "seed"}: an arm whose `transcribe` / `synthesise` take `examples` (Spirit LM) is also
+    prompted with `shots` train (speech, text) pairs before each query (`*_fewshot` metrics), drawn per query
+    from the train split, seeded by `seed` and the query's id; 0 shots: none. Without the train audio (a
+    run evaluated away from its corpus) those metrics are n/a, with a warning."""
 
     def __init__(
         self,
@@ -164,8 +179,10 @@ class Evaluator:
         continuation_seconds: float = 2.0,
         max_seconds: float = 8.0,
         tensorboard_samples: int = 2,
+        few_shot: dict | None = None,
     ) -> None:
         self.corpus, self.judge, self.style_classifier = corpus, judge, style_classifier
+        self.few_shot = {"shots": 3, "seed": 0} | (few_shot or {})
         self.utterances, self.style_prompts, self.probe_pairs = (
             utterances,
             style_prompts,
@@ -177,8 +194,9 @@ class Evaluator:
             tensorboard_samples,
         )
         self.test, _ = read_split(corpus, "test")
-        # the trivial baselines need only the transcripts
-        self.train_texts = [r.text for r in read_labels(corpus, "train")]
+        # the trivial baselines need only the transcripts; few-shot prompts, a few recordings
+        self.train = read_labels(corpus, "train")
+        self.train_texts = [r.text for r in self.train]
 
     def baselines(self) -> dict[str, float | str]:
         """Trivial outputs, chance, and the judges on the same real test items the arms are scored on (the
@@ -256,6 +274,7 @@ class Evaluator:
                 }
                 for t, g, r in zip(texts, outputs, test)
             ][: self.tensorboard_samples]
+        self._score_few_shot(task, test, waves, rate)
         if can(task, "resynthesise"):
             resynthesised, _ = self._generate(
                 "resynthesis_wer", test, lambda i, r: _to_judge(task.resynthesise(waves[i]), rate)
@@ -319,6 +338,68 @@ class Evaluator:
         )
         return Evaluation(self.metrics, self.baselines(), samples, self.empty, self.items)
 
+    def _score_few_shot(self, task, test: list, waves: list, rate: int) -> None:
+        """`asr_*_fewshot` and `tts_*_fewshot`: ASR and TTS again, each query led by its train examples
+        (waves: the test records' audio at `rate`)."""
+        takes = [
+            capability
+            for capability in ("transcribe", "synthesise")
+            if can(task, capability)
+            and "examples" in inspect.signature(getattr(task, capability)).parameters
+        ]
+        examples = self._few_shot_examples(test, rate) if takes else None
+        if not examples:
+            return
+        if "transcribe" in takes:
+            hypotheses = [
+                h
+                for i in range(0, len(waves), 16)
+                for h in task.transcribe(waves[i : i + 16], examples=examples[i : i + 16])
+            ]
+            self._score_transcripts("asr", test, hypotheses, suffix="_fewshot")
+            self._count_empty("asr_wer_fewshot", test, [not h.strip() for h in hypotheses])
+        if "synthesise" in takes:
+            outputs, _ = self._generate(
+                "tts_wer_fewshot",
+                test,
+                lambda i, r: _to_judge(
+                    task.synthesise(
+                        r.text, r.speaker, max_seconds=self.max_seconds, examples=examples[i]
+                    ),
+                    rate,
+                ),
+            )
+            self._score_speech_outputs("tts", test, outputs, suffix="_fewshot")
+
+    def _few_shot_examples(self, test: list, rate: int) -> list[list[tuple]] | None:
+        """Per test record, `shots` (waveform at `rate`, text) pairs of the train split, drawn for that
+        record (seeded by the seed and its id, so a rerun prompts alike); None when shots is 0 or the train
+        audio they need is not there."""
+        shots, seed = self.few_shot["shots"], self.few_shot["seed"]
+        if not shots:
+            return None
+        if shots > len(self.train):
+            raise ValueError(
+                f"eval.few_shot.shots={shots}, but {self.corpus.manifest('train')} has "
+                f"{len(self.train)} usable records"
+            )
+        draws = [random.Random(f"{seed}:{r.id}").sample(self.train, shots) for r in test]
+        chosen = {e.id: e for draw in draws for e in draw}
+        missing = [
+            e.audio_filepath for e in chosen.values() if not Path(e.audio_filepath).is_file()
+        ]
+        if missing:
+            log.warning(
+                "few-shot metrics n/a: %d of the %d train recordings their prompts need are missing, "
+                "e.g. %s (is the run evaluated away from its corpus's train audio?)",
+                len(missing),
+                len(chosen),
+                missing[0],
+            )
+            return None
+        audio = {i: _load(e, rate) for i, e in chosen.items()}
+        return [[(audio[e.id], e.text) for e in draw] for draw in draws]
+
     def _record(self, name: str, records: list, num: list[float], den: list[float]) -> None:
         """The metric `name` from its items: each record's (num, den), kept for the intervals."""
         self.items[name] = {
@@ -328,17 +409,21 @@ class Evaluator:
         }
         self.metrics[name] = metric_value(name, num, den)
 
-    def _score_transcripts(self, prefix: str, records: list, hypotheses: list[str]) -> None:
-        """`<prefix>_wer` and `<prefix>_cer` of hypotheses against the records' texts."""
+    def _score_transcripts(
+        self, prefix: str, records: list, hypotheses: list[str], suffix: str = ""
+    ) -> None:
+        """`<prefix>_wer<suffix>` and `<prefix>_cer<suffix>` of hypotheses against the records' texts."""
         counts = item_errors(hypotheses, [r.text for r in records])
         for name, (edits, lengths) in counts.items():
-            if f"{prefix}_{name}" in METRICS:
-                self._record(f"{prefix}_{name}", records, edits, lengths)
+            if f"{prefix}_{name}{suffix}" in METRICS:
+                self._record(f"{prefix}_{name}{suffix}", records, edits, lengths)
 
-    def _score_speech_outputs(self, prefix: str, records: list, outputs: list) -> None:
+    def _score_speech_outputs(
+        self, prefix: str, records: list, outputs: list, suffix: str = ""
+    ) -> None:
         """The judge's WER (and CER) on the arm's speech outputs; an empty one is heard as silence."""
         heard = self.judge.transcribe([_nonempty(w) for w in outputs])
-        self._score_transcripts(prefix, records, heard)
+        self._score_transcripts(prefix, records, heard, suffix)
 
     def _score_styles(self, name: str, prompts: list, outputs: list) -> None:
         """Whether the style classifier hears each output in its prompt's style."""
