@@ -160,6 +160,27 @@ def test_sequence_kinds_follow_the_configured_ratios(vocab):
     )
 
 
+def test_paired_sequences_hold_one_utterance_whole_in_both_orders(vocab):
+    """ratios with paired alone: every sequence is the utterance's speech then its text, or its text then
+    its speech, both orders drawn; a negative or unknown ratio is refused."""
+    words = [{"word": "the", "start": 0.0, "end": 0.2}, {"word": "dog", "start": 0.3, "end": 0.6}]
+    streams = {"units": torch.arange(16)}
+    speech = [vocab.speech_id, *vocab.speech_ids([("Hu", u) for u in range(16)])]
+    text = [vocab.text_id, *vocab.text.encode("the dog", bos=False, eos=False)]
+    bos, eos = vocab.text.bos_id, vocab.text.eos_id
+    ratios = {"speech": 0.0, "text": 0.0, "interleaved": 0.0, "paired": 1.0}
+    sequences = InterleavedSequences(vocab, ratios=ratios)
+    rng = random.Random(0)
+    built = [sequences.build("the dog", words, streams, rng) for _ in range(40)]
+    assert {kind for _, kind in built} == {"paired"} and sequences.counts["paired"] == 40
+    orders = [ids == [bos, *speech, *text, eos] for ids, _ in built]
+    assert all(o or ids == [bos, *text, *speech, eos] for o, (ids, _) in zip(orders, built))
+    assert 0 < sum(orders) < 40
+    for bad in ({"speech": 1.0, "paired": -1.0}, {"speech": 1.0, "pairs": 1.0}):
+        with pytest.raises(ValueError, match="interleave ratios"):
+            InterleavedSequences(vocab, ratios=bad)
+
+
 def make_task(tokenizer, speech_tokenizer, streams=("units", "pitch", "style")) -> SpiritLMTask:
     net = lambda **kw: build_llama_lm(hidden_size=32, num_layers=1, num_heads=2, **kw)  # noqa: E731
     return SpiritLMTask(

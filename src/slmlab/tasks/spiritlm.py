@@ -14,7 +14,7 @@ from slmlab.constants import SAMPLE_RATE, TOKEN_RATES
 from slmlab.data.batching import pad_stack
 from slmlab.models.spiritlm import generate_in_modality
 from slmlab.tasks.base import SLMTask
-from slmlab.tokenizers.interleaved import InterleavedSequences, InterleavedVocabulary
+from slmlab.tokenizers.interleaved import KINDS, InterleavedSequences, InterleavedVocabulary
 from slmlab.tokenizers.prompts import few_shot_pieces
 from slmlab.tokenizers.units import KIND_OF
 
@@ -209,9 +209,7 @@ class SpiritLMTask(SLMTask):
 
     def on_train_epoch_end(self) -> None:
         """Fractions of the sequence kinds built this epoch (and of utterances that had no word timings)."""
-        total = sum(
-            v for k, v in self.sequences.counts.items() if k in ("speech", "text", "interleaved")
-        )
+        total = sum(v for k, v in self.sequences.counts.items() if k in KINDS)
         for kind, count in self.sequences.counts.items():
             self.log(f"train/sequences_{kind}", count / max(total, 1))
 

@@ -1,5 +1,5 @@
 """Spirit LM's one token stream: text BPE, `[TEXT]`/`[SPEECH]` switches and speech tokens, and the
-training sequences built from it (speech-only, text-only, or interleaved at word boundaries).
+training sequences built from it (speech-only, text-only, interleaved at word boundaries, or paired).
 
     vocab = InterleavedVocabulary(text_tokenizer, speech_tokenizer, kinds=("Hu",))   # Base; Expressive: Hu, Pi, St
     sequences = InterleavedSequences(vocab, ratios={"speech": 1, "text": 1, "interleaved": 1},
@@ -9,7 +9,8 @@ training sequences built from it (speech-only, text-only, or interleaved at word
 An interleaved sequence of "the dog runs fast" might read
 `<s>[TEXT] the dog[SPEECH][Hu12][Hu7]...[Hu3][TEXT] fast</s>`: spans alternate, their lengths in words are
 drawn from the configured ranges, and speech spans are cut from the stream at word boundaries (halfway
-through the pause between two words).
+through the pause between two words). A paired sequence holds one utterance whole in both modalities,
+`<s>[SPEECH][Hu12]...[TEXT] the dog runs fast</s>` or text first (`ratios.paired`, 0 by default as in the paper).
 
 Two token layouts: `slmlab` (ours: the text tokenizer extended with `[TEXT]`, `[SPEECH]` and exactly our
 speech tokenizer's values) and `release` (the ids of facebookresearch/spiritlm's checkpoints, read from
@@ -27,6 +28,8 @@ from slmlab.constants import TOKEN_RATES
 from slmlab.tokenizers.units import merge_streams
 
 TEXT, SPEECH = "[TEXT]", "[SPEECH]"
+KINDS = ("speech", "text", "interleaved", "paired")
+"""The training sequence kinds `InterleavedSequences` builds."""
 MODALITIES = ("TEXT", "SPEECH", "ARBITRARY")
 LAYOUTS = ("slmlab", "release")
 RELEASE_SWITCHES = ("[Text]", "[Speech]")
@@ -244,7 +247,9 @@ def draw_spans(
 class InterleavedSequences:
     """Builds one training sequence per utterance: bos, then switch-marked spans, then eos.
 
-    ratios: relative weights of {"speech", "text", "interleaved"} (the reference draws a third each);
+    ratios: relative weights of {"speech", "text", "interleaved", "paired"} (the reference draws a third of
+    each of the first three and no paired sequence; paired: the utterance's speech then its text, or its text
+    then its speech, either way at even odds);
     text_span_words / speech_span_words: (min, max) span lengths in words (reference 10-30 and 5-15,
     scaled down for the embedded corpus's short sentences). An utterance without word timings cannot be
     interleaved; it is built speech-only or text-only instead, and counted in `counts`.
@@ -259,10 +264,10 @@ class InterleavedSequences:
     ) -> None:
         self.vocab = vocab
         ratios = dict(ratios or {"speech": 1.0, "text": 1.0, "interleaved": 1.0})
-        unknown = set(ratios) - {"speech", "text", "interleaved"}
-        if unknown or sum(ratios.values()) <= 0:
+        unknown = set(ratios) - set(KINDS)
+        if unknown or sum(ratios.values()) <= 0 or min(ratios.values()) < 0:
             raise ValueError(
-                f"interleave ratios must weigh speech, text, interleaved; got {ratios}"
+                f"interleave ratios must weigh {', '.join(KINDS)} (>= 0, not all 0); got {ratios}"
             )
         self.kinds, self.weights = list(ratios), list(ratios.values())
         self.text_span, self.speech_span = tuple(text_span_words), tuple(speech_span_words)
@@ -288,15 +293,21 @@ class InterleavedSequences:
         """-> (ids, kind built). streams: frame-level tensors of the kinds in use (units/pitch/style);
         count: add the sequence to `counts` (training; evaluation builds its sequences uncounted)."""
         kind = kind or self.draw_kind(rng)
+        if kind not in KINDS:
+            raise ValueError(f"unknown sequence kind {kind!r}; valid: {', '.join(KINDS)}")
         if kind == "interleaved" and not words:
             kind = rng.choice(("speech", "text"))
             self.counts["interleaved_without_word_timings"] += count
         self.counts[kind] += count
         vocab = self.vocab
-        if kind == "speech":
-            body = [vocab.speech_id, *self.speech(streams)]
-        elif kind == "text":
-            body = [vocab.text_id, *vocab.text.encode(text, bos=False, eos=False)]
+        if kind != "interleaved":  # speech, text, or both whole (paired, in a drawn order)
+            speech = [vocab.speech_id, *self.speech(streams)] if kind != "text" else []
+            written = (
+                [vocab.text_id, *vocab.text.encode(text, bos=False, eos=False)]
+                if kind != "speech"
+                else []
+            )
+            body = written + speech if kind == "paired" and rng.random() < 0.5 else speech + written
         else:
             end = len(streams["units"]) / TOKEN_RATES["Hu"]
             cuts = word_boundaries(words, end)
