@@ -4,12 +4,12 @@ vocoder's ceiling) and as resynthesis through the speech tokens and the fitted u
 `SpiritLMTask.resynthesise` does). Prints one JSON object.
 
     .venv/bin/python scripts/resynthesis_wer.py data/synthetic/default_seed0                  # MFCC units
-    .venv/bin/python scripts/resynthesis_wer.py data/synthetic/default_seed0 --speech-encoder hubert_layer=3
+    .venv/bin/python scripts/resynthesis_wer.py data/synthetic/default_seed0 --tokenizer units_hubert
 
-`--tokenizer` picks conf/tokenizer/speech/<name>.yaml (units_mfcc, units_hubert); overrides are `key=value`
-on it (`decoder.epochs=4`). `--speech-encoder` sets `hubert_path` to the corpus's pretrained speech encoder
-(`slmlab.pretrain.speech_encoder`, fitted there once) and implies units_hubert. The tokenizer and its vocoder
-are loaded from the corpus's artifacts, or fitted there once. The judge is the one of conf/eval/default.yaml,
+`--tokenizer` picks conf/tokenizer/speech/<name>.yaml (units_mfcc, units_hubert: units from the corpus's own
+pretrained speech encoder unless `hubert_path` is given); overrides are `key=value` on it (`hubert_layer=3`,
+`decoder.epochs=4`). The tokenizer, its vocoder and the speech encoder are loaded from the corpus's
+artifacts, or fitted there once. The judge is the one of conf/eval/default.yaml,
 fitted on the corpus beforehand (`slmlab-prepare evaluate=true`).
 """
 
@@ -39,11 +39,6 @@ def main() -> None:
     parser.add_argument(
         "--tokenizer", default="units_mfcc", help="conf/tokenizer/speech/<name>.yaml"
     )
-    parser.add_argument(
-        "--speech-encoder",
-        action="store_true",
-        help="units from the corpus's pretrained speech encoder (hubert_path = its folder)",
-    )
     parser.add_argument("--streams", default="units", help="units (Base) or units,pitch,style")
     parser.add_argument("--utterances", type=int, default=48)
     args = parser.parse_args()
@@ -53,18 +48,12 @@ def main() -> None:
     corpus = ManifestCorpus(
         *(str(root / f"{s}.jsonl") for s in ("train", "val", "test")), str(root)
     )
-    overrides = list(args.overrides)
-    if args.speech_encoder:
-        from slmlab.pretrain.speech_encoder import load_or_fit_speech_encoder
-
-        args.tokenizer = "units_hubert"
-        overrides.insert(0, f"hubert_path={load_or_fit_speech_encoder(corpus)}")
     tokenizer_yaml = OmegaConf.load(CONF / f"tokenizer/speech/{args.tokenizer}.yaml")
     for parent in tokenizer_yaml.pop("defaults", []):  # units_hubert extends units_mfcc
         if parent != "_self_":
             base = OmegaConf.load(CONF / f"tokenizer/speech/{parent}.yaml")
             tokenizer_yaml = OmegaConf.merge(base, tokenizer_yaml)
-    tokenizer_cfg = OmegaConf.merge(tokenizer_yaml, OmegaConf.from_dotlist(overrides))
+    tokenizer_cfg = OmegaConf.merge(tokenizer_yaml, OmegaConf.from_dotlist(args.overrides))
     judge = instantiate(OmegaConf.load(CONF / "eval/default.yaml").judge, corpus=corpus)
     started = time.perf_counter()
     tokenizer = instantiate(tokenizer_cfg, corpus=corpus, _convert_="all")
@@ -84,7 +73,7 @@ def main() -> None:
         "corpus": str(root),
         "tokenizer": str(tokenizer.source),
         "vocoder": str(vocoder.source),
-        "overrides": overrides,
+        "overrides": args.overrides,
         "streams": list(streams),
         "fit_or_load_seconds": round(fit_or_load_seconds, 1),
         "utterances": len(test),

@@ -68,8 +68,9 @@ def test_the_fitted_encoder_loads_through_the_external_checkpoint_path(fitted, w
 
 
 def test_units_hubert_takes_its_units_from_the_fitted_encoder(tiny_corpus, fitted, waveform):
-    """`tokenizer/speech=units_hubert` with hubert_path = the folder: each 25 Hz unit is the centroid
-    nearest to the mean of two 50 Hz frames of the chosen layer."""
+    """`tokenizer/speech=units_hubert` without hubert_path reads the corpus's speech encoder (the one of
+    these settings): each 25 Hz unit is the centroid nearest to the mean of two 50 Hz frames of the
+    chosen layer."""
     from slmlab.models.pretrained import load_audio_encoder
     from slmlab.tokenizers.units import assign_nearest, load_or_fit_speech_tokenizer
 
@@ -82,20 +83,19 @@ def test_units_hubert_takes_its_units_from_the_fitted_encoder(tiny_corpus, fitte
         n_pitch=4,
         n_styles=2,
         dedup=False,
-        hubert_path=str(folder),
         hubert_layer=layer,
         max_hours=0.01,
+        speech_encoder={"model": TINY, "epochs": 0.5},
     )
+    assert tokenizer.config["hubert_path"] == str(folder)
     units = tokenizer.encode(waveform)
     normalised = (waveform - waveform.mean()) / (waveform.var(correction=0) + 1e-7).sqrt()
     with torch.no_grad():
         frames = load_audio_encoder(str(folder))(normalised[None], output_hidden_states=True)
     count = len(waveform) // 640
     frames = frames.hidden_states[layer][0][: 2 * count]
-    frames = torch.cat(
-        [frames, frames[-1:].expand(2 * count - len(frames), -1)]
-    )  # the last repeated
-    pooled = frames[: 2 * count].reshape(count, 2, -1).mean(1)
+    frames = torch.cat([frames, frames[-1:].expand(2 * count - len(frames), -1)])  # last repeated
+    pooled = frames.reshape(count, 2, -1).mean(1)
     assert units.tolist() == assign_nearest(pooled, tokenizer.unit_centroids).tolist()
     assert len(set(units.tolist())) > 1
 

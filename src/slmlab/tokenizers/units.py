@@ -9,7 +9,8 @@
 
 Units: frame features -> nearest of `n_units` k-means centroids. Features are MFCC (+deltas, HuBERT's
 first-iteration targets) or log-mel, per-utterance normalised (the embedded default), or one layer of
-a HuBERT model from a local folder (transformers). Pitch: F0 from normalised autocorrelation,
+a HuBERT model from a local folder (transformers; by default the corpus's own speech encoder,
+`slmlab.pretrain.speech_encoder`). Pitch: F0 from normalised autocorrelation,
 log-F0 quantised into `n_pitch - 1` corpus quantile bins plus one "unvoiced" token. Style: per-second
 prosody statistics (log-F0 mean/spread, voicing, energy, unit rate), k-means into `n_styles`.
 The reference uses mHuBERT + k-means 501, a pitch VQ-VAE and a speech-property encoder; the sizes
@@ -512,13 +513,20 @@ def load_or_fit_speech_tokenizer(
     max_hours: float = 10.0,
     max_frames: int = 200_000,
     seed: int = 0,
+    speech_encoder: dict | None = None,
 ) -> SpeechTokenizer:
     """`tokenizer/speech=units_*`: fit on at most `max_hours` of the corpus's train audio (a random subset,
     `fitting_subset`), streamed, once (first `slmlab-prepare` or training run), saved under
     `<corpus>/artifacts/units/` (`artifacts.py`; the utterances and hours used in its artifact.json,
-    `fitted_on`); with `decoder` settings, the unit vocoder too."""
+    `fitted_on`); with `decoder` settings, the unit vocoder too. features=hubert without `hubert_path`:
+    the corpus's own speech encoder (`slmlab.pretrain.speech_encoder`, `speech_encoder` its settings),
+    fitted first if need be, as Spirit LM takes its units from HuBERT."""
     from slmlab.tokenizers.unit_vocoder import load_or_fit_unit_vocoder
 
+    if features == "hubert" and not hubert_path:
+        from slmlab.pretrain.speech_encoder import load_or_fit_speech_encoder
+
+        hubert_path = str(load_or_fit_speech_encoder(corpus, **(speech_encoder or {})))
     settings = {
         "features": features,
         "n_units": n_units,
