@@ -327,6 +327,23 @@ def test_few_shot_prompts_take_train_examples_for_the_arms_that_take_examples_on
     assert all(off(_FewShotEchoArm(tiny_corpus)).metrics[name] is None for name in fewshot)
 
 
+def test_few_shot_metrics_are_na_without_the_train_audio(tiny_corpus, tmp_path, caplog):
+    """A run evaluated away from its corpus's train audio (only the train manifest there): no few-shot
+    prompt can be made, so those metrics are n/a, with a warning naming a missing file; the rest is scored."""
+    import dataclasses
+
+    from slmlab.eval.evaluate import Evaluator
+
+    evaluator = Evaluator(tiny_corpus, _Judge(tiny_corpus), _Styles(), utterances=6)
+    gone = str(tmp_path / "train_gone.wav")
+    evaluator.train = [dataclasses.replace(r, audio_filepath=gone) for r in evaluator.train]
+    with caplog.at_level("WARNING", logger="slmlab.eval.evaluate"):
+        metrics = evaluator(_FewShotEchoArm(tiny_corpus)).metrics
+    assert metrics["asr_wer_fewshot"] is None and metrics["tts_wer_fewshot"] is None
+    assert metrics["asr_wer"] == 0.0
+    assert any("few-shot metrics n/a" in m and gone in m for m in caplog.messages)
+
+
 def _fake_run(
     folder: Path,
     arm: str,
