@@ -42,11 +42,8 @@ from slmlab.data.manifest import read_labels
 
 log = logging.getLogger(__name__)
 
-PROBE_TEXT_KEYS = (
-    "good_text",
-    "bad_text",
-    "text",
-)  # probes/<name>.jsonl pairs, <name>_audio.jsonl lines
+# the texts of a probe item: probes/<name>.jsonl pairs (good and bad), probes/<name>_audio.jsonl lines
+PROBE_TEXT_KEYS = ("good_text", "bad_text", "text")
 LOG_EVERY = 100  # steps between two loss lines in the log
 
 
