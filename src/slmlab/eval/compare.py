@@ -43,6 +43,7 @@ TABLES = {
         "tts_wer",
         "tts_cer",
         "resynthesis_wer",
+        "resynthesis_ceiling_wer",
         "style_accuracy",
         "resynthesis_style_accuracy",
         "empty_outputs",
@@ -334,6 +335,7 @@ HEARD_BY_THE_JUDGE = (
     "tts_wer_fewshot",
     "tts_cer_fewshot",
     "resynthesis_wer",
+    "resynthesis_ceiling_wer",
 )
 
 
@@ -367,6 +369,9 @@ def reading(runs: list[Run], table: dict, baselines: dict) -> list[str]:
         if deaf and name in HEARD_BY_THE_JUDGE:
             lines.append(f"- **{name}**: not judged: {deaf}.")
             continue
+        if name == "resynthesis_ceiling_wer":
+            lines.append(resynthesis_loss_line(table, baselines))
+            continue
         lower = METRICS[name][1] == "lower"
         ranked = sorted(scored, key=lambda a: scored[a].mean, reverse=not lower)
         parts = [f"best {ranked[0]} {format_cell(name, scored[ranked[0]])}"]
@@ -381,6 +386,25 @@ def reading(runs: list[Run], table: dict, baselines: dict) -> list[str]:
         head = f"- **{name}**" + (f" (trivial {base:.3f})" if base is not None else "")
         lines.append(f"{head}: " + "; ".join(parts) + ".")
     return lines
+
+
+def resynthesis_loss_line(table: dict, baselines: dict) -> str:
+    """Where each speaking arm's resynthesis loses words: real audio (the judge's WER) -> Griffin-Lim of the
+    real mel at the arm's decoder settings (`resynthesis_ceiling_wer`) -> its speech tokens and decoder
+    (`resynthesis_wer`)."""
+    judge = baselines.get("judge_wer")
+    parts = []
+    for arm, cells in table.items():
+        ceiling, resynthesis = cells.get("resynthesis_ceiling_wer"), cells.get("resynthesis_wer")
+        if ceiling is None or resynthesis is None:
+            continue
+        vocoder = f"{ceiling.mean - judge:+.3f} from Griffin-Lim, " if judge is not None else ""
+        parts.append(
+            f"{arm} {resynthesis.mean:.3f} against its ceiling {ceiling.mean:.3f} ({vocoder}"
+            f"{resynthesis.mean - ceiling.mean:+.3f} from its speech tokens and their decoder)"
+        )
+    real = f" (the judge on real audio: {judge:.3f})" if judge is not None else ""
+    return f"- **resynthesis_wer against resynthesis_ceiling_wer**{real}: " + "; ".join(parts) + "."
 
 
 def _beats(cell: Cell, base: float, lower: bool) -> str:

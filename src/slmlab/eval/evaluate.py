@@ -38,6 +38,7 @@ from slmlab.eval.metrics import (
     trivial_error_rates,
 )
 from slmlab.tasks.protocol import can, check_arm
+from slmlab.tokenizers.mel import MelVocoder
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ METRICS = {
     },
     "resynthesis_wer": (
         "the judge's WER on test audio through the arm's speech tokens and decoder",
+        "lower",
+    ),
+    "resynthesis_ceiling_wer": (
+        "the judge's WER on Griffin-Lim of the real test mel at the arm's decoder settings "
+        "(what resynthesis_wer would be with lossless speech tokens)",
         "lower",
     ),
     "text_ppl": ("test text perplexity per BPE token", "lower"),
@@ -132,6 +138,18 @@ def _to_judge(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
         if sample_rate != SAMPLE_RATE and len(wave)
         else wave
     )
+
+
+def _mel_vocoder(task) -> MelVocoder | None:
+    """The mel -> waveform stage of an arm's speech decoder (the built-in codec's, Spirit LM's unit
+    vocoder), at its mel settings; None when its decoder has none (Mimi) or it does not speak."""
+    for decoder in (
+        getattr(getattr(task, "codec", None), "vocoder", None),
+        getattr(getattr(task, "speech_tokenizer", None), "decoder", None),
+    ):
+        if isinstance(decoder, MelVocoder):
+            return decoder
+    return None
 
 
 def _probe_pairs(corpus, name: str, limit: int | None) -> list[tuple[object, object]]:
@@ -280,6 +298,10 @@ class Evaluator:
                 "resynthesis_wer", test, lambda i, r: _to_judge(task.resynthesise(waves[i]), rate)
             )
             self._score_speech_outputs("resynthesis", test, resynthesised)
+            vocoder = _mel_vocoder(task)
+            if vocoder is not None:
+                ceiling = [_to_judge(vocoder.mel_to_wave(vocoder.log_mel(w)), rate) for w in waves]
+                self._score_speech_outputs("resynthesis_ceiling", test, ceiling)
         if can(task, "score_texts"):
             scores = task.score_texts(texts)
             self._record("text_ppl", test, [-s for s, _ in scores], [n for _, n in scores])

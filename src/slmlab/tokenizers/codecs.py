@@ -8,7 +8,9 @@
 - `codec_builtin`: a residual vector quantiser fitted on the corpus by `slmlab-prepare`: 8 log-mel frames
   (10 ms each) stacked into one 12.5 Hz vector, normalised per mel bin, quantised by `num_codebooks`
   successive k-means codebooks of `cardinality` entries on the residuals, decoded by summing the chosen
-  centroids and vocoding the log-mel (Griffin-Lim, or a local HiFi-GAN; `tokenizers/mel.py`).
+  centroids, correcting the sum with a learned dequantiser (`Dequantiser`, convolutions over neighbouring
+  frames trained with L1 on the train mels), and vocoding the log-mel (Griffin-Lim, or a local HiFi-GAN;
+  `tokenizers/mel.py`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from slmlab.artifacts import (
     artifact_dir,
@@ -31,6 +36,7 @@ from slmlab.artifacts import (
 from slmlab.constants import CODEC_FRAME_RATE, CODEC_SAMPLE_RATE
 from slmlab.data.manifest import AudioOf, audio_path, fitting_subset, load_audio, read_split
 from slmlab.tokenizers.mel import MelVocoder
+from slmlab.tokenizers.unit_vocoder import ConvBlock
 from slmlab.tokenizers.units import assign_nearest, kmeans, sample_rows
 
 log = logging.getLogger(__name__)
@@ -82,9 +88,31 @@ class MimiCodec:
         return self.model.decode(codes[None].long())[0, 0]
 
 
+class Dequantiser(nn.Module):
+    """Summed centroids [B, width, T] (normalised stacked log-mel frames at 12.5 Hz, width = 8 * n_mels) ->
+    the same, plus a correction from residual convolutions over the neighbouring frames, which see across
+    the 80 ms frame edges that the codebooks quantise one by one. The correction starts at zero: untrained,
+    it returns the centroid sum."""
+
+    def __init__(self, width: int, dim: int = 256, layers: int = 3) -> None:
+        super().__init__()
+        self.config = {"width": width, "dim": dim, "layers": layers}
+        self.project_in = nn.Conv1d(width, dim, 1)
+        self.blocks = nn.ModuleList(ConvBlock(dim, 3, 0.0) for _ in range(layers))
+        self.project_out = nn.Conv1d(dim, width, 1)
+        nn.init.zeros_(self.project_out.weight)
+        nn.init.zeros_(self.project_out.bias)
+
+    def forward(self, summed: torch.Tensor) -> torch.Tensor:
+        x, every_frame = self.project_in(summed), summed.new_ones(len(summed), 1, summed.shape[2])
+        for block in self.blocks:
+            x = block(x, every_frame)
+        return summed + self.project_out(x)
+
+
 class BuiltinCodec:
-    """`tokenizer/speech=codec_builtin`: fitted state = per-bin mel mean/std and the residual codebooks
-    [K, cardinality, 8 * n_mels]."""
+    """`tokenizer/speech=codec_builtin`: fitted state = per-bin mel mean/std, the residual codebooks
+    [K, cardinality, 8 * n_mels] and the dequantiser (None: the centroid sum is the mel)."""
 
     frame_rate = CODEC_FRAME_RATE
 
@@ -96,8 +124,10 @@ class BuiltinCodec:
         std: torch.Tensor,
         griffin_lim_iters: int = 32,
         vocoder_path: str | None = None,
+        dequantiser: Dequantiser | None = None,
     ) -> None:
         self.config, self.codebooks, self.mean, self.std = config, codebooks, mean, std
+        self.dequantiser = dequantiser.eval() if dequantiser is not None else None
         self.griffin_lim_iters, self.vocoder_path = griffin_lim_iters, vocoder_path
         self.source: Path | None = None  # the folder it was loaded from (or fitted into)
         self.sample_rate = config["sample_rate"]
@@ -114,8 +144,12 @@ class BuiltinCodec:
         return self.codebooks.shape[1]
 
     def fingerprint(self) -> str:
-        state = json.dumps(self.config, sort_keys=True).encode() + self.codebooks.numpy().tobytes()
-        return hashlib.sha1(state).hexdigest()[:16]
+        digest = hashlib.sha1(json.dumps(self.config, sort_keys=True).encode())
+        digest.update(self.codebooks.numpy().tobytes())
+        weights = self.dequantiser.state_dict() if self.dequantiser is not None else {}
+        for name in sorted(weights):
+            digest.update(weights[name].numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def frames(self, wav: torch.Tensor) -> torch.Tensor:
         """wav [S] -> normalised stacked log-mel frames [T, mel_per_frame * n_mels], T = ceil(S / samples_per_frame)."""
@@ -126,31 +160,42 @@ class BuiltinCodec:
         normalised = (log_mel.T - self.mean) / self.std  # [M, n_mels]
         return normalised.reshape(count, -1)
 
-    def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        residual, codes = self.frames(wav), []
+    def quantise(self, frames: torch.Tensor) -> torch.Tensor:
+        """Normalised stacked frames [T, width] -> codes [K, T], codebook by codebook on the residuals."""
+        residual, codes = frames, []
         for codebook in self.codebooks:
             index = assign_nearest(residual, codebook)
             residual = residual - codebook[index]
             codes.append(index)
         return torch.stack(codes) if codes else torch.zeros(0, 0, dtype=torch.long)
 
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.quantise(self.frames(wav))
+
+    @torch.no_grad()
     def decode_mel(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [K', T] (the first K' <= K codebooks) -> log-mel [n_mels, T * mel_per_frame]."""
         summed = sum(self.codebooks[k][codes[k].long()] for k in range(len(codes)))
+        if self.dequantiser is not None and codes.shape[1]:
+            summed = self.dequantiser(summed.T[None])[0].T
         return (summed.reshape(-1, self.mean.shape[0]) * self.std + self.mean).T
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.vocoder.mel_to_wave(self.decode_mel(codes))
 
     def save(self, folder: str | Path) -> None:
-        """`codec.json` (fitted settings), `codec.pt` (codebooks, mel statistics) and `vocoder.json`
-        (how codes become a waveform: Griffin-Lim iterations or a HiFi-GAN folder, referenced by path)."""
+        """`codec.json` (fitted settings, the dequantiser's sizes), `codec.pt` (codebooks, mel statistics,
+        the dequantiser's weights) and `vocoder.json` (how codes become a waveform: Griffin-Lim iterations
+        or a HiFi-GAN folder, referenced by path)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "codec.json").write_text(json.dumps(self.config, indent=2))
-        torch.save(
-            {"codebooks": self.codebooks, "mean": self.mean, "std": self.std}, folder / "codec.pt"
-        )
+        dequantiser = self.dequantiser
+        config = {**self.config, "dequantiser": dequantiser.config if dequantiser else None}
+        (folder / "codec.json").write_text(json.dumps(config, indent=2))
+        state = {"codebooks": self.codebooks, "mean": self.mean, "std": self.std}
+        if dequantiser is not None:
+            state["dequantiser"] = dequantiser.state_dict()
+        torch.save(state, folder / "codec.pt")
         vocoder = {"griffin_lim_iters": self.griffin_lim_iters, "vocoder_path": self.vocoder_path}
         (folder / "vocoder.json").write_text(json.dumps(vocoder, indent=2))
 
@@ -159,11 +204,12 @@ class BuiltinCodec:
         """vocoder: griffin_lim_iters, vocoder_path; by default as saved (`vocoder.json`), else 32 and None."""
         folder = Path(folder)
         saved = load_json(folder / "vocoder.json") if (folder / "vocoder.json").is_file() else {}
-        codec = cls(
-            load_json(folder / "codec.json"),
-            **load_tensors(folder / "codec.pt"),
-            **{**saved, **vocoder},
-        )
+        config, state = load_json(folder / "codec.json"), load_tensors(folder / "codec.pt")
+        sizes, dequantiser = config.pop("dequantiser", None), None
+        if sizes is not None:
+            dequantiser = Dequantiser(**sizes)
+            dequantiser.load_state_dict(state.pop("dequantiser"))
+        codec = cls(config, **state, **{**saved, **vocoder}, dequantiser=dequantiser)
         codec.source = folder
         return codec
 
@@ -182,6 +228,69 @@ def _mel_statistics(codec: BuiltinCodec, waveforms) -> tuple[torch.Tensor, torch
     return mean.float(), std.float().clamp_min(1e-3), frames
 
 
+def _crops(frames: list[torch.Tensor], most: int, generator) -> torch.Tensor:
+    """Stacked frames [T_i, width] -> one random crop of each, all as long as the shortest (at most `most`
+    frames): [B, T, width]."""
+    length = min(most, *(len(f) for f in frames))
+    starts = [int(torch.randint(len(f) - length + 1, (1,), generator=generator)) for f in frames]
+    return torch.stack([f[s : s + length] for f, s in zip(frames, starts)])
+
+
+def fit_dequantiser(
+    codec: BuiltinCodec,
+    waveforms,
+    dim: int = 256,
+    layers: int = 3,
+    steps: int = 600,
+    batch_size: int = 16,
+    crop_frames: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> Dequantiser:
+    """Train a `Dequantiser` for the codec's codebooks: the L1 between the corrected centroid sum and the
+    normalised stacked frames, on random crops of `batch_size` waveforms [S] per step (each read when its
+    batch is drawn), AdamW with a 5 % warm-up and cosine decay. Half the crops keep a random number k < K
+    of codebooks (quantiser dropout, as Mimi's), so that the first k codebooks alone decode too."""
+    generator = torch.Generator().manual_seed(seed)
+    model = Dequantiser(codec.codebooks.shape[2], dim, layers)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, cosine decay
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)),
+    )
+    kept = torch.arange(codec.num_codebooks)[None, :, None]  # [1, K, 1]
+    started = time.perf_counter()
+    for step in range(steps):
+        picks = torch.randint(len(waveforms), (batch_size,), generator=generator).tolist()
+        target = _crops([codec.frames(waveforms[i]) for i in picks], crop_frames, generator)
+        codes = torch.stack([codec.quantise(t) for t in target])  # [B, K, T]
+        dropped = torch.rand(batch_size, generator=generator) < 0.5
+        count = torch.where(
+            dropped,
+            torch.randint(1, codec.num_codebooks + 1, (batch_size,), generator=generator),
+            codec.num_codebooks,
+        )
+        centroids = torch.stack(
+            [codec.codebooks[k][codes[:, k]] for k in range(codec.num_codebooks)], 1
+        )  # [B, K, T, width]
+        summed = (centroids * (kept < count[:, None, None])[..., None]).sum(1)
+        loss = (model(summed.transpose(1, 2)) - target.transpose(1, 2)).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == steps - 1:
+            log.info(
+                "dequantiser step %d/%d: normalised L1 %.3f (%.0f s)",
+                step,
+                steps,
+                loss.item(),
+                time.perf_counter() - started,
+            )
+    return model.eval()
+
+
 def fit_builtin_codec(
     waveforms,
     num_codebooks: int = 8,
@@ -192,12 +301,16 @@ def fit_builtin_codec(
     vocoder_path: str | None = None,
     max_frames: int = 100_000,
     seed: int = 0,
+    dequantiser: dict | None = None,
 ) -> BuiltinCodec:
     """Residual k-means on the stacked log-mel frames of waveforms [S] at `sample_rate`, one in memory at a
-    time. `waveforms` is read twice (a list, or `AudioOf` records; not a generator): the mel statistics
-    (sums in float64), then at most `max_frames` random frames (`sample_rows`)."""
+    time, then (with `dequantiser` settings: `fit_dequantiser`'s) a dequantiser for its codebooks.
+    `waveforms` is read more than once (a list, or `AudioOf` records; not a generator): the mel statistics
+    (sums in float64), at most `max_frames` random frames (`sample_rows`), the dequantiser's batches."""
     if iter(waveforms) is waveforms:
-        raise TypeError("fit_builtin_codec reads its waveforms twice: pass a list or AudioOf")
+        raise TypeError(
+            "fit_builtin_codec reads its waveforms more than once: pass a list or AudioOf"
+        )
     mel = {
         "n_fft": 1024,
         "win_length": 960,
@@ -230,9 +343,12 @@ def fit_builtin_codec(
             k,
             float(residual.pow(2).mean() / frames.pow(2).mean()),
         )
-    return BuiltinCodec(
+    codec = BuiltinCodec(
         config, torch.stack(codebooks), analysis.mean, analysis.std, griffin_lim_iters, vocoder_path
     )
+    if dequantiser is not None:
+        codec.dequantiser = fit_dequantiser(codec, waveforms, **{"seed": seed, **dequantiser})
+    return codec
 
 
 def resynthesis_report(codec: BuiltinCodec, waveforms) -> dict:
@@ -274,11 +390,14 @@ def load_or_fit_builtin_codec(
     max_hours: float = 10.0,
     max_frames: int = 100_000,
     seed: int = 0,
+    dequantiser: dict | None = None,
 ) -> BuiltinCodec:
-    """`tokenizer/speech=codec_builtin`: fit on at most `max_frames` random frames of at most `max_hours` of
-    the corpus's train audio (a random subset, `fitting_subset`), streamed, once (saved under
+    """`tokenizer/speech=codec_builtin`: fit on at most `max_frames` random frames (and the dequantiser, given
+    its settings, on its batches) of at most `max_hours` of the corpus's train audio (a random subset,
+    `fitting_subset`), streamed, once (saved under
     `<corpus>/artifacts/codec/`, with `resynthesis.json` on 16 test clips and the utterances and hours
     used in its artifact.json, `fitted_on`); later calls load it."""
+    mel = dict(mel) if mel is not None else None  # a Hydra DictConfig becomes JSON-able
     settings = {
         "num_codebooks": num_codebooks,
         "cardinality": cardinality,
@@ -288,6 +407,8 @@ def load_or_fit_builtin_codec(
         "max_frames": max_frames,
         "seed": seed,
     }
+    if dequantiser is not None:  # a codec without one keeps the key it had before dequantisers
+        settings["dequantiser"] = dict(dequantiser)
     inputs = manifest_fingerprints(corpus, "train", "test")
     record = {"settings": settings, "inputs": inputs}
 
@@ -311,6 +432,7 @@ def load_or_fit_builtin_codec(
             vocoder_path,
             max_frames,
             seed,
+            settings.get("dequantiser"),
         )
         test, _ = read_split(corpus, "test")
         clips = [load_audio(audio_path(r), sample_rate) for r in test[:16]]
