@@ -162,12 +162,9 @@ def fit_pretrained_parts(cfg: DictConfig, corpus, tokenizers: dict) -> dict[str,
                 f"{' | '.join(cfg.pretrain)}"
             )
         inputs = {"tokenizer": tokenizers["text"]} if part == "text_lm" else {}
-        model = OmegaConf.to_container(spec.get("model") or {}, resolve=True)
-        folders[spec.into] = str(
-            instantiate(
-                cfg.pretrain[part], corpus=corpus, **inputs, **({"model": model} if model else {})
-            )
-        )
+        model = {"model": spec.model} if spec.get("model") else {}
+        fit = instantiate(cfg.pretrain[part], corpus=corpus, **inputs, **model, _convert_="all")
+        folders[spec.into] = str(fit)
         log.info("regime=recipe: model.task.%s = %s (%s)", spec.into, folders[spec.into], part)
     return folders
 
