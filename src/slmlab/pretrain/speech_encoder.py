@@ -34,7 +34,8 @@ from slmlab.tokenizers.frontends import extract_features
 
 log = logging.getLogger(__name__)
 
-SIZES = {  # HubertConfig keywords: ~2 M parameters, 50 Hz frames (the 320x stride of HuBERT's convolutions)
+SIZES = {  # HubertConfig keywords: ~2 M parameters, 50 Hz frames (the 320x stride of HuBERT's convolutions);
+    # no dropout and no time masking: a fit of a few hundred steps is far from overfitting
     "conv_dim": (32,) * 7,
     "hidden_size": 192,
     "num_hidden_layers": 4,
@@ -42,6 +43,12 @@ SIZES = {  # HubertConfig keywords: ~2 M parameters, 50 Hz frames (the 320x stri
     "intermediate_size": 768,
     "num_conv_pos_embeddings": 32,
     "num_conv_pos_embedding_groups": 8,
+    "hidden_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "attention_dropout": 0.0,
+    "feat_proj_dropout": 0.0,
+    "final_dropout": 0.0,
+    "mask_time_prob": 0.0,
 }
 
 
@@ -122,7 +129,7 @@ def fit_speech_encoder(
     seed: int,
 ):
     """`HubertForCTC` fitted on `audio` (read a batch at a time) and its transcripts for `epochs` passes:
-    AdamW, linear warm-up over the first 10 % of the steps, cosine decay; HuBERT's time masking on."""
+    AdamW, linear warm-up over the first 10 % of the steps, cosine decay."""
     from transformers import HubertConfig, HubertForCTC
 
     torch.manual_seed(seed)
@@ -162,7 +169,7 @@ def fit_speech_encoder(
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
             schedule.step()
-            if step % 100 == 0 or step == steps - 1:
+            if step % 25 == 0 or step == steps - 1:
                 log.info(
                     "speech encoder step %d/%d: CTC loss %.3f (%.0f s)",
                     step,
@@ -180,7 +187,7 @@ def load_or_fit_speech_encoder(
     corpus,
     model: dict | None = None,
     epochs: float = 2.0,
-    batch_size: int = 16,
+    batch_size: int = 8,
     lr: float = 2e-3,
     max_hours: float = 2.0,
     seed: int = 1,
