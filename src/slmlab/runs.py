@@ -45,6 +45,7 @@ from slmlab.config_checks import check_config
 from slmlab.data.manifest import RecordPolicy
 from slmlab.eval.evaluate import Evaluation, Evaluator
 from slmlab.eval.tensorboard import log_evaluation
+from slmlab.pretrain import load_or_fit_part
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,10 @@ def fit_tokenizers(cfg: DictConfig, corpus) -> dict:
 
 def fit_pretrained_parts(cfg: DictConfig, corpus, tokenizers: dict) -> dict[str, str]:
     """regime=recipe: {key under `model.task`: local folder} for each pretrained part the arm's recipe
-    (`model.recipe`: `{part: {into: key, model: {...}}}`) names, each fitted once per corpus by
-    `cfg.pretrain.<part>` (slmlab.pretrain) and saved as a `save_pretrained` folder, which the arm then
-    loads through the same key as a real Llama or HuBERT; regime=from_scratch: {}. Call it before an arm
-    extends the text tokenizer: the text LM's vocabulary is the corpus's BPE."""
+    (`model.recipe`: `{part: {into: key, model: {...}}}`) names, each fitted once per corpus with the
+    settings `cfg.pretrain.<part>` (slmlab.pretrain.load_or_fit_part) and saved as a `save_pretrained`
+    folder, which the arm then loads through the same key as a real Llama or HuBERT; regime=from_scratch:
+    {}. Call it before an arm extends the text tokenizer: the text LM's vocabulary is the corpus's BPE."""
     if cfg.get("regime", "from_scratch") == "from_scratch":
         return {}
     recipe = cfg.model.get("recipe")
@@ -156,15 +157,11 @@ def fit_pretrained_parts(cfg: DictConfig, corpus, tokenizers: dict) -> dict[str,
         )
     folders = {}
     for part, spec in recipe.items():
-        if part not in cfg.pretrain:
-            raise ValueError(
-                f"model.recipe.{part}: no such pretrained part; the pretrain group fits "
-                f"{' | '.join(cfg.pretrain)}"
-            )
-        inputs = {"tokenizer": tokenizers["text"]} if part == "text_lm" else {}
-        model = {"model": spec.model} if spec.get("model") else {}
-        fit = instantiate(cfg.pretrain[part], corpus=corpus, **inputs, **model, _convert_="all")
-        folders[spec.into] = str(fit)
+        settings = OmegaConf.to_container(cfg.pretrain.get(part) or {}, resolve=True)
+        if spec.get("model"):  # the arm's own architecture
+            settings["model"] = OmegaConf.to_container(spec.model, resolve=True)
+        folder = load_or_fit_part(part, corpus, tokenizers["text"], **settings)
+        folders[spec.into] = str(folder)
         log.info("regime=recipe: model.task.%s = %s (%s)", spec.into, folders[spec.into], part)
     return folders
 
