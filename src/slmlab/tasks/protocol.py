@@ -8,7 +8,10 @@ tensors [S] at the task's `sample_rate`; likelihoods are (log-likelihood in nats
 
     capability        method                                            metrics
     transcribe        transcribe(waveforms) -> texts                    asr_wer, asr_cer
+                      transcribe(waveforms, examples=...) (optional:    asr_wer_fewshot, asr_cer_fewshot
+                      per waveform, its (waveform, text) train pairs)
     synthesise        synthesise(text, speaker, max_seconds) -> wav     tts_wer, tts_cer, generation_rtf
+                      synthesise(..., examples=...) (optional)          tts_wer_fewshot, tts_cer_fewshot
     score_texts       score_texts(texts) -> [(nats, n)]                 text_ppl, *_text probes
     score_speech      score_speech(waveforms, speakers) -> [(nats, n)]  speech_nats_per_second, *_speech
     continue_speech   continue_speech(prompt, seconds, prompt_text,     style_accuracy
