@@ -353,13 +353,20 @@ def _fake_run(
     empty_outputs: dict | None = None,
     items: dict | None = None,
     judge_wer: float = 0.1,
+    regime: str = "from_scratch",
 ) -> None:
     from omegaconf import OmegaConf
     from torch.utils.tensorboard import SummaryWriter
 
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(
-        OmegaConf.create({"seed": seed, "model": {"name": arm, "task": {"_target_": f"x.{arm}"}}}),
+        OmegaConf.create(
+            {
+                "seed": seed,
+                "regime": regime,
+                "model": {"name": arm, "task": {"_target_": f"x.{arm}"}},
+            }
+        ),
         folder / ".hydra" / "config.yaml",
     )
     baselines = {
@@ -398,6 +405,27 @@ def _fake_run(
 def _wer_items(edits: list[int]) -> dict:
     """asr_wer's items: 10 reference words per utterance, `edits` errors in each."""
     return {"ids": [f"u{i}" for i in range(len(edits))], "num": edits, "den": [10] * len(edits)}
+
+
+def test_each_regime_is_a_row_of_its_own(tmp_path):
+    """The same arm trained from scratch and from its recipe's pretrained parts: two rows, each aggregated
+    over its own seeds, never averaged together."""
+    from slmlab.eval.compare import aggregate, find_runs
+    from slmlab.eval.evaluate import METRICS
+
+    none = dict.fromkeys(METRICS)
+    for i, (regime, seed, wer) in enumerate(
+        [("from_scratch", 0, 0.9), ("from_scratch", 1, 0.8), ("recipe", 0, 0.3), ("recipe", 1, 0.2)]
+    ):
+        _fake_run(
+            tmp_path / str(i), "speechlm", seed, {**none, "asr_wer": wer}, [3.0], regime=regime
+        )
+    runs, _ = find_runs(tmp_path)
+    table = aggregate(runs)
+    assert set(table) == {"speechlm", "speechlm (recipe)"}
+    assert table["speechlm"]["asr_wer"].mean == pytest.approx(0.85)
+    assert table["speechlm (recipe)"]["asr_wer"].mean == pytest.approx(0.25)
+    assert table["speechlm (recipe)"]["asr_wer"].seeds == 2
 
 
 def test_the_report_writer_on_fake_runs(tmp_path):

@@ -120,7 +120,8 @@ def _get(record: dict, path: tuple[str, ...]):
 
 
 def read_run(folder: Path) -> Run:
-    """One run folder -> its arm, seed, every metric (None where the arm has none) and its val/loss curve."""
+    """One run folder -> its arm (`csm`, or `csm (recipe)` under regime=recipe), seed, every metric (None
+    where the arm has none) and its val/loss curve."""
     cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
     record = json.loads((folder / "metrics.json").read_text())
     values: dict[str, float | None] = {}
@@ -134,6 +135,8 @@ def read_run(folder: Path) -> Run:
     values.update({k: _get(record, ("eval", "metrics", k)) for k in METRICS})
     values.update({k: _get(record, path) for k, path in EMPTY.items()})
     arm = cfg.model.get("name") or cfg.model.task._target_.rsplit(".", 1)[-1]
+    if cfg.get("regime", "from_scratch") != "from_scratch":  # each regime is a row of its own
+        arm = f"{arm} ({cfg.regime})"
     budget = {
         "steps": OmegaConf.select(cfg, "trainer.max_steps"),
         "batch": OmegaConf.select(cfg, "datamodule.batch_size"),
