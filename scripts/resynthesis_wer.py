@@ -41,7 +41,7 @@ def main() -> None:
     )
     parser.add_argument("--streams", default="units", help="units (Base) or units,pitch,style")
     parser.add_argument("--utterances", type=int, default=48)
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides before or after the options
     torch.set_num_threads(1)
     torch.manual_seed(0)  # Griffin-Lim starts from random phases
     root = Path(args.corpus_root)
