@@ -245,12 +245,14 @@ def fit_dequantiser(
     batch_size: int = 16,
     crop_frames: int = 32,
     lr: float = 2e-3,
+    codebook_dropout: float = 0.5,
     seed: int = 0,
 ) -> Dequantiser:
     """Train a `Dequantiser` for the codec's codebooks: the L1 between the corrected centroid sum and the
     normalised stacked frames, on random crops of `batch_size` waveforms [S] per step (each read when its
-    batch is drawn), AdamW with a 5 % warm-up and cosine decay. Half the crops keep a random number k < K
-    of codebooks (quantiser dropout, as Mimi's), so that the first k codebooks alone decode too."""
+    batch is drawn), AdamW with a 5 % warm-up and cosine decay. A `codebook_dropout` share of the crops keep
+    a random number k <= K of codebooks (quantiser dropout, as Mimi's), so that the first k codebooks alone
+    decode too."""
     generator = torch.Generator().manual_seed(seed)
     model = Dequantiser(codec.codebooks.shape[2], dim, layers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -265,7 +267,7 @@ def fit_dequantiser(
         picks = torch.randint(len(waveforms), (batch_size,), generator=generator).tolist()
         target = _crops([codec.frames(waveforms[i]) for i in picks], crop_frames, generator)
         codes = torch.stack([codec.quantise(t) for t in target])  # [B, K, T]
-        dropped = torch.rand(batch_size, generator=generator) < 0.5
+        dropped = torch.rand(batch_size, generator=generator) < codebook_dropout
         count = torch.where(
             dropped,
             torch.randint(1, codec.num_codebooks + 1, (batch_size,), generator=generator),
