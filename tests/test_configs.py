@@ -50,6 +50,7 @@ def test_groups_exist_with_the_documented_options():
     assert set(options("scale")) == set(options("model/text_lm/size")) == {"demo", "gpu_100m"}
     assert set(options("model/speechlm/size")) == {"demo", "gpu_100m"}
     assert set(options("model/speechlm/encoder")) == {
+        "hubert_corpus",
         "whisper_tiny",
         "wav2vec2_tiny",
         "hubert_tiny",
@@ -276,4 +277,4 @@ def test_compare_gpu_parameter_counts():
     assert str(cfg.hydra.sweeper.params.regime) == "from_scratch,recipe"
     assert all(85e6 <= n <= 115e6 for n in counts.values()), counts
     assert all(abs(n / counts["text_lm"] - 1) <= 0.10 for n in counts.values()), counts
-    assert all(3e6 <= n <= 5e6 for n in demo.values()), demo
+    assert all(3e6 <= n <= 5.5e6 for n in demo.values()), demo

@@ -12,12 +12,20 @@ import pytest
 import torch
 from conftest import run_cli
 from omegaconf import OmegaConf
-from transformers import AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM
 
 from slmlab.runs import PRETRAINED_PARTS, build, load_task
 
-# a text LM fitted in seconds on the tiny corpus (one per distinct architecture, shared by the tests)
-TINY_PRETRAIN = ["pretrain.text_lm.steps=30", "pretrain.text_lm.warmup_steps=5"]
+# a text LM and a speech encoder fitted in seconds on the tiny corpus (shared by the tests); the encoder's
+# sizes also size SpeechLM's from-scratch encoder (model/speechlm/encoder=hubert_corpus)
+TINY_PRETRAIN = [
+    "pretrain.text_lm.steps=30",
+    "pretrain.text_lm.warmup_steps=5",
+    "pretrain.speech_encoder.model={conv_dim: [16, 16, 16, 16, 16, 16, 16], hidden_size: 32, "
+    "num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, num_conv_pos_embeddings: 16, "
+    "num_conv_pos_embedding_groups: 4}",
+    "pretrain.speech_encoder.epochs=0.5",
+]
 
 
 def holds(module: torch.nn.Module, weight: torch.Tensor) -> bool:
@@ -34,8 +42,8 @@ def test_recipe_starts_the_arm_from_the_corpus_text_lm(arm, make_cfg, tiny_corpu
     _, recipe = build(make_cfg(f"experiment=tiny_{arm}", "regime=recipe", *TINY_PRETRAIN), tmp_path)
     _, scratch = build(make_cfg(f"experiment=tiny_{arm}", *TINY_PRETRAIN))
     folders = json.loads((tmp_path / PRETRAINED_PARTS).read_text())
-    assert len(folders) == 1
-    lm = AutoModelForCausalLM.from_pretrained(next(iter(folders.values())))
+    assert len(folders) == (2 if arm == "speechlm" else 1)
+    lm = AutoModelForCausalLM.from_pretrained(next(f for f in folders.values() if "/text_lm/" in f))
     gate = lm.model.layers[0].mlp.gate_proj.weight.detach()
     embeddings = lm.get_input_embeddings().weight.detach()
     assert holds(recipe, gate) and not holds(scratch, gate)
@@ -48,6 +56,22 @@ def test_recipe_starts_the_arm_from_the_corpus_text_lm(arm, make_cfg, tiny_corpu
     )
     count = lambda task: sum(p.numel() for p in task.parameters())  # noqa: E731
     assert count(recipe) == count(scratch)
+
+
+def test_recipe_starts_speechlm_from_the_corpus_speech_encoder(make_cfg, tiny_corpus, tmp_path):
+    """SpeechLM's encoder is the corpus's speech encoder (pretrain.speech_encoder), every weight of it, and
+    from scratch the same architecture with other weights."""
+    _, recipe = build(
+        make_cfg("experiment=tiny_speechlm", "regime=recipe", *TINY_PRETRAIN), tmp_path
+    )
+    _, scratch = build(make_cfg("experiment=tiny_speechlm", *TINY_PRETRAIN))
+    folder = json.loads((tmp_path / PRETRAINED_PARTS).read_text())["net.encoder.pretrained_path"]
+    assert "/speech_encoder/" in folder
+    fitted = AutoModel.from_pretrained(folder).state_dict()
+    ours, fresh = recipe.net.encoder.state_dict(), scratch.net.encoder.state_dict()
+    assert ours.keys() == fitted.keys() == fresh.keys()
+    assert all(torch.equal(ours[k], fitted[k]) for k in fitted)
+    assert not all(torch.equal(fresh[k], fitted[k]) for k in fitted)
 
 
 def test_recipe_needs_an_arm_with_a_recipe(make_cfg, tiny_corpus):
