@@ -1,4 +1,4 @@
-"""CSM at the demo sizes (`model=csm`, read from `conf/`: 8 codebooks of 256, text vocabulary 1024) against
+"""CSM at the demo sizes (`model=csm`, read from `conf/`: 16 codebooks of 256, text vocabulary 1024) against
 transformers' `CsmForConditionalGeneration` built with the same backbone and depth-decoder sizes.
 
 - training step (forward, backward, AdamW) on the same 16 sequences of 5 text + 28 audio frames + the end

@@ -16,7 +16,9 @@ tensors [S] at the task's `sample_rate`; likelihoods are (log-likelihood in nats
     score_speech      score_speech(waveforms, speakers) -> [(nats, n)]  speech_nats_per_second, *_speech
     continue_speech   continue_speech(prompt, seconds, prompt_text,     style_accuracy
                                       speaker, next_text) -> wav
-    resynthesise      resynthesise(waveform) -> wav                     resynthesis_wer, *_style_accuracy
+    resynthesise      resynthesise(waveform) -> wav                     resynthesis_wer (beside
+                                                                        resynthesis_ceiling_wer),
+                                                                        *_style_accuracy
 
 An arm may take further keyword arguments after these, with defaults.
 """
