@@ -56,6 +56,9 @@ def test_recipe_starts_the_arm_from_the_corpus_text_lm(arm, make_cfg, tiny_corpu
     )
     count = lambda task: sum(p.numel() for p in task.parameters())  # noqa: E731
     assert count(recipe) == count(scratch)
+    assert all(
+        module.training for module in recipe.modules()
+    )  # loaded in eval mode, trained in train
 
 
 def test_recipe_starts_speechlm_from_the_corpus_speech_encoder(make_cfg, tiny_corpus, tmp_path):

@@ -175,7 +175,8 @@ def build_task(cfg: DictConfig, tokenizers: dict, pretrained: dict[str, str] | N
             for key, folder in pretrained.items():
                 OmegaConf.update(cfg, f"model.task.{key}", folder, merge=False)
     extra = {"speech_tokenizer": tokenizers["speech"]} if "speech" in tokenizers else {}
-    return instantiate(cfg.model.task, tokenizer=tokenizers["text"], **extra)
+    task = instantiate(cfg.model.task, tokenizer=tokenizers["text"], **extra)
+    return task.train()  # from_pretrained leaves what it loads in eval mode, which Lightning keeps
 
 
 def build(cfg: DictConfig, run_dir: str | Path | None = None):
