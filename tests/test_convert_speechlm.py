@@ -437,3 +437,24 @@ def test_a_checkpoint_whose_shapes_do_not_fit_is_refused_naming_the_key(
     config_file.write_text(json.dumps(edit(json.loads(config_file.read_text()))))
     with pytest.raises(CheckpointMismatchError, match=rf"ckpt: {key} \(ours: {ours}\) has shape"):
         import_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_runs_export_ships_its_tokenizer(tmp_path):
+    """Exported from a run's task, the Ultravox folder holds the run's text tokenizer, which transformers'
+    AutoTokenizer reads with `<|audio|>` at the config's audio token index."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from slmlab.tokenizers.prompts import AUDIO_TOKEN
+    from slmlab.tokenizers.text import fit_bpe
+
+    tokenizer = fit_bpe(["the dog runs", "a cat sleeps"] * 10, vocab_size=300)
+    (audio_token_id,) = tokenizer.add_special_tokens([AUDIO_TOKEN])
+    ours = ultravox_style_model(0, True, None)
+    ours.config.audio_token_id = audio_token_id
+    export_checkpoint(SimpleNamespace(net=ours, tokenizer=tokenizer), tmp_path / "uv", "ultravox")
+    config = json.loads((tmp_path / "uv" / "config.json").read_text())
+    read = AutoTokenizer.from_pretrained(tmp_path / "uv")
+    assert read.convert_tokens_to_ids(AUDIO_TOKEN) == config["audio_token_index"] == audio_token_id
+    assert read("the dog runs").input_ids == tokenizer.hf("the dog runs").input_ids

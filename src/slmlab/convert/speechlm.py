@@ -47,6 +47,8 @@ from slmlab.models.pretrained import load_audio_encoder, load_local
 from slmlab.models.speechlm import SpeechLM, SpeechLMConfig
 
 FORMATS = ("slmlab", "ultravox", "ultravox_projector")
+EXPORT_TAKES_TASK = True
+"""`export_checkpoint` takes a run's task: the export ships its text tokenizer (with `<|audio|>`)."""
 
 ULTRAVOX_NORM_EPS = 1e-6  # its RMSNorm is transformers' LlamaRMSNorm at the default eps
 ULTRAVOX_NORM_INIT = 0.4  # its projector's RMSNorm weights at initialisation (weights are saved)
@@ -154,20 +156,26 @@ def import_checkpoint(
     return _import_ultravox(folder, audio_model_path, text_model_path)
 
 
-def export_checkpoint(model: SpeechLM, out_dir: str | Path, fmt: str) -> None:
-    """Write `model` to `out_dir` in `fmt` (one of FORMATS).
+def export_checkpoint(model, out_dir: str | Path, fmt: str) -> None:
+    """Write `model` (a SpeechLM, or a run's SpeechLMTask: its network, and its text tokenizer saved
+    beside it with `save_pretrained`, `<|audio|>` at the config's audio token id) to `out_dir` in `fmt`
+    (one of FORMATS).
 
     ultravox: everything, the towers' configs inline. ultravox_projector: the projector alone, the
     config naming the local folders the encoder and decoder were loaded from; refused unless both
     still equal those folders' weights (a trained tower must go whole). LoRA adapters are merged
     into the exported decoder; the CTC head, a training aid, is not exported."""
     out_dir = Path(out_dir)
+    tokenizer = getattr(model, "tokenizer", None)
+    model = getattr(model, "net", model)
     if fmt == "slmlab":
         model.save_pretrained(out_dir)
     elif fmt in ("ultravox", "ultravox_projector"):
         _export_ultravox(model, out_dir, projector_only=fmt == "ultravox_projector")
     else:
         raise ValueError(f"cannot export a SpeechLM to {fmt!r}; choose one of {FORMATS}")
+    if tokenizer is not None:
+        tokenizer.save(out_dir)
 
 
 # -- shared -------------------------------------------------------------------------------------------
