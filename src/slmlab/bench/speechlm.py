@@ -1,7 +1,7 @@
 """SpeechLM training step against transformers' `Qwen2AudioForConditionalGeneration` at matched sizes.
 
 Both get the same batch of log-mel features (16 utterances of 1.5-3.5 s, the embedded corpus's range),
-the demo's Whisper-style encoder sizes and Qwen2 decoder sizes (read from `conf/`), audio at 25 tokens per second
+the whisper_tiny encoder's and the demo's Qwen2 decoder's sizes (read from `conf/`), audio at 25 tokens per second
 (Qwen2-Audio: stride-2 convolution + average pooling by 2; ours: stride-2 convolution + stacking by 2)
 and the same transcript targets. A step is forward, backward and an AdamW update, on inputs built before
 the timed steps. Ours stacks encoder frames by 2 rounding up (an odd last frame is padded), Qwen2-Audio pools rounding
@@ -47,9 +47,12 @@ def _rows(audio_tokens: torch.Tensor, targets: torch.Tensor) -> dict:
 
 
 def _demo_sizes() -> tuple[dict, dict]:
-    """The encoder and decoder presets of `model=speechlm` (whisper_tiny, qwen2_tiny), as `make demo` trains them."""
-    net = compose("train", ["model=speechlm"]).model.task.net
-    encoder, decoder = (OmegaConf.to_container(net[part]) for part in ("encoder", "decoder"))
+    """The encoder and decoder presets of `model=speechlm` with a Whisper encoder (whisper_tiny, qwen2_tiny),
+    the encoder Qwen2-Audio has."""
+    net = compose("train", ["model=speechlm", "model/speechlm/encoder=whisper_tiny"]).model.task.net
+    encoder, decoder = (
+        OmegaConf.to_container(net[part], resolve=True) for part in ("encoder", "decoder")
+    )
     return (
         {k: v for k, v in encoder.items() if k != "pretrained_path"},
         {k: v for k, v in decoder.items() if k != "pretrained_path"},
