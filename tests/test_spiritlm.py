@@ -397,7 +397,7 @@ def test_a_tokenizer_the_model_cannot_use_is_refused_by_name(make_cfg):
         ValueError,
         match=re.escape(
             "tokenizer/speech=codec_builtin does not fit model=spiritlm_base; "
-            "it accepts tokenizer/speech=units_mfcc | units_hubert"
+            "it accepts tokenizer/speech=units_mfcc | units_hubert | units_spiritlm_release"
         ),
     ):
         check_speech_tokenizer(cfg, "codec_builtin", "spiritlm_base")

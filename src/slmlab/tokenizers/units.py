@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -144,17 +145,29 @@ class SpectralFeatures:
 
 
 class HubertFeatures:
-    """`features=hubert`: hidden states of `layer` of a transformers HuBERT (or wav2vec2) model saved in a
-    local folder; its 50 Hz frames are averaged in pairs to 25 Hz."""
+    """`features=hubert`: hidden states of `layer` of a HuBERT (or wav2vec2) model: a local transformers
+    folder, or a released mHuBERT `.pt` (s3prl's converted fairseq layout, read by `mhubert.read_mhubert`).
+    Frames at 50 Hz are averaged in pairs to 25 Hz; mHuBERT's are at 25 Hz already."""
 
     def __init__(self, path: str, layer: int = 6) -> None:
         from transformers import AutoModel, Wav2Vec2FeatureExtractor
 
-        if not Path(path).is_dir():
+        if Path(path).is_file():
+            from slmlab.tokenizers.mhubert import read_mhubert
+
+            self.model = read_mhubert(path)
+        elif Path(path).is_dir():
+            self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        else:
             raise FileNotFoundError(
-                f"HuBERT folder not found: {path} (slmlab never downloads; pass a local path)"
+                f"HuBERT folder or mHuBERT file not found: {path} (slmlab never downloads; pass a "
+                "local path)"
             )
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        self.hop = math.prod(self.model.config.conv_stride)  # input samples per frame
+        if 640 % self.hop:
+            raise ValueError(
+                f"{path}: frames every {self.hop} samples do not pool to 25 Hz (640 samples)"
+            )
         if not 0 <= layer <= self.model.config.num_hidden_layers:
             raise ValueError(
                 f"{path}: layer {layer} out of range 0..{self.model.config.num_hidden_layers}"
@@ -163,7 +176,9 @@ class HubertFeatures:
         self.extractor = (
             Wav2Vec2FeatureExtractor.from_pretrained(path)
             if extractor_file.is_file()
-            else Wav2Vec2FeatureExtractor(do_normalize=True)
+            else Wav2Vec2FeatureExtractor(
+                do_normalize=getattr(self.model.config, "do_normalize", True)
+            )
         )
         self.layer = layer
 
@@ -173,7 +188,7 @@ class HubertFeatures:
         hidden = self.model(inputs.input_values, output_hidden_states=True).hidden_states[
             self.layer
         ][0]
-        return _pool_to_25hz(hidden, len(wav) // 640, 2 * HOP_100HZ)
+        return _pool_to_25hz(hidden, len(wav) // 640, self.hop)
 
 
 def _pool_to_25hz(frames: torch.Tensor, count: int, hop: int) -> torch.Tensor:
@@ -232,7 +247,9 @@ def merge_streams(
 
 
 class SpeechTokenizer:
-    """Fitted state: unit centroids, pitch bin edges (log-F0), style centroids and feature statistics."""
+    """Fitted state: unit centroids, pitch bin edges (log-F0), style centroids and feature statistics.
+    With `quantizer_path` in its config (the Spirit LM release's linear quantizer), units come from that
+    classifier instead of the nearest centroid, and `unit_centroids` is empty."""
 
     def __init__(
         self,
@@ -247,6 +264,7 @@ class SpeechTokenizer:
         self.unit_centroids, self.pitch_edges = unit_centroids, pitch_edges
         self.style_centroids, self.style_stats = style_centroids, style_stats
         self.features = features or make_features(config)
+        self.quantizer = make_quantizer(config)
         self.decoder = (
             None  # a fitted `UnitVocoder` (tokenizers/unit_vocoder.py), attached by the loader
         )
@@ -255,7 +273,13 @@ class SpeechTokenizer:
     # sizes
     @property
     def n_units(self) -> int:
-        return len(self.unit_centroids)
+        return self.quantizer.vocab_size if self.quantizer is not None else len(self.unit_centroids)
+
+    def assign_units(self, features: torch.Tensor) -> torch.Tensor:
+        """features [T, D] at 25 Hz -> units [T]: the release's quantizer, or the nearest centroid."""
+        if self.quantizer is not None:
+            return self.quantizer(features)
+        return assign_nearest(features, self.unit_centroids)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -276,6 +300,10 @@ class SpeechTokenizer:
             + self.unit_centroids.numpy().tobytes()
             + self.pitch_edges.numpy().tobytes()
             + self.style_centroids.numpy().tobytes()
+            + b"".join(
+                tensor.numpy().tobytes()
+                for tensor in (self.quantizer.state_dict().values() if self.quantizer else ())
+            )
         )
         return hashlib.sha1(state).hexdigest()[:16]
 
@@ -292,7 +320,7 @@ class SpeechTokenizer:
         style [ceil(S/16000)] (1 Hz); nothing deduplicated (cutting at word times needs the frames)."""
         out = {}
         if "units" in streams or "style" in streams:
-            units = assign_nearest(self.features(wav), self.unit_centroids)
+            units = self.assign_units(self.features(wav))
             out["units"] = units
         if "pitch" in streams or "style" in streams:
             f0 = f0_contour(wav)
@@ -404,6 +432,15 @@ def make_features(config: dict):
     return SpectralFeatures(config["features"])
 
 
+def make_quantizer(config: dict):
+    """The release's linear unit quantizer when the config names one (`quantizer_path`), else None."""
+    if not config.get("quantizer_path"):
+        return None
+    from slmlab.tokenizers.mhubert import read_linear_quantizer
+
+    return read_linear_quantizer(config["quantizer_path"])
+
+
 def style_features(wav: torch.Tensor, f0: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """One row per started second [ceil(S/16000), 6]: voiced log-F0 mean and spread, voiced fraction,
     frame energy mean and spread (dB), and unit changes per second (a speaking-rate proxy)."""
@@ -456,13 +493,15 @@ def fit_speech_tokenizer(
     dedup: bool = True,
     hubert_path: str | None = None,
     hubert_layer: int = 6,
+    quantizer_path: str | None = None,
     max_frames: int = 200_000,
     seed: int = 0,
 ) -> SpeechTokenizer:
     """Fit units, pitch bins and styles on 16 kHz waveforms [S], one in memory at a time. `waveforms` is
     read three times (a list, or `AudioOf` records; not a generator): voiced log-F0 for the pitch bins and
     the frame count; the k-means pool (at most `max_frames` random frames, `sample_rows`); the style rows
-    with the fitted units. Features are computed twice (HuBERT's too): memory for time."""
+    with the fitted units. Features are computed twice (HuBERT's too): memory for time. With
+    `quantizer_path` (the release's unit classifier) no unit is fitted: the k-means pass is skipped."""
     if iter(waveforms) is waveforms:
         raise TypeError(
             "fit_speech_tokenizer reads its waveforms three times: pass a list or AudioOf"
@@ -476,12 +515,22 @@ def fit_speech_tokenizer(
         "hubert_path": hubert_path,
         "hubert_layer": hubert_layer,
         "seed": seed,
+        # only when set, so that the k-means tokenizers' fingerprints (and caches) stay as they were
+        **({"quantizer_path": quantizer_path} if quantizer_path else {}),
     }
-    extractor = make_features(config)
+    extractor, quantizer = make_features(config), make_quantizer(config)
     voiced, frames = _voiced_log_f0(waveforms)
-    pool = sample_rows((extractor(w) for w in waveforms), frames, max_frames, seed)
-    unit_centroids = kmeans(pool, n_units, seed=seed)
-    del pool
+    if quantizer is None:
+        pool = sample_rows((extractor(w) for w in waveforms), frames, max_frames, seed)
+        unit_centroids = kmeans(pool, n_units, seed=seed)
+        del pool
+    elif quantizer.vocab_size != n_units:
+        raise ValueError(
+            f"{quantizer_path}: the quantizer has {quantizer.vocab_size} units, the config says "
+            f"n_units={n_units}"
+        )
+    else:
+        unit_centroids = torch.zeros(0)
     pitch_edges = (
         torch.quantile(voiced, torch.linspace(0, 1, n_pitch)[1:-1])
         if len(voiced)
@@ -489,7 +538,13 @@ def fit_speech_tokenizer(
     )
     rows = torch.cat(
         [
-            style_features(w, f0_contour(w), assign_nearest(extractor(w), unit_centroids))
+            style_features(
+                w,
+                f0_contour(w),
+                quantizer(extractor(w))
+                if quantizer
+                else assign_nearest(extractor(w), unit_centroids),
+            )
             for w in waveforms
         ]
     )
@@ -509,6 +564,7 @@ def load_or_fit_speech_tokenizer(
     dedup: bool = True,
     hubert_path: str | None = None,
     hubert_layer: int = 6,
+    quantizer_path: str | None = None,
     decoder: dict | None = None,
     max_hours: float = 10.0,
     max_frames: int = 200_000,
@@ -538,6 +594,7 @@ def load_or_fit_speech_tokenizer(
         "max_hours": max_hours,
         "max_frames": max_frames,
         "seed": seed,
+        **({"quantizer_path": quantizer_path} if quantizer_path else {}),
     }
     inputs = manifest_fingerprints(corpus, "train")
     record = {"settings": settings, "inputs": inputs}
