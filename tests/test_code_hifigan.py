@@ -153,15 +153,15 @@ def test_missing_files_are_named(tmp_path):
     [
         (
             lambda s: s.pop("resblocks.3.convs2.1.weight_g"),
-            r"missing key\(s\), the first resblocks.3.convs2.1.weight_g",
+            r"1 keys missing \(first: \['resblocks.3.convs2.1.weight_g'\]\)",
         ),
         (
             lambda s: s.update({"f0_dict.weight": torch.zeros(7, 4)}),
-            r"f0_dict.weight \(7, 4\) \(expected \(6, 4\)\)",
+            r"f0_dict.weight has shape \(7, 4\), the model expects \(6, 4\)",
         ),
         (
             lambda s: s.update({"f0.weight": torch.zeros(3)}),
-            r"unexpected key\(s\), the first f0.weight",
+            r"1 keys not in the model \(first: \['f0.weight'\]\)",
         ),
     ],
     ids=["missing", "wrong-shape", "unexpected"],

@@ -175,3 +175,40 @@ def test_units_spiritlm_release_takes_its_units_from_the_quantizer(tiny_corpus, 
         f"tokenizer.speech.quantizer_path={tmp_path / 'quantizer.pt'}",
     )
     assert cfg.tokenizer.speech.hubert_layer == 11 and cfg.tokenizer.speech.n_units == 500
+
+
+def test_the_release_code_hifigan_voices_the_units_and_travels_with_the_tokenizer(
+    tiny_corpus, tmp_path
+):
+    """`code_hifigan_path` (the release's hifigan_spiritlm_base/) replaces the fitted unit vocoder: the
+    deduplicated units are voiced at the predicted durations, and a saved tokenizer (a run folder's
+    tokenizers/speech/) loads with the same generator and speaker."""
+    from test_code_hifigan import BASE, HOP, write_release
+
+    from slmlab.tokenizers.code_hifigan import CodeHiFiGANVocoder
+    from slmlab.tokenizers.units import SpeechTokenizer
+
+    write_mhubert(tmp_path / "mhubert.pt")
+    write_quantizer(tmp_path / "quantizer.pt", gain=30.0)
+    release = write_release(tmp_path / "hifigan_spiritlm_base", BASE, frames_per_unit=2)
+    tokenizer = load_or_fit_speech_tokenizer(
+        tiny_corpus,
+        features="hubert",
+        hubert_path=str(tmp_path / "mhubert.pt"),
+        hubert_layer=2,
+        quantizer_path=str(tmp_path / "quantizer.pt"),
+        n_units=6,
+        n_styles=4,
+        decoder={"epochs": 1},  # not fitted: the release's generator takes its place
+        code_hifigan_path=str(release),
+        code_hifigan_speaker=1,
+    )
+    assert isinstance(tokenizer.decoder, CodeHiFiGANVocoder) and tokenizer.decoder.speaker == 1
+    wav = load_audio(read_split(tiny_corpus, "test")[0][0].audio_filepath, 16000)
+    tokens = tokenizer.merge(tokenizer.encode_streams(wav, ("units",)))
+    wave = tokenizer.decode(tokens)
+    assert len(wave) == 2 * len(tokens) * HOP
+    tokenizer.save(tmp_path / "saved")
+    again = SpeechTokenizer.load(tmp_path / "saved")
+    assert isinstance(again.decoder, CodeHiFiGANVocoder) and again.decoder.speaker == 1
+    torch.testing.assert_close(again.decode(tokens), wave, atol=0, rtol=0)

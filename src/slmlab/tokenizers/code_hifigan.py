@@ -28,6 +28,7 @@ from torch.nn.utils import parametrize
 
 from slmlab.artifacts import load_json, load_tensors
 from slmlab.constants import SAMPLE_RATE
+from slmlab.convert import load_matching
 
 LEAKY_SLOPE = 0.1
 FALLBACK_STYLE_TOKEN = 71
@@ -286,12 +287,13 @@ class CodeHiFiGANVocoder:
     def load(
         cls,
         path: str | Path,
-        speaker: int = DEFAULT_SPEAKER,
-        style: int = DEFAULT_STYLE,
-        dedup: bool = True,
+        speaker: int | None = None,
+        style: int | None = None,
+        dedup: bool | None = None,
     ) -> CodeHiFiGANVocoder:
         """`path`: a release folder holding generator.pt and config.json, or the generator.pt itself with
-        config.json beside it. Its "generator" state dict must fit the config exactly."""
+        config.json beside it. Its "generator" state dict must fit the config exactly. speaker, style and
+        dedup not given: those `save` wrote beside it (`vocoder.json`), else the release's defaults."""
         path = Path(path)
         checkpoint_path = path / "generator.pt" if path.is_dir() else path
         config_path = checkpoint_path.parent / "config.json"
@@ -308,18 +310,27 @@ class CodeHiFiGANVocoder:
         checkpoint = load_tensors(checkpoint_path)
         if not isinstance(checkpoint, dict) or "generator" not in checkpoint:
             raise ValueError(f"{checkpoint_path} has no 'generator' state dict")
-        check_fits(generator, checkpoint["generator"], checkpoint_path)
-        generator.load_state_dict(checkpoint["generator"], strict=True)
-        vocoder = cls(generator, config, speaker, style, dedup)
+        load_matching(generator, checkpoint["generator"], str(checkpoint_path))
+        saved_path = checkpoint_path.parent / "vocoder.json"
+        saved = load_json(saved_path) if saved_path.is_file() else {}
+        given = {"speaker": speaker, "style": style, "dedup": dedup}
+        chosen = {
+            name: value if value is not None else saved.get(name, default)
+            for (name, value), default in zip(given.items(), (DEFAULT_SPEAKER, DEFAULT_STYLE, True))
+        }
+        vocoder = cls(generator, config, **chosen)
         vocoder.source = checkpoint_path
         return vocoder
 
     def save(self, folder: str | Path) -> None:
-        """generator.pt ({"generator": state dict, the release's keys}) and config.json into `folder`."""
+        """generator.pt ({"generator": state dict, the release's keys}) and config.json into `folder`, and
+        the speaker, style and dedup it voices with (`vocoder.json`, ours)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         torch.save({"generator": self.generator.state_dict()}, folder / "generator.pt")
         (folder / "config.json").write_text(json.dumps(self.config, indent=2))
+        chosen = {"speaker": self.speaker, "style": self.style, "dedup": self.dedup}
+        (folder / "vocoder.json").write_text(json.dumps(chosen, indent=2))
 
     def frames(
         self, tokens: list[tuple[str, int]], durations: list[int] | None = None
@@ -407,29 +418,3 @@ class CodeHiFiGANVocoder:
         with parametrize.cached():  # each weight-normed weight computed once per call
             wave = self.generator(**{name: values[None] for name, values in frames.items()}, **ids)
         return wave[0].cpu()
-
-
-def check_fits(generator: CodeHiFiGAN, state: dict, path: Path) -> None:
-    """Raise a ValueError naming `path` and the first missing, unexpected or wrongly shaped key of `state`
-    against `generator`'s own state dict."""
-    expected = generator.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    problems = [
-        f"{len(keys)} {what} key(s), the first {keys[0]}"
-        for what, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrongly shaped", reshaped),
-        )
-        if keys
-    ]
-    if problems:
-        raise ValueError(
-            f"{path}: the generator state dict does not fit config.json: " + "; ".join(problems)
-        )

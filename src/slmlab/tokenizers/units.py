@@ -411,12 +411,15 @@ class SpeechTokenizer:
 
     @classmethod
     def load(cls, folder: str | Path) -> SpeechTokenizer:
+        from slmlab.tokenizers.code_hifigan import CodeHiFiGANVocoder
         from slmlab.tokenizers.unit_vocoder import UnitVocoder
 
         folder = Path(folder)
         config = load_json(folder / "speech_tokenizer.json")
         tokenizer = cls(config, **load_tensors(folder / "speech_tokenizer.pt"))
-        if (folder / "decoder").is_dir():
+        if (folder / "decoder" / "generator.pt").is_file():  # the release's CodeHiFiGAN
+            tokenizer.decoder = CodeHiFiGANVocoder.load(folder / "decoder")
+        elif (folder / "decoder").is_dir():
             tokenizer.decoder = UnitVocoder.load(folder / "decoder")
         tokenizer.source = folder
         return tokenizer
@@ -566,6 +569,8 @@ def load_or_fit_speech_tokenizer(
     hubert_layer: int = 6,
     quantizer_path: str | None = None,
     decoder: dict | None = None,
+    code_hifigan_path: str | None = None,
+    code_hifigan_speaker: int = 2,
     max_hours: float = 10.0,
     max_frames: int = 200_000,
     seed: int = 0,
@@ -576,7 +581,8 @@ def load_or_fit_speech_tokenizer(
     `<corpus>/artifacts/units/` (`artifacts.py`; the utterances and hours used in its artifact.json,
     `fitted_on`); with `decoder` settings, the unit vocoder too. features=hubert without `hubert_path`:
     the corpus's own speech encoder (`slmlab.pretrain.speech_encoder`, `speech_encoder` its settings),
-    fitted first if need be, as Spirit LM takes its units from HuBERT."""
+    fitted first if need be, as Spirit LM takes its units from HuBERT. `code_hifigan_path` (the release's
+    hifigan_spiritlm_* folder) voices the units with the release's CodeHiFiGAN instead of a fitted vocoder."""
     from slmlab.tokenizers.unit_vocoder import load_or_fit_unit_vocoder
 
     if features == "hubert" and not hubert_path:
@@ -617,6 +623,12 @@ def load_or_fit_speech_tokenizer(
     folder = artifact_dir(corpus.root, "units", f"{features}{n_units}", settings, inputs)
     tokenizer = fit_once(folder, fit, SpeechTokenizer.load, record)
     tokenizer.source = folder
-    if decoder is not None:
+    if code_hifigan_path:
+        from slmlab.tokenizers.code_hifigan import CodeHiFiGANVocoder
+
+        tokenizer.decoder = CodeHiFiGANVocoder.load(
+            code_hifigan_path, speaker=code_hifigan_speaker, dedup=dedup
+        )
+    elif decoder is not None:
         tokenizer.decoder = load_or_fit_unit_vocoder(corpus, tokenizer, **{"seed": seed, **decoder})
     return tokenizer
