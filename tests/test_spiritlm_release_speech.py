@@ -181,8 +181,11 @@ def test_the_release_code_hifigan_voices_the_units_and_travels_with_the_tokenize
     tiny_corpus, tmp_path
 ):
     """`code_hifigan_path` (the release's hifigan_spiritlm_base/) replaces the fitted unit vocoder: the
-    deduplicated units are voiced at the predicted durations, and a saved tokenizer (a run folder's
-    tokenizers/speech/) loads with the same generator and speaker."""
+    deduplicated units are voiced at the predicted durations. A saved tokenizer (a run folder's
+    tokenizers/speech/) holds the mHuBERT, the quantizer and the generator: with the release's files gone,
+    it loads and gives the same units and the same waveform, with the same speaker."""
+    import shutil
+
     from test_code_hifigan import BASE, HOP, write_release
 
     from slmlab.tokenizers.code_hifigan import CodeHiFiGANVocoder
@@ -209,6 +212,11 @@ def test_the_release_code_hifigan_voices_the_units_and_travels_with_the_tokenize
     wave = tokenizer.decode(tokens)
     assert len(wave) == 2 * len(tokens) * HOP
     tokenizer.save(tmp_path / "saved")
+    for release_file in ("mhubert.pt", "quantizer.pt"):
+        (tmp_path / release_file).unlink()
+    shutil.rmtree(release)
     again = SpeechTokenizer.load(tmp_path / "saved")
     assert isinstance(again.decoder, CodeHiFiGANVocoder) and again.decoder.speaker == 1
+    assert again.fingerprint() == tokenizer.fingerprint()
+    assert again.merge(again.encode_streams(wav, ("units",))) == tokens
     torch.testing.assert_close(again.decode(tokens), wave, atol=0, rtol=0)

@@ -171,6 +171,11 @@ class LinearUnitQuantizer(nn.Module):
             nn.Linear(widths[2], widths[3]),
         )
         self.vocab_size = vocab_size
+        self.settings = {"vocab_size": vocab_size, "dim": dim, "upstream_dim": upstream_dim}
+
+    def save(self, path: str | Path) -> None:
+        """The release's layout ({model_cfg, model_weight}), which `read_linear_quantizer` reads."""
+        torch.save({"model_cfg": self.settings, "model_weight": self.encoder.state_dict()}, path)
 
     @torch.no_grad()
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -259,12 +259,13 @@ class SpeechTokenizer:
         style_centroids: torch.Tensor,
         style_stats: torch.Tensor,
         features=None,
+        quantizer=None,
     ) -> None:
         self.config = config
         self.unit_centroids, self.pitch_edges = unit_centroids, pitch_edges
         self.style_centroids, self.style_stats = style_centroids, style_stats
         self.features = features or make_features(config)
-        self.quantizer = make_quantizer(config)
+        self.quantizer = quantizer or make_quantizer(config)
         self.decoder = (
             None  # a fitted `UnitVocoder` (tokenizers/unit_vocoder.py), attached by the loader
         )
@@ -393,7 +394,10 @@ class SpeechTokenizer:
 
     # persistence
     def save(self, folder: str | Path) -> None:
-        """The fitted state into `folder`; the unit vocoder, when attached, into `folder/decoder/`."""
+        """The fitted state into `folder`; the unit vocoder, when attached, into `folder/decoder/`; a HuBERT
+        it reads features from into `folder/hubert/` (a transformers folder) and the release's quantizer
+        into `folder/quantizer.pt`, so that the folder (a run's tokenizers/speech/) stands alone. The
+        config keeps the paths it was made with (and so its fingerprint)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "speech_tokenizer.json").write_text(json.dumps(self.config, indent=2))
@@ -408,6 +412,11 @@ class SpeechTokenizer:
         )
         if self.decoder is not None:
             self.decoder.save(folder / "decoder")
+        if isinstance(self.features, HubertFeatures):
+            self.features.model.save_pretrained(folder / "hubert")
+            self.features.extractor.save_pretrained(folder / "hubert")
+        if self.quantizer is not None:
+            self.quantizer.save(folder / "quantizer.pt")
 
     @classmethod
     def load(cls, folder: str | Path) -> SpeechTokenizer:
@@ -416,7 +425,14 @@ class SpeechTokenizer:
 
         folder = Path(folder)
         config = load_json(folder / "speech_tokenizer.json")
-        tokenizer = cls(config, **load_tensors(folder / "speech_tokenizer.pt"))
+        saved = {}
+        if (folder / "hubert").is_dir():
+            saved["features"] = HubertFeatures(str(folder / "hubert"), config["hubert_layer"])
+        if (folder / "quantizer.pt").is_file():
+            from slmlab.tokenizers.mhubert import read_linear_quantizer
+
+            saved["quantizer"] = read_linear_quantizer(folder / "quantizer.pt")
+        tokenizer = cls(config, **load_tensors(folder / "speech_tokenizer.pt"), **saved)
         if (folder / "decoder" / "generator.pt").is_file():  # the release's CodeHiFiGAN
             tokenizer.decoder = CodeHiFiGANVocoder.load(folder / "decoder")
         elif (folder / "decoder").is_dir():
