@@ -37,14 +37,16 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def tokenizer_config(name: str, overrides: list[str]):
     """conf/tokenizer/speech/<name>.yaml with its defaults merged under it (units_hubert extends
-    units_mfcc), then the `key=value` overrides."""
+    units_mfcc), then the `key=value` overrides; `${pretrain.*}` resolves against conf/pretrain/default.yaml."""
     config = OmegaConf.load(CONF / f"tokenizer/speech/{name}.yaml")
     for parent in config.pop("defaults", []):
         if parent != "_self_":
             config = OmegaConf.merge(
                 OmegaConf.load(CONF / f"tokenizer/speech/{parent}.yaml"), config
             )
-    return OmegaConf.merge(config, OmegaConf.from_dotlist(overrides))
+    pretrain = OmegaConf.load(CONF / "pretrain/default.yaml")
+    root = OmegaConf.create({"pretrain": pretrain, "tokenizer": config})
+    return OmegaConf.merge(root, {"tokenizer": OmegaConf.from_dotlist(overrides)}).tokenizer
 
 
 def speech_path(tokenizer, streams: tuple[str, ...]):
