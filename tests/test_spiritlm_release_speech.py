@@ -220,3 +220,27 @@ def test_the_release_code_hifigan_voices_the_units_and_travels_with_the_tokenize
     assert again.fingerprint() == tokenizer.fingerprint()
     assert again.merge(again.encode_streams(wav, ("units",))) == tokens
     torch.testing.assert_close(again.decode(tokens), wave, atol=0, rtol=0)
+
+
+def test_the_readmes_release_speech_tokenizer_command_composes():
+    """The README's "release's speech tokenizer" command (without its trailing `...`) composes and passes
+    slmlab-train's checks, with the release's three files at the paths it names."""
+    import shlex
+    from pathlib import Path
+
+    from slmlab.runs import check_speech_tokenizer, compose
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("- **The release's speech tokenizer**")[1].split("```")[1].strip()
+    assignment, command = block.split("\n", 1)
+    folder = assignment.removeprefix("S=")
+    argv = shlex.split(command.replace("\\\n", " ").replace("$S", folder))
+    assert argv[0].endswith("slmlab-train") and argv[-1] == "..."
+    cfg = compose("train", argv[1:-1])
+    check_speech_tokenizer(cfg, "units_spiritlm_release", cfg.model.name)
+    speech = cfg.tokenizer.speech
+    assert speech.hubert_path == f"{folder}/hubert_25hz/mhubert_base_25hz.pt"
+    assert speech.quantizer_path == f"{folder}/hubert_25hz/L11_quantizer_500.pt"
+    assert speech.code_hifigan_path == f"{folder}/hifigan_spiritlm_base"
+    assert (speech.hubert_layer, speech.n_units) == (11, 500)
+    assert cfg.model.task.net.pretrained_path == "/models/spirit-lm-base-7b"
