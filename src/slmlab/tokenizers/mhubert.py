@@ -107,8 +107,15 @@ def fairseq_to_transformers_key(key: str) -> str:
         (r"^post_extract_proj\.", "feature_projection.projection."),
         (r"^layer_norm\.", "feature_projection.layer_norm."),
         (r"^mask_emb$", "masked_spec_embed"),
-        (r"^encoder\.pos_conv\.0\.weight_g$", "encoder.pos_conv_embed.conv.weight_g"),
-        (r"^encoder\.pos_conv\.0\.weight_v$", "encoder.pos_conv_embed.conv.weight_v"),
+        # transformers keeps the positional convolution's weight norm as a parametrization
+        (
+            r"^encoder\.pos_conv\.0\.weight_g$",
+            "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
+        ),
+        (
+            r"^encoder\.pos_conv\.0\.weight_v$",
+            "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
+        ),
         (r"^encoder\.pos_conv\.0\.", "encoder.pos_conv_embed.conv."),
         (r"^encoder\.pos_conv\.1\.", "encoder.pos_conv_embed.batch_norm."),
         (r"\.self_attn\.", ".attention."),
@@ -133,20 +140,12 @@ def read_mhubert(path: str | Path) -> HubertModel:
         )
     model = HubertModel(hubert_config_from_fairseq(dict(state["model_cfg"])))
     model.config.do_normalize = bool(state["task_cfg"].get("normalize", False))
-    weights = {
-        fairseq_to_transformers_key(key): tensor
-        for key, tensor in state["model_weight"].items()
+    theirs = {  # our key -> the file's
+        fairseq_to_transformers_key(key): key
+        for key in state["model_weight"]
         if key not in UNUSED_AT_INFERENCE
     }
-    theirs = {fairseq_to_transformers_key(key): key for key in state["model_weight"]}
-    # transformers keeps the positional convolution's weight norm as a parametrization
-    ours = model.state_dict()
-    for name, part in (("weight_g", "original0"), ("weight_v", "original1")):
-        old = f"encoder.pos_conv_embed.conv.{name}"
-        new = f"encoder.pos_conv_embed.conv.parametrizations.weight.{part}"
-        if old in weights and new in ours:
-            weights[new] = weights.pop(old)
-            theirs[new] = theirs.pop(old)
+    weights = {ours: state["model_weight"][key] for ours, key in theirs.items()}
     load_matching(model, weights, str(path), lambda key: theirs.get(key, key))
     return model.eval()
 
@@ -155,8 +154,7 @@ class LinearUnitQuantizer(nn.Module):
     """Spirit LM's unit classifier: features [T, dim] -> units [T] in 0..vocab_size-1.
 
     Three linear layers with LeakyReLU, widths narrowing from `dim` towards vocab_size + 1 (the last class
-    is the CTC blank); each frame takes its argmax, and a blank takes the unit of the nearest non-blank
-    frame to its left (the first frames, if blank, the first non-blank unit after them)."""
+    is the CTC blank); each frame takes its argmax, and blanks are filled as `fill_blanks` says."""
 
     def __init__(self, vocab_size: int, dim: int, upstream_dim: int) -> None:
         super().__init__()

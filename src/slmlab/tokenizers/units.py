@@ -538,16 +538,16 @@ def fit_speech_tokenizer(
         **({"quantizer_path": quantizer_path} if quantizer_path else {}),
     }
     extractor, quantizer = make_features(config), make_quantizer(config)
+    if quantizer is not None and quantizer.vocab_size != n_units:
+        raise ValueError(
+            f"{quantizer_path}: the quantizer has {quantizer.vocab_size} units, the config says "
+            f"n_units={n_units}"
+        )
     voiced, frames = _voiced_log_f0(waveforms)
     if quantizer is None:
         pool = sample_rows((extractor(w) for w in waveforms), frames, max_frames, seed)
         unit_centroids = kmeans(pool, n_units, seed=seed)
         del pool
-    elif quantizer.vocab_size != n_units:
-        raise ValueError(
-            f"{quantizer_path}: the quantizer has {quantizer.vocab_size} units, the config says "
-            f"n_units={n_units}"
-        )
     else:
         unit_centroids = torch.zeros(0)
     pitch_edges = (
@@ -555,23 +555,17 @@ def fit_speech_tokenizer(
         if len(voiced)
         else torch.zeros(n_pitch - 2)
     )
+    tokenizer = SpeechTokenizer(  # its styles are fitted below, with the units it assigns
+        config, unit_centroids, pitch_edges, None, None, extractor, quantizer
+    )
     rows = torch.cat(
-        [
-            style_features(
-                w,
-                f0_contour(w),
-                quantizer(extractor(w))
-                if quantizer
-                else assign_nearest(extractor(w), unit_centroids),
-            )
-            for w in waveforms
-        ]
+        [style_features(w, f0_contour(w), tokenizer.assign_units(extractor(w))) for w in waveforms]
     )
-    style_stats = torch.stack([rows.mean(0), rows.std(0).clamp_min(1e-5)])
-    style_centroids = kmeans((rows - style_stats[0]) / style_stats[1], n_styles, seed=seed)
-    return SpeechTokenizer(
-        config, unit_centroids, pitch_edges, style_centroids, style_stats, extractor
+    tokenizer.style_stats = torch.stack([rows.mean(0), rows.std(0).clamp_min(1e-5)])
+    tokenizer.style_centroids = kmeans(
+        (rows - tokenizer.style_stats[0]) / tokenizer.style_stats[1], n_styles, seed=seed
     )
+    return tokenizer
 
 
 def load_or_fit_speech_tokenizer(
