@@ -30,7 +30,8 @@ from slmlab.constants import SAMPLE_RATE
 from slmlab.data.corpora import ManifestCorpus
 from slmlab.data.manifest import audio_path, load_audio, read_split
 from slmlab.eval.evaluate import _to_judge
-from slmlab.eval.metrics import error_rates
+from slmlab.eval.intervals import interval, metric_value, paired_difference
+from slmlab.eval.metrics import item_errors
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -96,6 +97,13 @@ def main() -> None:
     torch.manual_seed(0)
     heard["resynthesis"] = [resynthesise(w) for w in waves]
     texts = [r.text for r in test]
+    items = {}  # name -> {"ids", "num", "den"}: word edits and reference words per utterance
+    for name, wave in heard.items():
+        edits, words = item_errors(judge.transcribe([_to_judge(w, rate) for w in wave]), texts)[
+            "wer"
+        ]
+        items[name] = {"ids": list(range(len(test))), "num": edits, "den": words}
+    loss = paired_difference("wer", [items["resynthesis"]], [items["griffin_lim_of_real_mel"]])
     report = {
         "corpus": str(root),
         "tokenizer": str(tokenizer.source),
@@ -105,11 +113,13 @@ def main() -> None:
         "fit_or_load_seconds": round(fit_or_load_seconds, 1),
         "utterances": len(test),
         **{
-            f"wer_{name}": error_rates(judge.transcribe([_to_judge(w, rate) for w in wave]), texts)[
-                "wer"
+            f"wer_{name}": [
+                round(metric_value("wer", run["num"], run["den"]), 4),
+                [round(bound, 4) for bound in interval("wer", [run])],
             ]
-            for name, wave in heard.items()
+            for name, run in items.items()
         },
+        "wer_resynthesis_minus_ceiling": [round(loss[0], 4), [round(b, 4) for b in loss[1:]]],
     }
     print(json.dumps(report, indent=2))
 
