@@ -12,9 +12,7 @@ from conftest import fit_on_tiny_corpus
 from hydra.utils import instantiate
 from transformers import HubertConfig, HubertModel, SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-import slmlab.tokenizers.unit_vocoder as unit_vocoder_module
-from slmlab.data.corpora import ManifestCorpus
-from slmlab.data.manifest import fitting_subset, load_audio, read_manifest, read_split
+from slmlab.data.manifest import load_audio, read_manifest
 from slmlab.models.llama import build_llama_lm
 from slmlab.models.spiritlm import generate_in_modality
 from slmlab.runs import check_speech_tokenizer
@@ -26,7 +24,7 @@ from slmlab.tokenizers.interleaved import (
     word_boundaries,
 )
 from slmlab.tokenizers.text import load_or_fit_bpe
-from slmlab.tokenizers.unit_vocoder import UnitVocoder, load_or_fit_unit_vocoder
+from slmlab.tokenizers.unit_vocoder import UnitVocoder
 from slmlab.tokenizers.units import dedup, fit_speech_tokenizer, load_or_fit_speech_tokenizer
 
 # the sizes of experiment=tiny_spiritlm_*, so the tests and the tiny training runs share one fitted tokenizer
@@ -357,47 +355,6 @@ def test_the_unit_vocoder_speaks_and_reports_its_resynthesis(
         report["utterances"] == 24
         and 0 <= report["unit_error_rate"] < report["unit_error_rate_silence"]
     )
-
-
-def test_a_speaker_conditioned_vocoder_learns_from_each_speaker_and_speaks_in_its_voice(
-    speech_tokenizer, tiny_corpus, tmp_path, waveform, monkeypatch
-):
-    corpus = ManifestCorpus(
-        *(str(tiny_corpus.manifest(s)) for s in ("train", "val", "test")), str(tmp_path / "root")
-    )
-    records, _ = fitting_subset(read_split(corpus, "train")[0], 0.02)
-    hours = {}
-    for r in records:
-        hours[r.speaker] = hours.get(r.speaker, 0.0) + r.duration
-    shown = []  # the speaker rows each training batch shows the model
-    loss = unit_vocoder_module.vocoder_loss
-    monkeypatch.setattr(
-        unit_vocoder_module,
-        "vocoder_loss",
-        lambda model, batch: shown.append(batch["speaker"]) or loss(model, batch),
-    )
-    tiny = {"epochs": 1, "batch_size": 4, "dim": 16, "layers": 1, "max_hours": 0.02}
-    vocoder = load_or_fit_unit_vocoder(corpus, speech_tokenizer, speakers=True, **tiny)
-    assert vocoder.speakers == sorted(hours) and len(hours) > 1
-    assert vocoder.voice == max(hours, key=hours.get)
-    training = torch.cat(shown[:-24])  # then the 24 test utterances of the resynthesis report
-    assert set(training.tolist()) <= set(range(len(hours) + 1)) and len(set(training.tolist())) > 2
-
-    tokens = speech_tokenizer.merge(speech_tokenizer.encode_streams(waveform, ("units",)))
-    durations = dedup(speech_tokenizer.encode_streams(waveform, ("units",))["units"])[1].tolist()
-    mel = vocoder.log_mel  # Griffin-Lim's phases are random: compare what the voices sound like
-
-    def spoken(v: UnitVocoder) -> torch.Tensor:
-        torch.manual_seed(0)
-        return mel(v.synthesise(tokens, durations))
-
-    in_voice = spoken(vocoder)
-    again = UnitVocoder.load(vocoder.source)
-    assert again.voice == vocoder.voice and torch.equal(spoken(again), in_voice)
-    again.voice = next(s for s in again.speakers if s != vocoder.voice)
-    assert (spoken(again) - in_voice).abs().mean() > 1e-3
-    with pytest.raises(ValueError, match="voice 'nobody' is not a speaker of the fitting"):
-        load_or_fit_unit_vocoder(corpus, speech_tokenizer, speakers=True, voice="nobody", **tiny)
 
 
 def test_a_hifigan_from_a_local_folder_replaces_griffin_lim(speech_tokenizer, tmp_path, waveform):

@@ -4,10 +4,7 @@
 the pitch and style tokens current at that point of the stream, gets an embedding, a predicted duration
 (in 25 Hz frames) and, after repetition to those durations, a log-mel spectrogram at the vocoder's hop.
 Pitch and style are dropped at random while fitting, so the one model voices Base streams (units only)
-and Expressive ones. With `speakers`, a learned embedding of the utterance's speaker joins them while
-fitting, and synthesis speaks in one chosen `voice`, as the reference's unit HiFi-GAN does with its speaker
-id: units say what is said, not who says it, so a model without it voices the average of the corpus's
-speakers. The waveform comes from torchaudio's Griffin-Lim (embedded default) or, at scale,
+and Expressive ones. The waveform comes from torchaudio's Griffin-Lim (embedded default) or, at scale,
 a HiFi-GAN from a local folder (`vocoder_path`, transformers' `SpeechT5HifiGan`, whose mel settings
 must then be given here). The reference's unit HiFi-GAN (speechbrain/fairseq) fills the same role.
 """
@@ -48,9 +45,8 @@ class ConvBlock(nn.Module):
 
 
 class UnitToMel(nn.Module):
-    """units, pitch, style [B, N] (pitch/style: 0 = none, else token + 1), speaker [B] (0 = none, else its
-    index + 1; with `n_speakers`) -> (predicted log(1 + duration) [B, N], log-mel [B, n_mels, M], mel lengths
-    [B]) where M = mel frames of the repeated units, `mel_per_unit` per 40 ms."""
+    """units, pitch, style [B, N] (pitch/style: 0 = none, else token + 1) -> (predicted log(1 + duration) [B, N],
+    log-mel [B, n_mels, M], mel lengths [B]) where M = mel frames of the repeated units, `mel_per_unit` per 40 ms."""
 
     def __init__(
         self,
@@ -61,7 +57,6 @@ class UnitToMel(nn.Module):
         dim: int = 192,
         layers: int = 3,
         mel_per_unit: float = 4.0,
-        n_speakers: int = 0,
     ) -> None:
         super().__init__()
         self.config = {
@@ -72,29 +67,23 @@ class UnitToMel(nn.Module):
             "dim": dim,
             "layers": layers,
             "mel_per_unit": mel_per_unit,
-            "n_speakers": n_speakers,
         }
         self.unit = nn.Embedding(n_units, dim)
         self.pitch, self.style = nn.Embedding(n_pitch + 1, dim), nn.Embedding(n_styles + 1, dim)
-        self.speaker = nn.Embedding(n_speakers + 1, dim) if n_speakers else None
         self.encoder = nn.ModuleList(ConvBlock(dim) for _ in range(layers))
         self.duration = nn.Linear(dim, 1)
         self.decoder = nn.ModuleList(ConvBlock(dim) for _ in range(layers))
         self.to_mel = nn.Conv1d(dim, n_mels, 1)
         self.mel_per_unit = mel_per_unit
 
-    def forward(self, units, pitch, style, lengths, durations=None, speaker=None):
-        """durations [B, N] in 25 Hz frames (teacher forcing); predicted (rounded, >= 1) when None.
-        speaker [B]: ignored by a model without speakers; None is "none"."""
+    def forward(self, units, pitch, style, lengths, durations=None):
+        """durations [B, N] in 25 Hz frames (teacher forcing); predicted (rounded, >= 1) when None."""
         mask = (
             (torch.arange(units.shape[1], device=units.device)[None] < lengths[:, None])
             .unsqueeze(1)
             .float()
         )
-        x = self.unit(units) + self.pitch(pitch) + self.style(style)
-        if self.speaker is not None and speaker is not None:
-            x = x + self.speaker(speaker)[:, None]
-        x = x.transpose(1, 2) * mask
+        x = (self.unit(units) + self.pitch(pitch) + self.style(style)).transpose(1, 2) * mask
         for block in self.encoder:
             x = block(x, mask)
         log_durations = self.duration(x.transpose(1, 2)).squeeze(-1)
@@ -139,8 +128,7 @@ def unit_conditioning(tokens: list[tuple[str, int]]) -> tuple[list[int], list[in
 
 
 class UnitVocoder(MelVocoder):
-    """Speech tokens -> waveform [S] at 16 kHz: `UnitToMel`, then Griffin-Lim or a local HiFi-GAN.
-    `speakers`: the names behind the model's speaker embeddings (index + 1); `voice`: the one it speaks in."""
+    """Speech tokens -> waveform [S] at 16 kHz: `UnitToMel`, then Griffin-Lim or a local HiFi-GAN."""
 
     def __init__(
         self,
@@ -148,27 +136,11 @@ class UnitVocoder(MelVocoder):
         mel: dict,
         griffin_lim_iters: int = 32,
         vocoder_path: str | None = None,
-        speakers: list[str] | None = None,
-        voice: str | None = None,
     ) -> None:
         super().__init__(SAMPLE_RATE, mel, griffin_lim_iters, vocoder_path)
         self.model = model.eval()
         self.griffin_lim_iters, self.vocoder_path = griffin_lim_iters, vocoder_path
-        self.speakers, self.voice = list(speakers or []), voice
-        if len(self.speakers) != model.config["n_speakers"]:
-            raise ValueError(
-                f"the unit vocoder has {model.config['n_speakers']} speaker embeddings but "
-                f"{len(self.speakers)} speaker names"
-            )
-        if voice is not None and voice not in self.speakers:
-            raise ValueError(
-                f"voice {voice!r} is not one of the vocoder's speakers {self.speakers}"
-            )
         self.source: Path | None = None  # the folder it was loaded from (or fitted into)
-
-    def speaker_id(self, speaker: str | None) -> int:
-        """The embedding row of `speaker` (0: none, or a speaker the vocoder was not fitted on)."""
-        return self.speakers.index(speaker) + 1 if speaker in self.speakers else 0
 
     def save(self, folder: str | Path) -> None:
         """`unit_to_mel.pt` (weights) and `unit_vocoder.json` (sizes, mel settings, waveform vocoder)."""
@@ -180,8 +152,6 @@ class UnitVocoder(MelVocoder):
             "mel": self.mel,
             "griffin_lim_iters": self.griffin_lim_iters,
             "vocoder_path": self.vocoder_path,
-            "speakers": self.speakers,
-            "voice": self.voice,
         }
         (folder / "unit_vocoder.json").write_text(json.dumps(settings, indent=2))
 
@@ -189,15 +159,10 @@ class UnitVocoder(MelVocoder):
     def load(cls, folder: str | Path) -> UnitVocoder:
         folder = Path(folder)
         settings = load_json(folder / "unit_vocoder.json")
-        model = UnitToMel(**{"n_speakers": 0, **settings["model"]})
+        model = UnitToMel(**settings["model"])
         model.load_state_dict(load_tensors(folder / "unit_to_mel.pt"))
         vocoder = cls(
-            model,
-            settings["mel"],
-            settings["griffin_lim_iters"],
-            settings["vocoder_path"],
-            settings.get("speakers"),
-            settings.get("voice"),
+            model, settings["mel"], settings["griffin_lim_iters"], settings["vocoder_path"]
         )
         vocoder.source = folder
         return vocoder
@@ -206,14 +171,13 @@ class UnitVocoder(MelVocoder):
     def synthesise(
         self, tokens: list[tuple[str, int]], durations: list[int] | None = None
     ) -> torch.Tensor:
-        """Merged speech tokens -> waveform [S] at 16 kHz in `voice` (empty when there is no unit)."""
+        """Merged speech tokens -> waveform [S] at 16 kHz (empty when there is no unit)."""
         units, pitch, style = unit_conditioning(tokens)
         if not units:
             return torch.zeros(0)
         as_batch = [torch.tensor([values]) for values in (units, pitch, style)]
         given = torch.tensor([durations]) if durations is not None else None
-        speaker = torch.tensor([self.speaker_id(self.voice)])
-        _, log_mel, _ = self.model(*as_batch, torch.tensor([len(units)]), given, speaker)
+        _, log_mel, _ = self.model(*as_batch, torch.tensor([len(units)]), given)
         return self.mel_to_wave(log_mel[0])
 
 
@@ -226,23 +190,12 @@ def _conditioning(tokenizer, wav: torch.Tensor) -> dict:
     return {"units": units, "pitch": pitch, "style": style, "durations": durations}
 
 
-def _example(tokenizer, vocoder: UnitVocoder, wav: torch.Tensor, speaker: str | None) -> dict:
-    """A training example: the conditioning of `wav` (its speaker's embedding row among them) and its
-    log-mel target [n_mels, M]."""
-    return {
-        **_conditioning(tokenizer, wav),
-        "speaker": vocoder.speaker_id(speaker),
-        "mel": vocoder.log_mel(wav),
-    }
+def _example(tokenizer, vocoder: UnitVocoder, wav: torch.Tensor) -> dict:
+    """A training example: the conditioning of `wav` and its log-mel target [n_mels, M]."""
+    return {**_conditioning(tokenizer, wav), "mel": vocoder.log_mel(wav)}
 
 
-def _batch(
-    examples: list[dict],
-    drop_prosody: torch.Tensor | None = None,
-    drop_speaker: torch.Tensor | None = None,
-) -> dict:
-    """Examples -> padded tensors; `drop_*` [B] (bool) blank those rows' conditioning (dropout: the same
-    model voices units without pitch/style, and without a speaker)."""
+def _batch(examples: list[dict], drop_prosody: torch.Tensor | None = None) -> dict:
     from slmlab.data.batching import pad_stack
 
     batch = {
@@ -250,12 +203,11 @@ def _batch(
         for name in ("units", "pitch", "style", "durations")
     }
     batch["lengths"] = torch.tensor([len(e["units"]) for e in examples])
-    batch["speaker"] = torch.tensor([e["speaker"] for e in examples])
-    if drop_prosody is not None:
+    if (
+        drop_prosody is not None
+    ):  # conditioning dropout: the same model voices units without pitch/style
         batch["pitch"] = batch["pitch"] * ~drop_prosody[:, None]
         batch["style"] = batch["style"] * ~drop_prosody[:, None]
-    if drop_speaker is not None:
-        batch["speaker"] = batch["speaker"] * ~drop_speaker
     mels, mel_lengths = pad_stack([e["mel"].T for e in examples], 0.0)
     batch["mel"], batch["mel_lengths"] = mels.transpose(1, 2), mel_lengths
     return batch
@@ -264,12 +216,7 @@ def _batch(
 def vocoder_loss(model: UnitToMel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(L1 of log-mel over valid frames, MSE of log(1 + duration)) with teacher-forced durations."""
     log_durations, mel, mel_lengths = model(
-        batch["units"],
-        batch["pitch"],
-        batch["style"],
-        batch["lengths"],
-        batch["durations"],
-        batch["speaker"],
+        batch["units"], batch["pitch"], batch["style"], batch["lengths"], batch["durations"]
     )
     frames = min(mel.shape[2], batch["mel"].shape[2])
     valid = (
@@ -288,8 +235,8 @@ def vocoder_loss(model: UnitToMel, batch: dict) -> tuple[torch.Tensor, torch.Ten
 def resynthesis_report(tokenizer, vocoder: UnitVocoder, records, limit: int = 32) -> dict:
     """How close resynthesis of real units is to the source, on up to `limit` held-out utterances:
     log-mel L1 (predicted mel vs source, teacher-forced durations), duration error (frames), and the unit
-    error rate of the resynthesised audio (in the vocoder's voice) re-tokenised, against the same for
-    Griffin-Lim of the source mel (the vocoder's own ceiling) and for a silent output."""
+    error rate of the resynthesised audio re-tokenised, against the same for Griffin-Lim of the source
+    mel (the vocoder's own ceiling) and for a silent output."""
     from torchmetrics.functional.text import word_error_rate
 
     mel_l1, duration_error, refs, hyps, ceiling = [], [], [], [], []
@@ -297,17 +244,13 @@ def resynthesis_report(tokenizer, vocoder: UnitVocoder, records, limit: int = 32
     def units(wav: torch.Tensor) -> str:
         return " ".join(str(int(u)) for u in tokenizer.encode(wav))
 
-    for record, wav in zip(records[:limit], AudioOf(records[:limit], SAMPLE_RATE)):
-        example = _example(tokenizer, vocoder, wav, record.speaker)
+    for wav in AudioOf(records[:limit], SAMPLE_RATE):
+        example = _example(tokenizer, vocoder, wav)
         batch = _batch([example])
         with torch.no_grad():
             mel_l1.append(float(vocoder_loss(vocoder.model, batch)[0]))
             log_durations, _, _ = vocoder.model(
-                batch["units"],
-                batch["pitch"],
-                batch["style"],
-                batch["lengths"],
-                speaker=batch["speaker"],
+                batch["units"], batch["pitch"], batch["style"], batch["lengths"]
             )
         duration_error.append(
             float(
@@ -329,22 +272,6 @@ def resynthesis_report(tokenizer, vocoder: UnitVocoder, records, limit: int = 32
     }  # an empty hypothesis deletes every unit
 
 
-def speaker_voice(records, voice: str | None) -> tuple[list[str], str]:
-    """(the speakers of `records`, sorted; the voice to speak in: `voice`, or the speaker with the most
-    audio). Records without a speaker are fitted with none."""
-    hours: dict[str, float] = {}
-    for r in records:
-        if r.speaker is not None:
-            hours[r.speaker] = hours.get(r.speaker, 0.0) + r.duration
-    if not hours:
-        raise ValueError("speakers=true, but no fitting utterance names its speaker")
-    if voice is not None and voice not in hours:
-        raise ValueError(
-            f"voice {voice!r} is not a speaker of the fitting utterances: {sorted(hours)}"
-        )
-    return sorted(hours), voice or max(sorted(hours), key=hours.get)
-
-
 def load_or_fit_unit_vocoder(
     corpus,
     tokenizer,
@@ -357,8 +284,6 @@ def load_or_fit_unit_vocoder(
     vocoder_path: str | None = None,
     mel: dict | None = None,
     max_hours: float = 2.0,
-    speakers: bool = False,
-    voice: str | None = None,
     seed: int = 0,
 ) -> UnitVocoder:
     """Fit `UnitToMel` once on at most `max_hours` of the corpus's train audio (a random subset,
@@ -366,9 +291,7 @@ def load_or_fit_unit_vocoder(
     `<corpus>/artifacts/unit_vocoder/`, keyed by the tokenizer's fingerprint, with a resynthesis report on
     the test split and the utterances and hours used in its artifact.json, `fitted_on`); later calls load
     it. Only the speech tokens of those utterances stay in memory: a batch's log-mel targets are made from
-    its audio, read again at each step. With `speakers`, the model learns an embedding per speaker of those
-    utterances (dropped for a fifth of the examples) and speaks in `voice` (None: the speaker with the most
-    audio among them)."""
+    its audio, read again at each step."""
     mel = {"n_fft": 1024, "win_length": 640, "hop_length": 160, "n_mels": 80, **(mel or {})}
     settings = {
         "epochs": epochs,
@@ -381,40 +304,27 @@ def load_or_fit_unit_vocoder(
         "seed": seed,
         "conditioning": "merged-stream",
     }  # bump when the training examples change, so old fits are not reused
-    if speakers:  # a vocoder without them keeps the key it had before speakers
-        settings |= {"speakers": True, "voice": voice}
     inputs = {
         "tokenizer": tokenizer.fingerprint(),
         **manifest_fingerprints(corpus, "train", "test"),
     }
     record = {"settings": settings, "inputs": inputs}
     sizes = tokenizer.sizes
+    model = UnitToMel(
+        sizes["Hu"], sizes["Pi"], sizes["St"], mel["n_mels"], dim, layers, 640 / mel["hop_length"]
+    )
 
     def fit(tmp: Path) -> UnitVocoder:
+        vocoder = UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
         records, record["fitted_on"] = fitting_subset(
             read_split(corpus, "train")[0], max_hours, seed
         )
-        names, chosen = speaker_voice(records, voice) if speakers else ([], None)
-        model = UnitToMel(
-            sizes["Hu"],
-            sizes["Pi"],
-            sizes["St"],
-            mel["n_mels"],
-            dim,
-            layers,
-            640 / mel["hop_length"],
-            len(names),
-        )
-        vocoder = UnitVocoder(model, mel, griffin_lim_iters, vocoder_path, names, chosen)
         steps = max(1, math.ceil(epochs * len(records) / batch_size))
         log.info(
             "fitting the unit vocoder for %d steps on %s", steps, json.dumps(record["fitted_on"])
         )
         audio = AudioOf(records, SAMPLE_RATE)
-        conditioning = [
-            {**_conditioning(tokenizer, wav), "speaker": vocoder.speaker_id(r.speaker)}
-            for r, wav in zip(records, audio)
-        ]
+        conditioning = [_conditioning(tokenizer, wav) for wav in audio]
         generator = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -426,7 +336,6 @@ def load_or_fit_unit_vocoder(
             batch = _batch(
                 [{**conditioning[i], "mel": vocoder.log_mel(audio[i])} for i in picks],
                 drop_prosody=torch.rand(batch_size, generator=generator) < 0.5,
-                drop_speaker=torch.rand(batch_size, generator=generator) < 0.2,
             )
             mel_loss, duration_loss = vocoder_loss(model, batch)
             optimizer.zero_grad()
@@ -451,7 +360,8 @@ def load_or_fit_unit_vocoder(
         return vocoder  # artifact.json, written after fit, holds record["fitted_on"]
 
     def load(folder: Path) -> UnitVocoder:
-        return UnitVocoder.load(folder)
+        model.load_state_dict(load_tensors(folder / "unit_to_mel.pt"))
+        return UnitVocoder(model, mel, griffin_lim_iters, vocoder_path)
 
     name = f"hu{sizes['Hu']}-dim{dim}"
     folder = artifact_dir(corpus.root, "unit_vocoder", name, settings, inputs)
