@@ -50,7 +50,7 @@ def test_groups_exist_with_the_documented_options():
     assert set(options("scale")) == set(options("model/text_lm/size")) == {"demo", "gpu_100m"}
     assert set(options("model/speechlm/size")) == {"demo", "gpu_100m"}
     assert set(options("model/speechlm/encoder")) == {
-        "hubert_corpus",
+        "fastconformer_corpus",
         "whisper_tiny",
         "wav2vec2_tiny",
         "hubert_tiny",

@@ -1,6 +1,6 @@
-"""The speech encoder pretrained per corpus (slmlab.pretrain.speech_encoder): a local HuBERT checkpoint that
-SpeechLM's encoder loader and Spirit LM's units read as they read an external one, fitted on capped train
-audio, sharing nothing with the judge."""
+"""The speech encoder pretrained per corpus (slmlab.pretrain.speech_encoder): a local Parakeet CTC checkpoint
+(a FastConformer) that SpeechLM's encoder loader and Spirit LM's units read as they read an external one,
+fitted on capped train audio, sharing nothing with the judge."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ import torch
 from slmlab.data.manifest import load_audio, read_split
 from slmlab.pretrain import speech_encoder
 
-TINY = {  # HubertConfig sizes whose shapes meet the judge's below: [64, 32] FFN weights in both
-    "conv_dim": (8,) * 7,
+TINY = {  # ParakeetEncoderConfig sizes whose shapes meet the judge's below: [64, 32] FFN weights in both
     "hidden_size": 32,
     "num_hidden_layers": 2,
     "num_attention_heads": 2,
     "intermediate_size": 64,
-    "num_conv_pos_embeddings": 8,
-    "num_conv_pos_embedding_groups": 2,
+    "conv_kernel_size": 7,
+    "subsampling_conv_channels": 8,
 }
 JUDGE = {"dim": 32, "layers": 1, "heads": 2, "ffn_dim": 64, "kernel_size": 7}
 
@@ -47,8 +46,8 @@ def waveform(tiny_corpus) -> torch.Tensor:
 
 def test_the_fitted_encoder_loads_through_the_external_checkpoint_path(fitted, waveform):
     """SpeechLM's `load_audio_encoder` and `build_feature_extractor` read the folder as they read a
-    downloaded HuBERT, and give the hidden states of the model that was fitted."""
-    from transformers import HubertModel
+    downloaded Parakeet CTC model, and give the hidden states of the model that was fitted."""
+    from transformers import ParakeetEncoder, ParakeetFeatureExtractor
 
     from slmlab.models.pretrained import load_audio_encoder
     from slmlab.tokenizers.frontends import build_feature_extractor, extract_features
@@ -56,12 +55,19 @@ def test_the_fitted_encoder_loads_through_the_external_checkpoint_path(fitted, w
     folder, model = fitted
     assert (folder / "model.safetensors").is_file()
     encoder = load_audio_encoder(str(folder)).eval()
-    assert type(encoder) is HubertModel
+    assert type(encoder) is ParakeetEncoder
     extractor = build_feature_extractor(encoder.config, pretrained_path=str(folder))
-    values, _ = extract_features(extractor, [waveform], 16000)
+    assert type(extractor) is ParakeetFeatureExtractor
+    features, _ = extract_features(extractor, [waveform], 16000)
+    reference = extractor(waveform.numpy(), sampling_rate=16000, return_tensors="pt")
+    valid = int(
+        reference.attention_mask.sum()
+    )  # the extractor's own frames, not its zeroed last one
+    assert torch.equal(features[0], reference.input_features[0, :valid].T)
+    features = features.transpose(1, 2)  # [1, F, n_mels]
     with torch.no_grad():
-        loaded = encoder(values, output_hidden_states=True).hidden_states
-        own = model.hubert(values, output_hidden_states=True).hidden_states
+        loaded = encoder(features, output_hidden_states=True).hidden_states
+        own = model.encoder(features, output_hidden_states=True).hidden_states
     assert len(loaded) == len(own) == TINY["num_hidden_layers"] + 1
     for layer, (a, b) in enumerate(zip(loaded, own)):
         assert torch.equal(a, b), f"layer {layer} differs"
@@ -69,9 +75,10 @@ def test_the_fitted_encoder_loads_through_the_external_checkpoint_path(fitted, w
 
 def test_units_hubert_takes_its_units_from_the_fitted_encoder(tiny_corpus, fitted, waveform):
     """`tokenizer/speech=units_hubert` without hubert_path reads the corpus's speech encoder (the one of
-    these settings): each 25 Hz unit is the centroid nearest to the mean of two 50 Hz frames of the
-    chosen layer."""
-    from slmlab.models.pretrained import load_audio_encoder
+    these settings): each 25 Hz unit is the centroid nearest to the chosen layer's 25 Hz state, for the
+    log-mel the encoder's own feature extractor makes (its batch call, padding mask and all)."""
+    from transformers import ParakeetFeatureExtractor, ParakeetForCTC
+
     from slmlab.tokenizers.units import assign_nearest, load_or_fit_speech_tokenizer
 
     folder, _ = fitted
@@ -89,20 +96,21 @@ def test_units_hubert_takes_its_units_from_the_fitted_encoder(tiny_corpus, fitte
     )
     assert tokenizer.config["hubert_path"] == str(folder)
     units = tokenizer.encode(waveform)
-    normalised = (waveform - waveform.mean()) / (waveform.var(correction=0) + 1e-7).sqrt()
+    inputs = ParakeetFeatureExtractor.from_pretrained(folder)(
+        waveform.numpy(), sampling_rate=16000, return_tensors="pt"
+    )
     with torch.no_grad():
-        frames = load_audio_encoder(str(folder))(normalised[None], output_hidden_states=True)
+        states = ParakeetForCTC.from_pretrained(folder).encoder(**inputs, output_hidden_states=True)
     count = len(waveform) // 640
-    frames = frames.hidden_states[layer][0][: 2 * count]
-    frames = torch.cat([frames, frames[-1:].expand(2 * count - len(frames), -1)])  # last repeated
-    pooled = frames.reshape(count, 2, -1).mean(1)
-    assert units.tolist() == assign_nearest(pooled, tokenizer.unit_centroids).tolist()
+    frames = states.hidden_states[layer][0][:count]
+    frames = torch.cat([frames, frames[-1:].expand(count - len(frames), -1)])  # last repeated
+    assert units.tolist() == assign_nearest(frames, tokenizer.unit_centroids).tolist()
     assert len(set(units.tolist())) > 1
 
 
 def test_the_judge_shares_nothing_with_the_speech_encoder(tiny_corpus, fitted):
     """Another folder, another seed, no reference to the other's key, and no trained tensor in common."""
-    from transformers import HubertForCTC
+    from transformers import ParakeetForCTC
 
     from slmlab.eval.judge import load_or_fit_judge
 
@@ -119,7 +127,7 @@ def test_the_judge_shares_nothing_with_the_speech_encoder(tiny_corpus, fitted):
         != json.loads(judge_record)["settings"]["seed"]
     )
 
-    encoder = HubertForCTC.from_pretrained(folder).state_dict().values()
+    encoder = ParakeetForCTC.from_pretrained(folder).state_dict().values()
     trained = [
         t for t in judge.model.state_dict().values() if t.is_floating_point() and t.numel() > 1
     ]

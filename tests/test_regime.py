@@ -12,18 +12,22 @@ import pytest
 import torch
 from conftest import run_cli
 from omegaconf import OmegaConf
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
+from slmlab.models.pretrained import load_audio_encoder
 from slmlab.runs import PRETRAINED_PARTS, build, load_task
 
 # a text LM and a speech encoder fitted in seconds on the tiny corpus (shared by the tests); the encoder's
-# sizes also size SpeechLM's from-scratch encoder (model/speechlm/encoder=hubert_corpus)
+# sizes also size SpeechLM's from-scratch encoder (model/speechlm/encoder=fastconformer_corpus)
 TINY_PRETRAIN = [
     "pretrain.text_lm.steps=30",
     "pretrain.text_lm.warmup_steps=5",
-    "pretrain.speech_encoder.model={conv_dim: [16, 16, 16, 16, 16, 16, 16], hidden_size: 32, "
-    "num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, num_conv_pos_embeddings: 16, "
-    "num_conv_pos_embedding_groups: 4}",
+    "pretrain.speech_encoder.model.hidden_size=32",
+    "pretrain.speech_encoder.model.num_hidden_layers=1",
+    "pretrain.speech_encoder.model.num_attention_heads=2",
+    "pretrain.speech_encoder.model.intermediate_size=64",
+    "pretrain.speech_encoder.model.conv_kernel_size=7",
+    "pretrain.speech_encoder.model.subsampling_conv_channels=8",
     "pretrain.speech_encoder.epochs=0.5",
 ]
 
@@ -70,7 +74,7 @@ def test_recipe_starts_speechlm_from_the_corpus_speech_encoder(make_cfg, tiny_co
     _, scratch = build(make_cfg("experiment=tiny_speechlm", *TINY_PRETRAIN))
     folder = json.loads((tmp_path / PRETRAINED_PARTS).read_text())["net.encoder.pretrained_path"]
     assert "/speech_encoder/" in folder
-    fitted = AutoModel.from_pretrained(folder).state_dict()
+    fitted = load_audio_encoder(folder).state_dict()
     ours, fresh = recipe.net.encoder.state_dict(), scratch.net.encoder.state_dict()
     assert ours.keys() == fitted.keys() == fresh.keys()
     assert all(torch.equal(ours[k], fitted[k]) for k in fitted)

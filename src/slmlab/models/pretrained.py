@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel, WhisperModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    ParakeetForCTC,
+    PreTrainedModel,
+    WhisperModel,
+)
 
 from slmlab.models.speechlm import MaskedWhisperEncoder, SpeechLM, build_speechlm
 
@@ -27,15 +34,19 @@ def load_local(auto_class, path: str, **loading):
 
 
 def load_audio_encoder(path: str, **loading) -> PreTrainedModel:
-    """A local encoder checkpoint: Whisper's encoder half from a whole Whisper model, or any
-    `AutoModel` (wav2vec2, HuBERT, ...). The Whisper half is copied into `MaskedWhisperEncoder`,
-    which replaces `WhisperModel.get_encoder()`'s fixed 30 s input. loading: `from_pretrained`'s
-    keywords (attn_implementation)."""
-    if load_local(AutoConfig, path).model_type == "whisper":
+    """A local encoder checkpoint: Whisper's encoder half from a whole Whisper model, the
+    `ParakeetEncoder` of a Parakeet CTC model (a FastConformer: the corpus's speech encoder,
+    nvidia/parakeet-ctc-*), or any `AutoModel` (wav2vec2, HuBERT, ...). The Whisper half is copied
+    into `MaskedWhisperEncoder`, which replaces `WhisperModel.get_encoder()`'s fixed 30 s input.
+    loading: `from_pretrained`'s keywords (attn_implementation)."""
+    model_type = load_local(AutoConfig, path).model_type
+    if model_type == "whisper":
         whole = load_local(WhisperModel, path, **loading)
         encoder = MaskedWhisperEncoder(whole.config)
         encoder.load_state_dict(whole.get_encoder().state_dict())
         return encoder
+    if model_type == "parakeet_ctc":
+        return load_local(ParakeetForCTC, path, **loading).encoder
     return load_local(AutoModel, path, **loading)
 
 

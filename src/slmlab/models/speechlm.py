@@ -1,8 +1,9 @@
 """SpeechLM: a transformers audio encoder -> a frame-stacking projector -> a transformers causal LM.
 
-    features: waveform [B, S] (wav2vec2/HuBERT) or log-mel [B, 80, F] at 100 Hz (Whisper),
-              from `tokenizers/frontends.py`
-      --encoder--> states [B, T_enc, D_enc] at 50 Hz (all three)
+    features: waveform [B, S] (wav2vec2/HuBERT) or log-mel [B, 80, F] at 100 Hz (Whisper,
+              FastConformer), from `tokenizers/frontends.py`
+      --encoder--> states [B, T_enc, D_enc] at 50 Hz (wav2vec2, HuBERT, Whisper) or 25 Hz
+                   (the FastConformer: the corpus's speech encoder, 4x subsampling)
       --stack k, project--> audio embeds [B, ceil(T_enc/k), D_llm]
       --written over the <|audio|> tokens of the prompt (`tokenizers/prompts.py`)--> decoder,
       loss on the transcript only (+ an optional character CTC loss on the encoder states).
@@ -278,7 +279,7 @@ class SpeechLM(PreTrainedModel):
             config.projector_norm_eps,
             config.projector_mid_norm,
         )
-        # character CTC on the 50 Hz encoder states: direct acoustic supervision for an encoder
+        # character CTC on the encoder states (50 or 25 Hz): direct acoustic supervision for an encoder
         # trained from scratch
         self.ctc_head = None
         if config.ctc_weight > 0:
@@ -303,15 +304,17 @@ class SpeechLM(PreTrainedModel):
     # -- audio --------------------------------------------------------------------------------------
     @property
     def input_name(self) -> str:
-        """The encoder's input: `input_features` (log-mel) for Whisper, `input_values` (waveform)
-        otherwise."""
-        if self.config.audio_config.model_type == "whisper":
+        """The encoder's input: `input_features` (log-mel) for Whisper and the FastConformer,
+        `input_values` (waveform) otherwise."""
+        if self.config.audio_config.model_type in ("whisper", "parakeet_encoder"):
             return "input_features"
         return "input_values"
 
     def encoder_output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
         """Encoder frames for inputs of `input_lengths` samples (or mel frames), from its
         convolution strides."""
+        if self.config.audio_config.model_type == "parakeet_encoder":
+            return self.encoder._get_subsampling_output_length(input_lengths).long()
         return self.encoder._get_feat_extract_output_lengths(input_lengths).long()
 
     def audio_output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
@@ -322,7 +325,7 @@ class SpeechLM(PreTrainedModel):
         self, features: torch.Tensor, feature_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """features [B, S] or [B, n_mels, F], zero-padded; feature_lengths [B]
-        -> (states [B, T_enc, D_enc] at 50 Hz, zero after each utterance's end; lengths [B])."""
+        -> (states [B, T_enc, D_enc] at 50 or 25 Hz, zero after each utterance's end; lengths [B])."""
         mask = frame_mask(feature_lengths, features.shape[-1]).long()
         # group-normed wav2vec2 variants (wav2vec2-base) must not get a mask: they were trained on
         # zero padding
@@ -330,6 +333,8 @@ class SpeechLM(PreTrainedModel):
             self.input_name == "input_features"
             or getattr(self.config.audio_config, "feat_extract_norm", "") == "layer"
         )
+        if self.config.audio_config.model_type == "parakeet_encoder":
+            features = features.transpose(1, 2)  # the FastConformer reads [B, F, n_mels]
         states = self.encoder(
             **{self.input_name: features}, attention_mask=mask if use_mask else None
         ).last_hidden_state

@@ -1,18 +1,26 @@
-"""The speech encoder pretrained per corpus (issue 12): a small transformers HuBERT fitted with CTC on the
-characters of the corpus's train transcripts, from raw 16 kHz waveforms.
+"""The speech encoder pretrained per corpus (issue 12): a small FastConformer (transformers' Parakeet CTC,
+as nvidia/parakeet-ctc-0.6b) fitted with CTC on the characters of the corpus's train transcripts, from 80-bin
+log-mel at 100 Hz, subsampled 4x to 25 Hz states.
 
-    folder = load_or_fit_speech_encoder(corpus)     # <corpus>/artifacts/speech_encoder/hubert_ctc-<key>/
-    AutoModel.from_pretrained(folder)               # a local HuBERT checkpoint, as an external one is read:
-                                                    # SpeechLM's encoder, Spirit LM's units (features=hubert)
+    folder = load_or_fit_speech_encoder(corpus)     # <corpus>/artifacts/speech_encoder/fastconformer_ctc-<key>/
+    load_audio_encoder(folder)                      # its `ParakeetEncoder`, read as an external Parakeet CTC
+                                                    # checkpoint is: SpeechLM's encoder, Spirit LM's units
+                                                    # (features=hubert: the states of one of its layers)
 
-The folder is transformers' `save_pretrained` layout: `HubertForCTC` weights (safetensors) and config, the
-`Wav2Vec2FeatureExtractor` that normalises its input and the `Wav2Vec2CTCTokenizer` of its characters
-(`vocab.json`; blank = `<pad>`, word boundary = `|`). Its artifact.json records the train audio it was
-fitted on and read (`fitted_on`, `audio_read`) and its greedy-CTC CER and WER on the val split (`val`).
+The folder is transformers' `save_pretrained` layout: `ParakeetForCTC` weights (safetensors) and config, the
+`ParakeetFeatureExtractor` that makes its per-utterance normalised log-mel, and the `Wav2Vec2CTCTokenizer` of
+its characters (`vocab.json`; blank = `<pad>`, word boundary = `|`). Its artifact.json records the train
+audio it was fitted on and read (`fitted_on`, `audio_read`) and its greedy-CTC CER and WER on the val split
+(`val`).
 
-It is not the judge (`slmlab.eval.judge`): another model (raw waveform, not log-mel), another artifact
-folder, another default seed, and no weight or setting taken from it, so the judge stays independent of
-every arm that starts from this encoder.
+A log-mel FastConformer rather than a raw-waveform HuBERT: on the default corpus, at the same data, batch and
+learning rate, it reached val CER 0.21 after 2 epochs (HuBERT: 0.81) and 0.11 after 8 (HuBERT: 0.27), in less
+time.
+
+It is not the judge (`slmlab.eval.judge`): another implementation (transformers' FastConformer with
+relative positions and NeMo's log-mel, not torchaudio's Conformer), another artifact folder, another default
+seed, and no weight or setting taken from it, so the judge stays independent of every arm that starts from
+this encoder.
 """
 
 from __future__ import annotations
@@ -34,21 +42,20 @@ from slmlab.tokenizers.frontends import extract_features
 
 log = logging.getLogger(__name__)
 
-SIZES = {  # HubertConfig keywords: ~2 M parameters, 50 Hz frames (the 320x stride of HuBERT's convolutions);
-    # no dropout and no time masking: a fit of a few hundred steps is far from overfitting
-    "conv_dim": (32,) * 7,
-    "hidden_size": 192,
+SIZES = {  # ParakeetEncoderConfig keywords: 2.2 M parameters, 25 Hz states (4x subsampling of 100 Hz mels);
+    # no dropout and no layer drop: a fit of a few thousand steps is far from overfitting
+    "hidden_size": 144,
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
-    "intermediate_size": 768,
-    "num_conv_pos_embeddings": 32,
-    "num_conv_pos_embedding_groups": 8,
-    "hidden_dropout": 0.0,
+    "intermediate_size": 576,
+    "conv_kernel_size": 15,
+    "subsampling_factor": 4,
+    "subsampling_conv_channels": 64,
+    "num_mel_bins": 80,
+    "dropout": 0.0,
     "activation_dropout": 0.0,
     "attention_dropout": 0.0,
-    "feat_proj_dropout": 0.0,
-    "final_dropout": 0.0,
-    "mask_time_prob": 0.0,
+    "layerdrop": 0.0,
 }
 
 
@@ -82,20 +89,19 @@ def character_tokenizer(texts: list[str], folder: Path):
     )
 
 
-def feature_extractor():
-    """HuBERT's input: each waveform normalised to zero mean and unit variance, with an attention mask (the
-    convolutions' layer norms make padded batches match single utterances)."""
-    from transformers import Wav2Vec2FeatureExtractor
+def feature_extractor(n_mels: int):
+    """The encoder's input: NeMo's log-mel (pre-emphasis, 25 ms windows every 10 ms, `n_mels` Slaney bins),
+    each utterance normalised per bin over its own frames."""
+    from transformers import ParakeetFeatureExtractor
 
-    return Wav2Vec2FeatureExtractor(
-        sampling_rate=SAMPLE_RATE, do_normalize=True, return_attention_mask=True
-    )
+    return ParakeetFeatureExtractor(feature_size=n_mels, sampling_rate=SAMPLE_RATE)
 
 
 def _inputs(extractor, waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (input_values [B, S], attention_mask [B, S]), each utterance normalised alone."""
-    values, lengths = extract_features(extractor, waveforms, SAMPLE_RATE)
-    return values, (torch.arange(values.shape[1])[None] < lengths[:, None]).long()
+    """-> (input_features [B, F, n_mels] at 100 Hz, attention_mask [B, F]), each utterance alone."""
+    features, lengths = extract_features(extractor, waveforms, SAMPLE_RATE)
+    mask = (torch.arange(features.shape[-1])[None] < lengths[:, None]).long()
+    return features.transpose(1, 2), mask
 
 
 @torch.no_grad()
@@ -128,24 +134,21 @@ def fit_speech_encoder(
     lr: float,
     seed: int,
 ):
-    """`HubertForCTC` fitted on `audio` (read a batch at a time) and its transcripts for `epochs` passes:
+    """`ParakeetForCTC` fitted on `audio` (read a batch at a time) and its transcripts for `epochs` passes:
     AdamW, linear warm-up over the first 10 % of the steps, cosine decay."""
-    from transformers import HubertConfig, HubertForCTC
+    from transformers import ParakeetCTCConfig, ParakeetForCTC
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    config = HubertConfig(
+    config = ParakeetCTCConfig(
         vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        feat_extract_norm="layer",
-        do_stable_layer_norm=True,
-        layerdrop=0.0,
+        pad_token_id=tokenizer.pad_token_id,  # the CTC blank, and the labels' padding
         ctc_loss_reduction="mean",
         ctc_zero_infinity=True,
-        **sizes,
+        encoder_config=sizes,
     )
-    model = HubertForCTC(config)
-    extractor = feature_extractor()
+    model = ParakeetForCTC(config)
+    extractor = feature_extractor(sizes["num_mel_bins"])
     labels = [tokenizer(normalise_text(t)).input_ids for t in texts]
     seconds = [r.duration for r in audio.records]
     steps = max(1, math.ceil(epochs * len(seconds) / batch_size))
@@ -159,11 +162,14 @@ def fit_speech_encoder(
     step, started = 0, time.perf_counter()
     while step < steps:
         for batch in _batches(seconds, batch_size, generator):
-            values, mask = _inputs(extractor, [audio[i] for i in batch])
+            features, mask = _inputs(extractor, [audio[i] for i in batch])
+            # ParakeetForCTC masks the labels by pad_token_id, not by -100
             targets = nn.utils.rnn.pad_sequence(
-                [torch.tensor(labels[i]) for i in batch], batch_first=True, padding_value=-100
+                [torch.tensor(labels[i]) for i in batch],
+                batch_first=True,
+                padding_value=tokenizer.pad_token_id,
             )
-            loss = model(values, attention_mask=mask, labels=targets).loss
+            loss = model(features, attention_mask=mask, labels=targets).loss
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -191,16 +197,15 @@ def load_or_fit_speech_encoder(
     lr: float = 2e-3,
     max_hours: float = 2.0,
     seed: int = 1,
-    name: str = "hubert_ctc",
+    name: str = "fastconformer_ctc",
 ) -> Path:
     """The folder of `corpus`'s speech encoder, fitted by the first call on at most `max_hours` of its train
     audio (a seeded random subset, `fitting_subset`) and published under
-    `<corpus>/artifacts/speech_encoder/<name>-<key>/`. model: `HubertConfig` sizes over `SIZES`. seed: 1,
-    not the judge's 0."""
+    `<corpus>/artifacts/speech_encoder/<name>-<key>/`. model: `ParakeetEncoderConfig` sizes over `SIZES`.
+    seed: 1, not the judge's 0."""
     sizes = {**SIZES, **(model or {})}
-    sizes["conv_dim"] = tuple(sizes["conv_dim"])
     settings = {
-        "model": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
+        "model": sizes,
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
@@ -223,7 +228,8 @@ def load_or_fit_speech_encoder(
         record["audio_read"] = audio.usage()
         record["fit_seconds"] = round(time.perf_counter() - started, 1)
         val, _ = read_split(corpus, "val")
-        hypotheses = transcribe(fitted, tokenizer, feature_extractor(), AudioOf(val, SAMPLE_RATE))
+        extractor = feature_extractor(sizes["num_mel_bins"])
+        hypotheses = transcribe(fitted, tokenizer, extractor, AudioOf(val, SAMPLE_RATE))
         record["val"] = {
             **error_rates(hypotheses, [r.text for r in val]),
             "utterances": len(val),
@@ -231,7 +237,7 @@ def load_or_fit_speech_encoder(
         }
         log.info("speech encoder on the val audio: %s", json.dumps(record["val"]))
         fitted.save_pretrained(tmp, safe_serialization=True)
-        feature_extractor().save_pretrained(tmp)
+        extractor.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
     folder = artifact_dir(corpus.root, "speech_encoder", name, settings, inputs)

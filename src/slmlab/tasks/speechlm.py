@@ -28,13 +28,15 @@ class SpeechLMTask(SLMTask):
 
     @classmethod
     def fsdp_block_classes(cls) -> set[type]:
-        """The encoders' layers (Whisper, wav2vec2, HuBERT) and the decoders' (Qwen2, Llama, GPT-2)."""
+        """The encoders' layers (Whisper, wav2vec2, HuBERT, FastConformer) and the decoders' (Qwen2, Llama,
+        GPT-2)."""
         from transformers.models.gpt2.modeling_gpt2 import GPT2Block
         from transformers.models.hubert.modeling_hubert import (
             HubertEncoderLayer,
             HubertEncoderLayerStableLayerNorm,
         )
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+        from transformers.models.parakeet.modeling_parakeet import ParakeetEncoderBlock
         from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
         from transformers.models.wav2vec2.modeling_wav2vec2 import (
             Wav2Vec2EncoderLayer,
@@ -48,6 +50,7 @@ class SpeechLMTask(SLMTask):
             Wav2Vec2EncoderLayerStableLayerNorm,
             HubertEncoderLayer,
             HubertEncoderLayerStableLayerNorm,
+            ParakeetEncoderBlock,
             Qwen2DecoderLayer,
             LlamaDecoderLayer,
             GPT2Block,

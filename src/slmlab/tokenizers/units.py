@@ -9,8 +9,8 @@
 
 Units: frame features -> nearest of `n_units` k-means centroids. Features are MFCC (+deltas, HuBERT's
 first-iteration targets) or log-mel, per-utterance normalised (the embedded default), or one layer of
-a HuBERT model from a local folder (transformers; by default the corpus's own speech encoder,
-`slmlab.pretrain.speech_encoder`). Pitch: F0 from normalised autocorrelation,
+a speech encoder from a local folder (a transformers HuBERT or FastConformer; by default the corpus's own
+speech encoder, `slmlab.pretrain.speech_encoder`). Pitch: F0 from normalised autocorrelation,
 log-F0 quantised into `n_pitch - 1` corpus quantile bins plus one "unvoiced" token. Style: per-second
 prosody statistics (log-F0 mean/spread, voicing, energy, unit rate), k-means into `n_styles`.
 The reference uses mHuBERT + k-means 501, a pitch VQ-VAE and a speech-property encoder; the sizes
@@ -144,50 +144,58 @@ class SpectralFeatures:
         )
 
 
-class HubertFeatures:
-    """`features=hubert`: hidden states of `layer` of a HuBERT (or wav2vec2) model: a local transformers
-    folder, or a released mHuBERT `.pt` (s3prl's converted fairseq layout, read by `mhubert.read_mhubert`).
-    Frames at 50 Hz are averaged in pairs to 25 Hz; mHuBERT's are at 25 Hz already."""
+class EncoderLayerFeatures:
+    """`features=hubert`: hidden states of `layer` of a speech encoder (layer 0: its input embeddings), as
+    Spirit LM reads mHuBERT's layer 11: a HuBERT or wav2vec2 on raw waveforms (50 Hz frames, averaged in
+    pairs to 25 Hz), a FastConformer CTC model on log-mel (25 Hz states: the corpus's own speech encoder,
+    `slmlab.pretrain.speech_encoder`), both local transformers folders, or a released mHuBERT `.pt` (s3prl's
+    converted fairseq layout, read by `mhubert.read_mhubert`; 25 Hz already)."""
 
     def __init__(self, path: str, layer: int = 6) -> None:
-        from transformers import AutoModel, Wav2Vec2FeatureExtractor
+        from transformers import Wav2Vec2FeatureExtractor
+
+        from slmlab.models.pretrained import load_audio_encoder
+        from slmlab.tokenizers.frontends import build_feature_extractor
 
         if Path(path).is_file():
             from slmlab.tokenizers.mhubert import read_mhubert
 
             self.model = read_mhubert(path)
         elif Path(path).is_dir():
-            self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+            self.model = load_audio_encoder(path).eval()
         else:
             raise FileNotFoundError(
-                f"HuBERT folder or mHuBERT file not found: {path} (slmlab never downloads; pass a "
-                "local path)"
+                f"speech encoder folder or mHuBERT file not found: {path} (slmlab never downloads; "
+                "pass a local path)"
             )
-        self.hop = math.prod(self.model.config.conv_stride)  # input samples per frame
+        config = self.model.config
+        self.log_mel = config.model_type == "parakeet_encoder"
+        # input samples per frame: 10 ms mel hops x the subsampling, or the convolutions' strides
+        self.hop = (
+            160 * config.subsampling_factor if self.log_mel else math.prod(config.conv_stride)
+        )
         if 640 % self.hop:
             raise ValueError(
                 f"{path}: frames every {self.hop} samples do not pool to 25 Hz (640 samples)"
             )
-        if not 0 <= layer <= self.model.config.num_hidden_layers:
-            raise ValueError(
-                f"{path}: layer {layer} out of range 0..{self.model.config.num_hidden_layers}"
-            )
-        extractor_file = Path(path) / "preprocessor_config.json"
+        if not 0 <= layer <= config.num_hidden_layers:
+            raise ValueError(f"{path}: layer {layer} out of range 0..{config.num_hidden_layers}")
+        has_extractor = Path(path, "preprocessor_config.json").is_file()
         self.extractor = (
-            Wav2Vec2FeatureExtractor.from_pretrained(path)
-            if extractor_file.is_file()
-            else Wav2Vec2FeatureExtractor(
-                do_normalize=getattr(self.model.config, "do_normalize", True)
-            )
+            build_feature_extractor(config, path if has_extractor else None)
+            if self.log_mel or has_extractor
+            else Wav2Vec2FeatureExtractor(do_normalize=getattr(config, "do_normalize", True))
         )
         self.layer = layer
 
     @torch.no_grad()
     def __call__(self, wav: torch.Tensor) -> torch.Tensor:
-        inputs = self.extractor(wav.numpy(), sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        hidden = self.model(inputs.input_values, output_hidden_states=True).hidden_states[
-            self.layer
-        ][0]
+        from slmlab.tokenizers.frontends import extract_features
+
+        inputs, _ = extract_features(self.extractor, [wav], SAMPLE_RATE)
+        if self.log_mel:
+            inputs = inputs.transpose(1, 2)  # [1, F, n_mels], as the FastConformer reads it
+        hidden = self.model(inputs, output_hidden_states=True).hidden_states[self.layer][0]
         return _pool_to_25hz(hidden, len(wav) // 640, self.hop)
 
 
@@ -394,10 +402,10 @@ class SpeechTokenizer:
 
     # persistence
     def save(self, folder: str | Path) -> None:
-        """The fitted state into `folder`; the unit vocoder, when attached, into `folder/decoder/`; a HuBERT
-        it reads features from into `folder/hubert/` (a transformers folder) and the release's quantizer
-        into `folder/quantizer.pt`, so that the folder (a run's tokenizers/speech/) stands alone. The
-        config keeps the paths it was made with (and so its fingerprint)."""
+        """The fitted state into `folder`; the unit vocoder, when attached, into `folder/decoder/`; the
+        speech encoder it reads features from into `folder/hubert/` (a transformers folder) and the
+        release's quantizer into `folder/quantizer.pt`, so that the folder (a run's tokenizers/speech/)
+        stands alone. The config keeps the paths it was made with (and so its fingerprint)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "speech_tokenizer.json").write_text(json.dumps(self.config, indent=2))
@@ -412,7 +420,7 @@ class SpeechTokenizer:
         )
         if self.decoder is not None:
             self.decoder.save(folder / "decoder")
-        if isinstance(self.features, HubertFeatures):
+        if isinstance(self.features, EncoderLayerFeatures):
             self.features.model.save_pretrained(folder / "hubert")
             self.features.extractor.save_pretrained(folder / "hubert")
         if self.quantizer is not None:
@@ -427,7 +435,7 @@ class SpeechTokenizer:
         config = load_json(folder / "speech_tokenizer.json")
         saved = {}
         if (folder / "hubert").is_dir():
-            saved["features"] = HubertFeatures(str(folder / "hubert"), config["hubert_layer"])
+            saved["features"] = EncoderLayerFeatures(str(folder / "hubert"), config["hubert_layer"])
         if (folder / "quantizer.pt").is_file():
             from slmlab.tokenizers.mhubert import read_linear_quantizer
 
@@ -447,7 +455,7 @@ def make_features(config: dict):
             raise ValueError(
                 "tokenizer/speech features=hubert needs hubert_path (a local transformers folder)"
             )
-        return HubertFeatures(config["hubert_path"], config["hubert_layer"])
+        return EncoderLayerFeatures(config["hubert_path"], config["hubert_layer"])
     return SpectralFeatures(config["features"])
 
 
