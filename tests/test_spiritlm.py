@@ -24,7 +24,7 @@ from slmlab.tokenizers.interleaved import (
     word_boundaries,
 )
 from slmlab.tokenizers.text import load_or_fit_bpe
-from slmlab.tokenizers.unit_vocoder import UnitVocoder
+from slmlab.tokenizers.unit_vocoder import UnitToMel, UnitVocoder
 from slmlab.tokenizers.units import dedup, fit_speech_tokenizer, load_or_fit_speech_tokenizer
 
 # the sizes of experiment=tiny_spiritlm_*, so the tests and the tiny training runs share one fitted tokenizer
@@ -355,6 +355,31 @@ def test_the_unit_vocoder_speaks_and_reports_its_resynthesis(
         report["utterances"] == 24
         and 0 <= report["unit_error_rate"] < report["unit_error_rate_silence"]
     )
+
+
+@pytest.mark.parametrize("mel_per_unit", [4.0, 2.5])  # hops of 160 and 256 samples
+def test_unit_to_mel_gives_each_25hz_step_its_own_mel_frames(mel_per_unit):
+    """The decoder runs at 25 Hz and each step emits the mel frames of its 40 ms, in time order: changing
+    the last unit changes the last steps' frames, and the first half's only through the blocks' GroupNorm
+    statistics (the convolutions see 4 units either way), at least ten times less; every utterance gets
+    round(steps x mel_per_unit) frames, zero after its end."""
+    torch.manual_seed(0)
+    model = UnitToMel(8, 2, 2, n_mels=3, dim=16, layers=1, mel_per_unit=mel_per_unit).eval()
+    units = torch.arange(20).remainder(8)[None].repeat(2, 1)
+    units[1, -1] = (units[1, -1] + 1) % 8
+    none, durations = torch.zeros_like(units), torch.ones_like(units)
+    lengths = torch.tensor([20, 20])
+    with torch.no_grad():
+        _, mel, mel_lengths = model(units, none, none, lengths, durations)
+        _, short, short_lengths = model(
+            units[:, :12], none[:, :12], none[:, :12], torch.tensor([12, 7]), durations[:, :12]
+        )
+    early = int(10 * mel_per_unit)
+    change = (mel[0] - mel[1]).abs()
+    assert change[:, -4:].max() > 10 * change[:, :early].max()
+    assert mel_lengths.tolist() == [round(20 * mel_per_unit)] * 2
+    assert short_lengths.tolist() == [round(12 * mel_per_unit), round(7 * mel_per_unit)]
+    assert short[1, :, short_lengths[1] :].abs().sum() == 0
 
 
 def test_a_hifigan_from_a_local_folder_replaces_griffin_lim(speech_tokenizer, tmp_path, waveform):

@@ -2,7 +2,9 @@
 
 `UnitToMel` is a small convolutional acoustic model fitted on the corpus: each deduplicated unit, with
 the pitch and style tokens current at that point of the stream, gets an embedding, a predicted duration
-(in 25 Hz frames) and, after repetition to those durations, a log-mel spectrogram at the vocoder's hop.
+(in 25 Hz frames) and, after repetition to those durations, a log-mel spectrogram at the vocoder's hop: its
+decoder runs at 25 Hz and each frame emits the mel frames of its 40 ms (Tacotron's reduction factor), which
+costs a quarter of a decoder at the 100 Hz mel rate and sees four times as far.
 Pitch and style are dropped at random while fitting, so the one model voices Base streams (units only)
 and Expressive ones. The waveform comes from torchaudio's Griffin-Lim (embedded default) or, at scale,
 a HiFi-GAN from a local folder (`vocoder_path`, transformers' `SpeechT5HifiGan`, whose mel settings
@@ -46,7 +48,8 @@ class ConvBlock(nn.Module):
 
 class UnitToMel(nn.Module):
     """units, pitch, style [B, N] (pitch/style: 0 = none, else token + 1) -> (predicted log(1 + duration) [B, N],
-    log-mel [B, n_mels, M], mel lengths [B]) where M = mel frames of the repeated units, `mel_per_unit` per 40 ms."""
+    log-mel [B, n_mels, M], mel lengths [B]) where M = mel frames of the repeated units, `mel_per_unit` per 40 ms:
+    each 25 Hz frame emits ceil(mel_per_unit) mel frames, resampled to M when mel_per_unit is not whole."""
 
     def __init__(
         self,
@@ -73,7 +76,8 @@ class UnitToMel(nn.Module):
         self.encoder = nn.ModuleList(ConvBlock(dim) for _ in range(layers))
         self.duration = nn.Linear(dim, 1)
         self.decoder = nn.ModuleList(ConvBlock(dim) for _ in range(layers))
-        self.to_mel = nn.Conv1d(dim, n_mels, 1)
+        self.frames_per_step = math.ceil(mel_per_unit)
+        self.to_mel = nn.Conv1d(dim, n_mels * self.frames_per_step, 1)
         self.mel_per_unit = mel_per_unit
 
     def forward(self, units, pitch, style, lengths, durations=None):
@@ -95,22 +99,38 @@ class UnitToMel(nn.Module):
             row[:, : int(n)].repeat_interleave(d[: int(n)], dim=1)
             for row, d, n in zip(x, durations, lengths)
         ]
-        mel_lengths = torch.tensor(
-            [round(f.shape[1] * self.mel_per_unit) for f in frames], device=units.device
-        )
-        y = torch.zeros(len(frames), x.shape[1], int(mel_lengths.max()), device=units.device)
-        for i, f in enumerate(frames):  # nearest-neighbour upsampling from 25 Hz to the mel hop
-            y[i, :, : mel_lengths[i]] = F.interpolate(
-                f[None], size=int(mel_lengths[i]), mode="nearest"
-            )[0]
-        mel_mask = (
-            (torch.arange(y.shape[2], device=units.device)[None] < mel_lengths[:, None])
-            .unsqueeze(1)
-            .float()
-        )
+        steps = torch.tensor([f.shape[1] for f in frames], device=units.device)  # 25 Hz frames
+        y = torch.zeros(len(frames), x.shape[1], int(steps.max()), device=units.device)
+        for i, f in enumerate(frames):
+            y[i, :, : steps[i]] = f
+        step_mask = (
+            torch.arange(y.shape[2], device=units.device)[None] < steps[:, None]
+        ).unsqueeze(1)
         for block in self.decoder:
-            y = block(y, mel_mask)
-        return log_durations, self.to_mel(y) * mel_mask, mel_lengths
+            y = block(y, step_mask.float())
+        batch, r = len(frames), self.frames_per_step
+        # [B, n_mels * r, T] -> [B, n_mels, T * r]: frame t's r mel frames in order
+        mel = (
+            self.to_mel(y)
+            .view(batch, -1, r, y.shape[2])
+            .transpose(2, 3)
+            .reshape(batch, -1, y.shape[2] * r)
+        )
+        mel_lengths = torch.round(steps * self.mel_per_unit).long()
+        if r != self.mel_per_unit:
+            # a hop that does not divide 40 ms: each utterance's frames resampled to its length
+            resampled = torch.zeros(
+                batch, mel.shape[1], int(mel_lengths.max()), device=units.device
+            )
+            for i in range(batch):
+                resampled[i, :, : mel_lengths[i]] = F.interpolate(
+                    mel[i : i + 1, :, : steps[i] * r], size=int(mel_lengths[i]), mode="linear"
+                )[0]
+            mel = resampled
+        mel_mask = (
+            torch.arange(mel.shape[2], device=units.device)[None] < mel_lengths[:, None]
+        ).unsqueeze(1)
+        return log_durations, mel * mel_mask, mel_lengths
 
 
 def unit_conditioning(tokens: list[tuple[str, int]]) -> tuple[list[int], list[int], list[int]]:
@@ -303,7 +323,8 @@ def load_or_fit_unit_vocoder(
         "max_hours": max_hours,
         "seed": seed,
         "conditioning": "merged-stream",
-    }  # bump when the training examples change, so old fits are not reused
+        "decoder_rate": "25Hz",
+    }  # bump when the training examples or the model change, so old fits are not reused
     inputs = {
         "tokenizer": tokenizer.fingerprint(),
         **manifest_fingerprints(corpus, "train", "test"),
