@@ -38,7 +38,7 @@ from slmlab.artifacts import artifact_dir, fit_once, manifest_fingerprints
 from slmlab.constants import SAMPLE_RATE
 from slmlab.data.manifest import AudioOf, fitting_subset, read_split
 from slmlab.eval.metrics import error_rates, normalise_text
-from slmlab.tokenizers.frontends import extract_features
+from slmlab.tokenizers.frontends import build_feature_extractor, extract_features
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +87,6 @@ def character_tokenizer(texts: list[str], folder: Path):
     return Wav2Vec2CTCTokenizer(
         str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|"
     )
-
-
-def feature_extractor(n_mels: int):
-    """The encoder's input: NeMo's log-mel (pre-emphasis, 25 ms windows every 10 ms, `n_mels` Slaney bins),
-    each utterance normalised per bin over its own frames."""
-    from transformers import ParakeetFeatureExtractor
-
-    return ParakeetFeatureExtractor(feature_size=n_mels, sampling_rate=SAMPLE_RATE)
 
 
 def _inputs(extractor, waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +140,8 @@ def fit_speech_encoder(
         encoder_config=sizes,
     )
     model = ParakeetForCTC(config)
-    extractor = feature_extractor(sizes["num_mel_bins"])
+    # NeMo's log-mel (pre-emphasis, 25 ms windows every 10 ms, Slaney bins), normalised per utterance and bin
+    extractor = build_feature_extractor(config.encoder_config)
     labels = [tokenizer(normalise_text(t)).input_ids for t in texts]
     seconds = [r.duration for r in audio.records]
     steps = max(1, math.ceil(epochs * len(seconds) / batch_size))
@@ -228,7 +221,7 @@ def load_or_fit_speech_encoder(
         record["audio_read"] = audio.usage()
         record["fit_seconds"] = round(time.perf_counter() - started, 1)
         val, _ = read_split(corpus, "val")
-        extractor = feature_extractor(sizes["num_mel_bins"])
+        extractor = build_feature_extractor(fitted.config.encoder_config)
         hypotheses = transcribe(fitted, tokenizer, extractor, AudioOf(val, SAMPLE_RATE))
         record["val"] = {
             **error_rates(hypotheses, [r.text for r in val]),

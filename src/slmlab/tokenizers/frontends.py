@@ -33,8 +33,8 @@ def build_feature_extractor(
     sample_rate: int = SAMPLE_RATE,
 ):
     """The encoder's own feature extractor from its local folder when it has one, else the matching
-    default: Whisper's or the FastConformer's log-mel (n_mels from the config) or normalised waveforms for
-    wav2vec2/HuBERT."""
+    default: Whisper's or the FastConformer's log-mel (n_mels from the config) or waveforms for
+    wav2vec2/HuBERT, normalised unless the config says `do_normalize=False` (a released mHuBERT's)."""
     if pretrained_path and (Path(pretrained_path) / "preprocessor_config.json").is_file():
         return AutoFeatureExtractor.from_pretrained(pretrained_path, local_files_only=True)
     if audio_config.model_type == "whisper":
@@ -46,7 +46,9 @@ def build_feature_extractor(
             feature_size=audio_config.num_mel_bins, sampling_rate=sample_rate
         )
     return Wav2Vec2FeatureExtractor(
-        sampling_rate=sample_rate, do_normalize=True, return_attention_mask=True
+        sampling_rate=sample_rate,
+        do_normalize=getattr(audio_config, "do_normalize", True),
+        return_attention_mask=True,
     )
 
 

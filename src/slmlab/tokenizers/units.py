@@ -152,8 +152,6 @@ class EncoderLayerFeatures:
     converted fairseq layout, read by `mhubert.read_mhubert`; 25 Hz already)."""
 
     def __init__(self, path: str, layer: int = 6) -> None:
-        from transformers import Wav2Vec2FeatureExtractor
-
         from slmlab.models.pretrained import load_audio_encoder
         from slmlab.tokenizers.frontends import build_feature_extractor
 
@@ -180,12 +178,7 @@ class EncoderLayerFeatures:
             )
         if not 0 <= layer <= config.num_hidden_layers:
             raise ValueError(f"{path}: layer {layer} out of range 0..{config.num_hidden_layers}")
-        has_extractor = Path(path, "preprocessor_config.json").is_file()
-        self.extractor = (
-            build_feature_extractor(config, path if has_extractor else None)
-            if self.log_mel or has_extractor
-            else Wav2Vec2FeatureExtractor(do_normalize=getattr(config, "do_normalize", True))
-        )
+        self.extractor = build_feature_extractor(config, path)  # the folder's own, else the default
         self.layer = layer
 
     @torch.no_grad()
