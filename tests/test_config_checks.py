@@ -62,7 +62,7 @@ BAD = [
     ("generate", ["modality=VIDEO"], "modality='VIDEO'", "TEXT | SPEECH | ARBITRARY"),
     ("generate", ["generation.top_p=2"], "generation.top_p=2", "in (0, 1], or null"),
     ("generate", ["generation.num_beams=0"], "generation.num_beams=0", ">= 1, or null"),
-    ("compare", ["commands=run"], "commands='run'", "a list of commands"),
+    ("compare", ["study.commands=run"], "study.commands='run'", "a list of commands"),
 ]
 # unknown keys: a plain node lists its keys; a `_target_` node takes its target's arguments
 UNKNOWN = [

@@ -370,16 +370,23 @@ class GenerateConfig:
 
 
 @dataclass
+class Study:
+    """`study` (conf/study/<name>.yaml): the report's name, its question and the commands that reproduce it."""
+
+    name: str = allowed()
+    question: str = allowed()
+    commands: Any = allowed("a list of commands", lambda v: isinstance(v, list))
+
+
+@dataclass
 class CompareConfig:
     """conf/compare.yaml."""
 
     task_name: str = allowed()
-    study: str = allowed()
     sweep_dir: str | None = allowed()
     out_dir: str = allowed()
     project_readme: str | None = allowed()
-    question: str = allowed()
-    commands: Any = allowed("a list of commands", lambda v: isinstance(v, list))
+    study: Study = group(Study)
     paths: Paths = group(Paths)
 
 

@@ -1,7 +1,8 @@
 """slmlab-compare: a sweep's run folders -> the study's report (slmlab.eval.compare).
 
 slmlab-compare                                   (the latest compare_tiny sweep -> experiments/compare_tiny/)
-slmlab-compare sweep_dir=outputs/compare_tiny/multiruns/<time> study=compare_tiny
+slmlab-compare study=compare_small               (the latest compare_small sweep -> experiments/compare_small/)
+slmlab-compare sweep_dir=outputs/compare_tiny/multiruns/<time>
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ def latest_sweep(log_dir: str, study: str) -> Path:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
 def main(cfg: DictConfig) -> None:
     check_config(cfg, "compare")
-    sweep_dir = cfg.sweep_dir or latest_sweep(cfg.paths.log_dir, cfg.study)
+    sweep_dir = cfg.sweep_dir or latest_sweep(cfg.paths.log_dir, cfg.study.name)
     write_report(
         sweep_dir,
         cfg.out_dir,
-        cfg.question,
-        list(cfg.commands),
+        cfg.study.question,
+        list(cfg.study.commands),
         cfg.project_readme,
         root=cfg.paths.root_dir,
     )
