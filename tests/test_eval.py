@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -426,6 +427,51 @@ def test_each_regime_is_a_row_of_its_own(tmp_path):
     assert table["speechlm"]["asr_wer"].mean == pytest.approx(0.85)
     assert table["speechlm (recipe)"]["asr_wer"].mean == pytest.approx(0.25)
     assert table["speechlm (recipe)"]["asr_wer"].seeds == 2
+
+
+def test_the_report_states_the_effect_of_pretraining_only_where_its_interval_says_so(tmp_path):
+    """An arm trained in both regimes gets a line: the recipe's row minus the from-scratch row on the same
+    items, better or worse only where the paired interval excludes 0 (here clearly better on asr_wer, clearly
+    worse on asr_cer, unclear on text_ppl), and resynthesis, which both regimes share, left out."""
+    from slmlab.eval.compare import write_report
+    from slmlab.eval.evaluate import METRICS
+
+    none = dict.fromkeys(METRICS)
+    per_regime = {  # asr_wer edits, asr_cer edits, text_ppl nats (10 tokens each), resynthesis edits
+        "from_scratch": ([6, 8] * 10, [1, 2] * 10, [25, 26] * 10, [3] * 20),
+        "recipe": ([2, 3] * 10, [5, 6] * 10, [26, 25] * 10, [1] * 20),
+    }
+    for i, (regime, (wer, cer, nats, resynthesis)) in enumerate(per_regime.items()):
+        figures = {  # each metric as its items give it
+            "asr_wer": sum(wer) / 200,
+            "asr_cer": sum(cer) / 200,
+            "text_ppl": math.exp(sum(nats) / 200),
+            "resynthesis_wer": sum(resynthesis) / 200,
+        }
+        _fake_run(
+            tmp_path / "sweep" / str(i),
+            "spiritlm_base",
+            0,
+            {**none, **figures},
+            [3.0],
+            items={
+                "asr_wer": _wer_items(wer),
+                "asr_cer": _wer_items(cer),
+                "text_ppl": _wer_items(nats),
+                "resynthesis_wer": _wer_items(resynthesis),
+            },
+            regime=regime,
+        )
+    write_report(
+        tmp_path / "sweep", tmp_path / "out", "Does pretraining help?", ["x"], root=tmp_path
+    )
+    readme = (tmp_path / "out" / "README.md").read_text()
+    effect = readme.split("## The effect of pretraining")[1]
+    line = next(x for x in effect.splitlines() if x.startswith("- **spiritlm_base**"))
+    better, worse = line.split("; worse on ")
+    assert "asr_wer -0.450 [" in better and "asr_cer" not in better
+    assert "asr_cer +0.400 [" in worse and "text_ppl" not in line
+    assert line.endswith("no clear difference on 1 other.") and "resynthesis" not in line
 
 
 def test_the_report_writer_on_fake_runs(tmp_path):

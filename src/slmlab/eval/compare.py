@@ -417,13 +417,18 @@ def _beats(cell: Cell, base: float, lower: bool) -> str:
     return "beats it" if clear else "does not clearly beat it"
 
 
+def _paired(name: str, runs: list[Run], a: str, b: str) -> tuple[float, float, float] | None:
+    """Arm `a` minus arm `b` on `name`, with its 95% interval: a paired bootstrap on the items both were
+    scored on (None when they share none)."""
+    of = {
+        arm: [r for r in runs if r.arm == arm and r.values.get(name) is not None] for arm in (a, b)
+    }
+    return paired_difference(name, _items(of[a], name), _items(of[b], name))
+
+
 def _versus(name: str, runs: list[Run], best: str, second: str, lower: bool) -> str:
     """Whether `best` beats `second` on `name`: a paired bootstrap on the items both were scored on."""
-    of = {
-        arm: [r for r in runs if r.arm == arm and r.values.get(name) is not None]
-        for arm in (best, second)
-    }
-    compared = paired_difference(name, _items(of[best], name), _items(of[second], name))
+    compared = _paired(name, runs, best, second)
     if compared is None:
         return f"against {second}: no paired interval (no shared items)"
     difference, low, high = compared
@@ -433,6 +438,46 @@ def _versus(name: str, runs: list[Run], best: str, second: str, lower: bool) -> 
         f"{'beats' if clear else 'does not clearly beat'} {second} "
         f"(difference {difference:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}])"
     )
+
+
+def pretraining_effect(runs: list[Run], table: dict, baselines: dict) -> list[str]:
+    """One line per arm trained in both regimes: metric by metric, its `(recipe)` row minus its from-scratch
+    row (a paired bootstrap on the same items), called better or worse only where the 95% interval of the
+    difference excludes 0; the metrics a deaf judge scores are left out (see `judge_is_deaf`)."""
+    deaf = judge_is_deaf(runs, baselines)
+    lines = []
+    for arm in table:
+        recipe = f"{arm} (recipe)"
+        if recipe not in table:
+            continue
+        better, worse, unclear = [], [], 0
+        for name, (_, direction) in METRICS.items():
+            if table[arm][name] is None or table[recipe][name] is None:
+                continue
+            # resynthesis measures the speech tokens and their decoder, which both regimes share
+            if name in NOT_ACROSS_ARMS or name.startswith("resynthesis"):
+                continue
+            if deaf and name in HEARD_BY_THE_JUDGE:
+                continue
+            compared = _paired(name, runs, recipe, arm)
+            if compared is None:
+                continue
+            difference, low, high = compared
+            digits = _digits(name)
+            figure = f"{name} {difference:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+            if low > 0 or high < 0:
+                gain = difference < 0 if direction == "lower" else difference > 0
+                (better if gain else worse).append(figure)
+            else:
+                unclear += 1
+        lines.append(
+            f"- **{arm}**: the recipe is better on "
+            + (", ".join(better) or "no metric")
+            + "; worse on "
+            + (", ".join(worse) or "no metric")
+            + f"; no clear difference on {unclear} other{'s' if unclear != 1 else ''}."
+        )
+    return lines
 
 
 def plot_curves(path: Path, runs: list[Run]) -> None:
@@ -579,6 +624,20 @@ def write_report(
         if "trivial_wer" in baselines
         else ""
     )
+    effect = pretraining_effect(runs, table, baselines)
+    effect_section = (
+        [
+            "## The effect of pretraining",
+            "",
+            "Each arm trained in both regimes, its `(recipe)` row minus its from-scratch row on the same test "
+            "items (difference [95% paired interval]; better and worse in the metric's own direction):",
+            "",
+            *effect,
+            "",
+        ]
+        if effect
+        else []
+    )
     text = "\n".join(
         [
             f"# {out_dir.name}",
@@ -620,6 +679,7 @@ def write_report(
             "",
             *reading(runs, table, baselines),
             "",
+            *effect_section,
             *([f"Skipped folders: {', '.join(skipped)}", ""] if skipped else []),
             "Every figure is in `results.csv` (one row per run, then the mean and std per arm; each metric "
             "with its 95% interval in `<metric>_ci_low` and `<metric>_ci_high`). A verdict is made only "
@@ -633,7 +693,9 @@ def write_report(
     log.info("report for %d runs (%d skipped) -> %s", len(runs), len(skipped), out_dir)
     if project_readme is not None:
         copy_into_readme(
-            Path(project_readme), out_dir, markdown_tables(table) + "\n" + floor + trivial
+            Path(project_readme),
+            out_dir,
+            "\n".join([markdown_tables(table), floor + trivial, "", *effect_section]),
         )
     return table
 
