@@ -16,7 +16,7 @@ from transformers import (
 
 from slmlab.constants import CTC_ALPHABET, SAMPLE_RATE
 from slmlab.models.pretrained import load_or_build_speechlm
-from slmlab.models.speechlm import SpeechLM, build_speechlm, ctc_character_ids
+from slmlab.models.speechlm import SpeechLM, build_speechlm, ctc_character_ids, ctc_compress
 from slmlab.tokenizers.frontends import build_feature_extractor, extract_features
 from slmlab.tokenizers.prompts import AUDIO_TOKEN, prompt_batch
 from slmlab.tokenizers.text import fit_bpe
@@ -89,14 +89,14 @@ def tokenizer():
     return tok
 
 
-def make_model(tokenizer, encoder="whisper", decoder="qwen2", **kwargs) -> SpeechLM:
+def make_model(tokenizer, encoder="whisper", decoder="qwen2", stack_factor=3, **kwargs) -> SpeechLM:
     torch.manual_seed(0)
     model = build_speechlm(
         len(tokenizer),
         tokenizer.hf.convert_tokens_to_ids(AUDIO_TOKEN),
         ENCODERS[encoder],
         DECODERS[decoder],
-        stack_factor=3,
+        stack_factor=stack_factor,
         pad_token_id=tokenizer.pad_id,
         bos_token_id=tokenizer.bos_id,
         eos_token_id=tokenizer.eos_id,
@@ -219,6 +219,66 @@ def test_hybrid_ctc_loss_adds_to_the_lm_loss(tokenizer):
     torch.testing.assert_close(out.loss, out.lm_loss + 0.5 * out.ctc_loss)
     assert plain.ctc_head is None
     assert plain(**batch, ctc_targets=ctc_targets, ctc_target_lengths=ctc_lengths).ctc_loss is None
+
+
+def test_ctc_compression_averages_each_run_of_one_label_and_drops_the_blanks():
+    """Row 0: runs of labels 1, 2, 1 (blanks between); row 1: label 3, a blank, label 3 again (two
+    runs, as CTC reads them), then padding that is not read; row 2: all blank, one token."""
+    labels = torch.tensor(
+        [[0, 1, 1, 0, 2, 2, 1, 0], [3, 0, 3, 3, 3, 3, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]
+    )
+    lengths = torch.tensor([8, 5, 4])
+    frames = torch.arange(8.0)
+    states = torch.stack([frames + 100 * b for b in range(3)])[..., None].repeat(1, 1, 2)
+    states.requires_grad_(True)
+    tokens, runs = ctc_compress(states, lengths, labels)
+    assert runs.tolist() == [3, 2, 1]
+    expected = torch.tensor([[1.5, 4.5, 6.0], [100.0, 103.0, 0.0], [201.5, 0.0, 0.0]])
+    torch.testing.assert_close(tokens, expected[..., None].repeat(1, 1, 2))
+    tokens.sum().backward()  # each kept frame's share of its run's mean; blanks and padding get none
+    shares = torch.tensor(
+        [
+            [0, 1 / 2, 1 / 2, 0, 1 / 2, 1 / 2, 1, 0],
+            [1, 0, 1 / 3, 1 / 3, 1 / 3, 0, 0, 0],
+            [1 / 4] * 4 + [0] * 4,
+        ]
+    )
+    torch.testing.assert_close(states.grad, shares[..., None].repeat(1, 1, 2))
+
+
+def greedy_runs(labels: torch.Tensor, length: int) -> int:
+    """Runs of one non-blank label in labels[:length] (at least 1), counted one frame at a time."""
+    runs, previous = 0, 0
+    for label in labels[:length].tolist():
+        runs += label != 0 and label != previous
+        previous = label
+    return max(runs, 1)
+
+
+def test_a_ctc_compressed_speechlm_reads_one_token_per_run_of_its_ctc_labels(tokenizer):
+    with pytest.raises(ValueError, match="ctc_weight > 0"):
+        make_model(tokenizer, compressor="ctc")
+    model = make_model(tokenizer, stack_factor=1, ctc_weight=0.5, compressor="ctc")
+    extractor = build_feature_extractor(model.config.audio_config)
+    features, lengths = extract_features(extractor, waveforms(), SAMPLE_RATE)
+    audio = model.encode(features, lengths)
+    labels = audio.ctc_logits.argmax(-1)
+    runs = [greedy_runs(labels[i], n) for i, n in enumerate(audio.state_lengths.tolist())]
+    assert audio.lengths.tolist() == runs and runs != audio.state_lengths.tolist()
+    with pytest.raises(ValueError, match="depends on the audio"):
+        model.audio_output_lengths(lengths)
+    targets = [tokenizer.encode(t)[1:] for t in ("the dog runs", "a small cat", "three birds")]
+    prompts = prompt_batch(tokenizer, f"{AUDIO_TOKEN} transcribe:", runs, targets)
+    # one encoder pass (the encoding that sized the prompt) or two give the same loss
+    once = model(**prompts, audio=audio)
+    twice = model(**prompts, features=features, feature_lengths=lengths)
+    torch.testing.assert_close(once.loss, twice.lm_loss)
+    once.loss.backward()  # the LM loss reaches the encoder through the averaged states
+    assert model.encoder.layers[0].fc1.weight.grad.abs().sum() > 0
+    left = prompt_batch(tokenizer, f"{AUDIO_TOKEN} transcribe:", runs, padding_side="left")
+    left.pop("labels")
+    new = model.generate(**left, audio=audio, max_new_tokens=3, pad_token_id=tokenizer.pad_id)
+    assert new.shape == (3, 3)
 
 
 def trainable(model) -> set[str]:

@@ -192,12 +192,13 @@ class Sizes:
 
 @dataclass
 class Net(Sizes):
-    """`model.task.net`: sizes, and speechlm's stacking, projector and CTC weight."""
+    """`model.task.net`: sizes, and speechlm's stacking, projector, CTC weight and compressor."""
 
     stack_factor: int = at_least(1)
     projector: str = one_of("swiglu", "mlp", "linear")
     projector_norm_eps: float | None = at_least(0)
     ctc_weight: float = at_least(0)
+    compressor: str = one_of("stack", "ctc")
     backbone: Sizes = group(Sizes)  # csm
     decoder: Sizes = group(Sizes)  # csm, speechlm
     encoder: Sizes = group(Sizes)  # speechlm

@@ -332,6 +332,7 @@ def _check_ultravox_projector(config: SpeechLMConfig) -> None:
         "projector_bias": False,
         "projector_norm_eps": ULTRAVOX_NORM_EPS,
         "encoder_pool": 1,
+        "compressor": "stack",
     }
     wrong = {k: getattr(config, k) for k, v in wanted.items() if getattr(config, k) != v}
     if wrong:

@@ -4,7 +4,10 @@
               FastConformer), from `tokenizers/frontends.py`
       --encoder--> states [B, T_enc, D_enc] at 50 Hz (wav2vec2, HuBERT, Whisper) or 25 Hz
                    (the FastConformer: the corpus's speech encoder, 4x subsampling)
-      --stack k, project--> audio embeds [B, ceil(T_enc/k), D_llm]
+      --compress (optional)--> [B, N, D_enc]: compressor="ctc" averages the states over each run of one
+                   greedy CTC label and drops the blank runs (Speech-LLaMA's CTC compressor), about one
+                   token per character; "stack" (default) keeps every state
+      --stack k, project--> audio embeds [B, ceil(N/k), D_llm]
       --written over the <|audio|> tokens of the prompt (`tokenizers/prompts.py`)--> decoder,
       loss on the transcript only (+ an optional character CTC loss on the encoder states).
 
@@ -50,6 +53,31 @@ def ctc_character_ids(
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     return ids, torch.tensor([len(row) for row in rows])
+
+
+def ctc_compress(
+    states: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, blank: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speech-LLaMA's CTC compressor (Wu et al., 2023, "blank removal" + "frame averaging"):
+    states [B, T, D] with greedy CTC labels [B, T] (lengths [B] valid frames) -> the mean state of each
+    run of one non-blank label, in order: ([B, N, D] zero-padded, run counts [B]). An utterance
+    with no non-blank frame keeps one token, the mean of all its frames, so that no prompt is left
+    without audio."""
+    batch, frames, dim = states.shape
+    valid = frame_mask(lengths, frames)
+    kept = valid & (labels != blank)
+    silent = kept.sum(1) == 0
+    kept = kept | (silent[:, None] & valid)  # a silent row's frames: one run of blanks
+    changed = torch.ones_like(kept)
+    changed[:, 1:] = labels[:, 1:] != labels[:, :-1]
+    starts = kept & changed
+    runs = starts.sum(1)
+    run_of_frame = starts.cumsum(1) - 1  # [B, T], meaningful where kept
+    width = max(int(runs.max()), 1) if batch else 1
+    flat = (torch.arange(batch, device=states.device)[:, None] * width + run_of_frame)[kept]
+    sums = states.new_zeros(batch * width, dim).index_add(0, flat, states[kept])
+    counts = states.new_zeros(batch * width).index_add(0, flat, states.new_ones(len(flat)))
+    return (sums / counts.clamp(min=1)[:, None]).view(batch, width, dim), runs
 
 
 # -- encoder ------------------------------------------------------------------------------------------
@@ -181,6 +209,9 @@ class StackingProjector(nn.Module):
         return self.net(states.reshape(batch, -1, dim * self.stack_factor))
 
 
+COMPRESSORS = ("stack", "ctc")
+
+
 # -- model --------------------------------------------------------------------------------------------
 class SpeechLMConfig(PretrainedConfig):
     """audio_config: any transformers audio encoder config (whisper, wav2vec2, hubert, ...);
@@ -188,7 +219,8 @@ class SpeechLMConfig(PretrainedConfig):
     adds a character CTC head on the encoder and `ctc_weight` x its loss (hybrid CTC/attention
     training, as ESPnet does), over `ctc_alphabet` (id 0 is the blank). projector_bias,
     projector_norm_eps, projector_mid_norm: `StackingProjector`'s bias, norm_eps, mid_norm;
-    encoder_pool: `MaskedWhisperEncoder`'s pool (2 for Qwen2-Audio)."""
+    encoder_pool: `MaskedWhisperEncoder`'s pool (2 for Qwen2-Audio); compressor: "stack" (every encoder
+    state) or "ctc" (`ctc_compress` by the CTC head's greedy labels, before stacking; needs ctc_weight > 0)."""
 
     model_type = "slmlab_speechlm"
     sub_configs = {"audio_config": AutoConfig, "text_config": AutoConfig}
@@ -208,6 +240,7 @@ class SpeechLMConfig(PretrainedConfig):
         projector_norm_eps: float | None = None,
         projector_mid_norm: bool = True,
         encoder_pool: int = 1,
+        compressor: str = "stack",
         **kwargs,
     ) -> None:
         # first: PretrainedConfig's init sets the sub-configs' attention implementation to None,
@@ -226,6 +259,13 @@ class SpeechLMConfig(PretrainedConfig):
         self.projector_norm_eps = projector_norm_eps
         self.projector_mid_norm = projector_mid_norm
         self.encoder_pool = encoder_pool
+        if compressor not in COMPRESSORS:
+            raise ValueError(
+                f"unknown compressor {compressor!r}; choose {' or '.join(COMPRESSORS)}"
+            )
+        if compressor == "ctc" and ctc_weight <= 0:
+            raise ValueError("compressor='ctc' reads the CTC head's labels: set ctc_weight > 0")
+        self.compressor = compressor
 
 
 def _as_config(config) -> PretrainedConfig:
@@ -234,6 +274,21 @@ def _as_config(config) -> PretrainedConfig:
         return config
     config = dict(config)
     return CONFIG_MAPPING[config.pop("model_type")](**config)
+
+
+@dataclass
+class AudioEncoding:
+    """`SpeechLM.encode`'s output; `forward` and `generate` take it back (`audio=`), so that a prompt
+    sized by `lengths` (data-dependent under CTC compression) costs one encoder pass.
+
+    states [B, T_enc, D_enc] (zero after each end), state_lengths [B]; ctc_logits [B, T_enc, V] or
+    None without a CTC head; embeds [B, T_a, D_llm], lengths [B]: audio tokens per utterance."""
+
+    states: torch.Tensor
+    state_lengths: torch.Tensor
+    ctc_logits: torch.Tensor | None
+    embeds: torch.Tensor
+    lengths: torch.Tensor
 
 
 @dataclass
@@ -318,7 +373,13 @@ class SpeechLM(PreTrainedModel):
         return self.encoder._get_feat_extract_output_lengths(input_lengths).long()
 
     def audio_output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
-        """Audio embeddings (= `<|audio|>` tokens) per utterance after stacking."""
+        """Audio embeddings (= `<|audio|>` tokens) per utterance after stacking; under CTC
+        compression they depend on the audio: read `encode(...).lengths`."""
+        if self.config.compressor == "ctc":
+            raise ValueError(
+                "with compressor='ctc' the number of audio tokens depends on the audio: "
+                "use encode(features, feature_lengths).lengths"
+            )
         return self.projector.output_lengths(self.encoder_output_lengths(input_lengths))
 
     def encoder_states(
@@ -342,13 +403,30 @@ class SpeechLM(PreTrainedModel):
         # zeros after the end, as an utterance alone is padded
         return states * frame_mask(lengths, states.shape[1])[..., None], lengths
 
+    def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> AudioEncoding:
+        """features [B, S] or [B, n_mels, F], zero-padded; feature_lengths [B] -> the encoder states,
+        the CTC head's logits, and the audio embeddings [B, T_a, D_llm] (compressed, stacked,
+        projected) with their lengths [B]."""
+        states, state_lengths = self.encoder_states(features, feature_lengths)
+        ctc_logits = self.ctc_head(states) if self.ctc_head is not None else None
+        tokens, token_lengths = states, state_lengths
+        if self.config.compressor == "ctc":
+            tokens, token_lengths = ctc_compress(states, state_lengths, ctc_logits.argmax(-1))
+        return AudioEncoding(
+            states,
+            state_lengths,
+            ctc_logits,
+            self.projector(tokens),
+            self.projector.output_lengths(token_lengths),
+        )
+
     def encode_audio(
         self, features: torch.Tensor, feature_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """features [B, S] or [B, n_mels, F], zero-padded; feature_lengths [B]
         -> (embeds [B, T_a, D_llm], lengths [B])."""
-        states, lengths = self.encoder_states(features, feature_lengths)
-        return self.projector(states), self.projector.output_lengths(lengths)
+        audio = self.encode(features, feature_lengths)
+        return audio.embeds, audio.lengths
 
     def embed_inputs(
         self, input_ids: torch.Tensor, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor
@@ -360,8 +438,8 @@ class SpeechLM(PreTrainedModel):
         if int(is_audio.sum()) != len(frames):
             raise ValueError(
                 f"{int(is_audio.sum())} audio tokens (id {self.config.audio_token_id}) in the "
-                f"prompt for {len(frames)} audio frames; expand the placeholder with "
-                "`audio_output_lengths`"
+                f"prompt for {len(frames)} audio frames; expand the placeholder to "
+                "`encode(...).lengths`"
             )
         embeds = self.get_input_embeddings()(input_ids.masked_fill(is_audio, 0))
         return embeds.masked_scatter(is_audio[..., None], frames.to(embeds.dtype))
@@ -371,28 +449,28 @@ class SpeechLM(PreTrainedModel):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        features: torch.Tensor,
-        feature_lengths: torch.Tensor,
+        features: torch.Tensor | None = None,
+        feature_lengths: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         ctc_targets: torch.Tensor | None = None,
         ctc_target_lengths: torch.Tensor | None = None,
+        audio: AudioEncoding | None = None,
     ) -> SpeechLMOutput:
-        """input_ids [B, L] with ceil(T_enc/k) `<|audio|>` tokens per row; labels [B, L] (-100 where
+        """input_ids [B, L] with `lengths[i]` `<|audio|>` tokens in row i; labels [B, L] (-100 where
         no loss); ctc_targets [B, N] transcript characters (`ctc_character_ids`, padded) and their
-        lengths [B], for the CTC head. loss = lm_loss (+ ctc_weight x ctc_loss)."""
-        states, lengths = self.encoder_states(features, feature_lengths)
-        audio_embeds, audio_lengths = self.projector(states), self.projector.output_lengths(lengths)
-        inputs_embeds = self.embed_inputs(input_ids, audio_embeds, audio_lengths)
+        lengths [B], for the CTC head; the audio as features (and lengths) or as their `encode`.
+        loss = lm_loss (+ ctc_weight x ctc_loss)."""
+        if audio is None:
+            audio = self.encode(features, feature_lengths)
+        inputs_embeds = self.embed_inputs(input_ids, audio.embeds, audio.lengths)
         out = self.decoder(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels
         )
         result = SpeechLMOutput(loss=out.loss, logits=out.logits, lm_loss=out.loss)
-        if self.ctc_head is not None and ctc_targets is not None:
-            log_probs = (
-                self.ctc_head(states).log_softmax(-1).float().transpose(0, 1)
-            )  # [T_enc, B, V]
+        if audio.ctc_logits is not None and ctc_targets is not None:
+            log_probs = audio.ctc_logits.log_softmax(-1).float().transpose(0, 1)  # [T_enc, B, V]
             result.ctc_loss = nn.functional.ctc_loss(
-                log_probs, ctc_targets, lengths, ctc_target_lengths, zero_infinity=True
+                log_probs, ctc_targets, audio.state_lengths, ctc_target_lengths, zero_infinity=True
             )
             result.loss = out.loss + self.config.ctc_weight * result.ctc_loss
         return result
@@ -402,14 +480,16 @@ class SpeechLM(PreTrainedModel):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        features: torch.Tensor,
-        feature_lengths: torch.Tensor,
+        features: torch.Tensor | None = None,
+        feature_lengths: torch.Tensor | None = None,
+        audio: AudioEncoding | None = None,
         **generate_kwargs,
     ) -> torch.Tensor:
         """Left-padded prompts -> new token ids [B, N], through the decoder's `generate` (greedy,
-        sampling, beam)."""
-        audio_embeds, audio_lengths = self.encode_audio(features, feature_lengths)
-        inputs_embeds = self.embed_inputs(input_ids, audio_embeds, audio_lengths)
+        sampling, beam); the audio as in `forward`."""
+        if audio is None:
+            audio = self.encode(features, feature_lengths)
+        inputs_embeds = self.embed_inputs(input_ids, audio.embeds, audio.lengths)
         return self.decoder.generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs
         )
@@ -451,6 +531,7 @@ def build_speechlm(
     projector_bias: bool = True,
     projector_norm_eps: float | None = None,
     projector_mid_norm: bool = True,
+    compressor: str = "stack",
     pad_token_id: int | None = None,
     bos_token_id: int | None = None,
     eos_token_id: int | None = None,
@@ -458,7 +539,7 @@ def build_speechlm(
     """encoder / decoder: `{model_type, sizes...}` for a fresh network at those sizes (a fresh
     decoder takes `vocab_size` and the special ids), or a built model to use as it is (loaded by
     `models/pretrained.py`). projector_*: see `StackingProjector` (an Ultravox-exportable
-    projector: projector_bias=False, projector_norm_eps=1e-6)."""
+    projector: projector_bias=False, projector_norm_eps=1e-6); compressor: see `SpeechLMConfig`."""
     encoder_model = encoder if isinstance(encoder, PreTrainedModel) else None
     decoder_model = decoder if isinstance(decoder, PreTrainedModel) else None
     if decoder_model is not None:
@@ -486,5 +567,6 @@ def build_speechlm(
         projector_bias=projector_bias,
         projector_norm_eps=projector_norm_eps,
         projector_mid_norm=projector_mid_norm,
+        compressor=compressor,
     )
     return SpeechLM(config, encoder=encoder_model, decoder=decoder_model)

@@ -100,33 +100,38 @@ class SpeechLMTask(SLMTask):
         targets: list[list[int]] | None = None,
         text_prompt: str = "",
         padding_side: str = "right",
-    ) -> dict[str, torch.Tensor]:
-        """Waveforms [S_i] (+ target ids) -> the keyword arguments of `SpeechLM.forward` / `generate`."""
+    ) -> dict:
+        """Waveforms [S_i] (+ target ids) -> the keyword arguments of `SpeechLM.forward` / `generate`,
+        on the task's device: the audio encoded first (`audio`), then the prompt with as many
+        `<|audio|>` tokens as it gave each utterance."""
         with torch.autocast("cpu", enabled=False):  # numpy has no bf16 (bf16-mixed on CPU)
             features, lengths = extract_features(
                 self.feature_extractor, [w.float().cpu() for w in waveforms], self.sample_rate
             )
-        audio_tokens = self.net.audio_output_lengths(lengths).tolist()
+        audio = self.net.encode(features.to(self.device), lengths.to(self.device))
         prompts = prompt_batch(
-            self.tokenizer, self.prompt_template + text_prompt, audio_tokens, targets, padding_side
+            self.tokenizer,
+            self.prompt_template + text_prompt,
+            audio.lengths.tolist(),
+            targets,
+            padding_side,
         )
         if targets is None:
             prompts.pop("labels")
-        return {**prompts, "features": features, "feature_lengths": lengths}
+        return {**{k: v.to(self.device) for k, v in prompts.items()}, "audio": audio}
 
-    def batch_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+    def batch_inputs(self, batch: dict) -> dict:
         """+ the transcript's characters for the CTC head."""
         waveforms = [audio[:n] for audio, n in zip(batch["audio"], batch["audio_lengths"])]
         targets = [
             ids[1:n].tolist() for ids, n in zip(batch["text_ids"], batch["text_ids_lengths"])
         ]  # drop bos
         ctc_targets, ctc_lengths = ctc_character_ids(batch["text"], self.net.config.ctc_alphabet)
-        inputs = {
+        return {
             **self.model_inputs(waveforms, targets),
-            "ctc_targets": ctc_targets,
-            "ctc_target_lengths": ctc_lengths,
+            "ctc_targets": ctc_targets.to(self.device),
+            "ctc_target_lengths": ctc_lengths.to(self.device),
         }
-        return {k: v.to(self.device) for k, v in inputs.items()}
 
     # -- training and evaluation -----------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -196,7 +201,6 @@ class SpeechLMTask(SLMTask):
         """Waveforms [S_i] at `sample_rate` -> text, with the optional `text_prompt` after the audio;
         `generation` overrides the configured decoding (e.g. num_beams=4, or do_sample=True, top_p=0.9)."""
         inputs = self.model_inputs(waveforms, text_prompt=text_prompt, padding_side="left")
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
         ids = self.net.generate(
             **inputs,
             **{**self.generation, **generation},
