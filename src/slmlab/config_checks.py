@@ -157,6 +157,10 @@ class Generation:
     top_p: float | None = fraction()
     topk: int | None = at_least(1)
     max_seconds: float | None = above(0)
+    ctc_weight: float | None = allowed(
+        "{kind} in [0, 1]", lambda v: 0 <= v <= 1
+    )  # speechlm: joint decoding
+    ctc_candidates: int | None = at_least(1)
 
 
 @dataclass

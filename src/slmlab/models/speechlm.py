@@ -42,13 +42,18 @@ def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def ctc_label_ids(text: str, alphabet: str = CTC_ALPHABET) -> list[int]:
+    """A text's lower-cased characters -> CTC label ids 1..len(alphabet) (0 is the blank), others dropped."""
+    return [alphabet.index(c) + 1 for c in text.lower() if c in alphabet]
+
+
 def ctc_character_ids(
     texts: list[str], alphabet: str = CTC_ALPHABET
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The CTC head's targets: lower-cased characters -> ids 1..len(alphabet) (0 is CTC's blank),
     others dropped: ([B, N] padded, lengths [B]). Replaces a character tokenizer
     (transformers' `Wav2Vec2CTCTokenizer`), which needs a vocabulary file."""
-    rows = [[alphabet.index(c) + 1 for c in text.lower() if c in alphabet] for text in texts]
+    rows = [ctc_label_ids(text, alphabet) for text in texts]
     ids = torch.zeros(len(rows), max(map(len, rows), default=0), dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)

@@ -7,9 +7,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
+from transformers import LogitsProcessorList
 
 from slmlab.constants import SAMPLE_RATE
-from slmlab.models.speechlm import ctc_character_ids
+from slmlab.models.joint_decoding import JointCTCDecoding
+from slmlab.models.speechlm import ctc_character_ids, ctc_label_ids
 from slmlab.tasks.base import SLMTask
 from slmlab.tokenizers.frontends import extract_features
 from slmlab.tokenizers.prompts import AUDIO_TOKEN, prompt_batch
@@ -21,7 +23,8 @@ class SpeechLMTask(SLMTask):
     net: a partial of `models.pretrained.load_or_build_speechlm` (sizes or local folders from config);
     feature_extractor: a partial of `tokenizers.frontends.build_feature_extractor`; freeze: parts of
     `SpeechLM.FREEZABLE`; generation: keywords for the decoder's `generate` (num_beams, do_sample,
-    temperature, top_p, max_new_tokens).
+    temperature, top_p, max_new_tokens), and ctc_weight > 0 for joint CTC/attention decoding with the
+    CTC head (`models/joint_decoding.py`; ctc_candidates: the decoder's tokens scored per hypothesis).
     """
 
     capabilities = frozenset({"transcribe"})
@@ -201,9 +204,28 @@ class SpeechLMTask(SLMTask):
         """Waveforms [S_i] at `sample_rate` -> text, with the optional `text_prompt` after the audio;
         `generation` overrides the configured decoding (e.g. num_beams=4, or do_sample=True, top_p=0.9)."""
         inputs = self.model_inputs(waveforms, text_prompt=text_prompt, padding_side="left")
+        generation = {**self.generation, **generation}
+        ctc_weight = generation.pop("ctc_weight", 0.0)
+        candidates = generation.pop("ctc_candidates", 16)
+        if ctc_weight > 0:
+            audio = inputs["audio"]
+            if audio.ctc_logits is None:
+                raise ValueError(
+                    "generation.ctc_weight > 0 decodes with the CTC head: set model.task.net.ctc_weight > 0"
+                )
+            alphabet = self.net.config.ctc_alphabet
+            joint = JointCTCDecoding(
+                audio.ctc_logits.log_softmax(-1),
+                audio.state_lengths,
+                lambda ids: tuple(ctc_label_ids(self.tokenizer.decode(ids), alphabet)),
+                self.tokenizer.eos_id,
+                ctc_weight,
+                candidates,
+            )
+            generation["logits_processor"] = LogitsProcessorList([joint])
         ids = self.net.generate(
             **inputs,
-            **{**self.generation, **generation},
+            **generation,
             eos_token_id=self.tokenizer.eos_id,
             pad_token_id=self.tokenizer.pad_id,
         )
