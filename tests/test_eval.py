@@ -355,7 +355,10 @@ def _fake_run(
     items: dict | None = None,
     judge_wer: float = 0.1,
     regime: str = "from_scratch",
+    generation: dict | None = None,
+    evaluated_with: dict | None = None,
 ) -> None:
+    """generation: the run config's model.task.generation; evaluated_with: the decoding slmlab-eval recorded."""
     from omegaconf import OmegaConf
     from torch.utils.tensorboard import SummaryWriter
 
@@ -365,7 +368,13 @@ def _fake_run(
             {
                 "seed": seed,
                 "regime": regime,
-                "model": {"name": arm, "task": {"_target_": f"x.{arm}"}},
+                "model": {
+                    "name": arm,
+                    "task": {
+                        "_target_": f"x.{arm}",
+                        **({"generation": generation} if generation else {}),
+                    },
+                },
             }
         ),
         folder / ".hydra" / "config.yaml",
@@ -393,6 +402,7 @@ def _fake_run(
                     "baselines": baselines,
                     "empty_outputs": empty_outputs or {},
                     "items": items or {},
+                    **({"generation": evaluated_with} if evaluated_with else {}),
                 },
             }
         )
@@ -472,6 +482,37 @@ def test_the_report_states_the_effect_of_pretraining_only_where_its_interval_say
     assert "asr_wer -0.450 [" in better and "asr_cer" not in better
     assert "asr_cer +0.400 [" in worse and "text_ppl" not in line
     assert line.endswith("no clear difference on 1 other.") and "resynthesis" not in line
+
+
+def test_the_report_states_how_each_arm_was_decoded(tmp_path):
+    """The decoding slmlab-eval recorded, else the run config's; an arm whose seeds differ shows each."""
+    from slmlab.eval.compare import write_report
+    from slmlab.eval.evaluate import METRICS
+
+    none = dict.fromkeys(METRICS)
+    runs = [
+        ("speechlm", 0, {"num_beams": 1}, {"num_beams": 4, "ctc_weight": 0.3}),
+        ("speechlm", 1, {"num_beams": 1}, {"num_beams": 1}),
+        ("csm", 0, {"temperature": 0.9}, None),
+    ]
+    for i, (arm, seed, configured, evaluated_with) in enumerate(runs):
+        _fake_run(
+            tmp_path / "sweep" / str(i),
+            arm,
+            seed,
+            none,
+            [3.0],
+            generation=configured,
+            evaluated_with=evaluated_with,
+        )
+    write_report(tmp_path / "sweep", tmp_path / "out", "How?", ["x"], root=tmp_path)
+    line = next(
+        x
+        for x in (tmp_path / "out" / "README.md").read_text().splitlines()
+        if x.startswith("Decoding")
+    )
+    assert "csm: temperature 0.9" in line
+    assert "speechlm: ctc_weight 0.3, num_beams 4 / num_beams 1" in line
 
 
 def test_the_report_writer_on_fake_runs(tmp_path):

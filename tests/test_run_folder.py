@@ -162,9 +162,17 @@ def test_a_moved_run_is_evaluated_given_only_its_corpus_test_items(
     # left: the train manifest (transcripts only, for the trivial baselines) and the test manifest, test
     # and probe audio, probes, judges
     out = tmp_path / "evaluated"
-    run_cli("slmlab-eval", f"ckpt_path={ckpt}", *TINY_EVAL, f"hydra.run.dir={out}", cwd=tmp_path)
+    run_cli(
+        "slmlab-eval",
+        f"ckpt_path={ckpt}",
+        *TINY_EVAL,
+        "generation.temperature=0.5",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
     evaluation = json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]
     assert evaluation["metrics"] and evaluation["baselines"]["judge_utterances"] == 3
+    assert evaluation["generation"]["temperature"] == 0.5  # the decoding it was scored with
     assert not [kind for kind in RUN_ARTIFACTS if (corpus / "artifacts" / kind).exists()]
     assert not (corpus / "corpus.json").exists()  # not synthesised again
     assert "published" not in (out / "eval.log").read_text()
@@ -174,6 +182,8 @@ def test_a_moved_run_loads_the_tokenizers_it_was_trained_with(trained, tmp_path,
     ckpt = move_run(trained.run, tmp_path / "run", tmp_path / "data")
     task = load_task(ckpt)
     assert fits == [] and not (tmp_path / "data").exists()
+    assert load_task(ckpt, generation={"temperature": 0.5}).generation["temperature"] == 0.5
+    assert task.generation["temperature"] != 0.5
     assert task.tokenizer.source == tmp_path / "run" / "tokenizers" / "text"
     loaded = load_tokenizers(tmp_path / "run")
     original = trained.tokenizers

@@ -355,6 +355,7 @@ class EvaluateConfig:
 
     task_name: str = allowed()
     ckpt_path: str = allowed()
+    generation: Generation = group(Generation)
     eval: Eval = group(Eval)
     paths: Paths = group(Paths)
 

@@ -359,11 +359,12 @@ def train(cfg: DictConfig) -> dict:
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-def load_task(ckpt_path: str | Path, with_config: bool = False):
+def load_task(ckpt_path: str | Path, with_config: bool = False, generation: dict | None = None):
     """The run's task with the checkpoint's weights, rebuilt from `<run>/.hydra/config.yaml` and the
     tokenizers in `<run>/tokenizers/`: the corpus is not read, nothing is fitted or synthesised (and
-    that config, `with_config`). A run made before runs kept their tokenizers loads them from its
-    corpus, as then, with a warning."""
+    that config, `with_config`). `generation` overrides keys of the run's `model.task.generation`
+    (its decoding). A run made before runs kept their tokenizers loads them from its corpus, as then,
+    with a warning."""
     ckpt_path = Path(ckpt_path)
     run_dir = ckpt_path.parent.parent
     run_config = run_dir / ".hydra" / "config.yaml"
@@ -377,6 +378,10 @@ def load_task(ckpt_path: str | Path, with_config: bool = False):
     cfg = OmegaConf.load(run_config)
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
+        if generation:
+            cfg.model.task.generation = OmegaConf.merge(
+                cfg.model.task.get("generation") or {}, generation
+            )
     if (run_dir / TOKENIZERS / RECORD).is_file():
         tokenizers = load_tokenizers(run_dir)
     else:
@@ -440,6 +445,9 @@ def evaluate_run(
         "empty_outputs": evaluation.empty,
         "items": evaluation.items,  # each item's (num, den) per metric: the report's intervals
         "settings": settings,
+        "generation": OmegaConf.to_container(
+            OmegaConf.create(run_cfg.model.task.get("generation") or {}), resolve=True
+        ),
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
     logger = logger or TensorBoardLogger(

@@ -142,6 +142,10 @@ def read_run(folder: Path) -> Run:
         "batch": OmegaConf.select(cfg, "datamodule.batch_size"),
         "corpus": OmegaConf.select(cfg, "data.preset"),
         **(_get(record, ("eval", "settings")) or {}),
+        # the decoding it was scored with: slmlab-eval's record, else (runs evaluated before it kept one) the
+        # run's own config
+        "generation": _get(record, ("eval", "generation"))
+        or OmegaConf.to_container(OmegaConf.create(cfg.model.task.get("generation") or {})),
     }
     return Run(
         folder,
@@ -581,6 +585,20 @@ def budget_line(runs: list[Run]) -> str:
     )
 
 
+def decoding_line(runs: list[Run]) -> str:
+    """Each arm's decoding settings as it was evaluated (its seeds' distinct settings, joined by ` / `)."""
+    by_arm: dict[str, list[str]] = {}
+    for run in sorted(runs, key=lambda r: (r.order, r.arm)):
+        settings = ", ".join(
+            f"{k} {v}" for k, v in sorted((run.budget.get("generation") or {}).items())
+        )
+        seen = by_arm.setdefault(run.arm, [])
+        if settings and settings not in seen:
+            seen.append(settings)
+    described = [f"{arm}: {' / '.join(v)}" for arm, v in by_arm.items() if v]
+    return "Decoding, as each arm was evaluated: " + ("; ".join(described) or "none recorded") + "."
+
+
 def write_report(
     sweep_dir: str | Path,
     out_dir: str | Path,
@@ -653,6 +671,8 @@ def write_report(
             "```",
             "",
             budget_line(runs),
+            "",
+            decoding_line(runs),
             "",
             f"## Results ({len(runs)} runs; seeds {', '.join(map(str, seeds))}; "
             "mean ± std over seeds where more than one, and [the 95% interval] over test items and seeds)",

@@ -18,6 +18,7 @@ token's characters extend the prefix one at a time, and prefix scores are cached
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -49,22 +50,23 @@ class JointCTCDecoding(LogitsProcessor):
         self.x[..., 0] = self.x[..., 0].masked_fill(after, 0.0)
         self.batch, self.chars_of, self.eos = batch, chars_of, eos_token_id
         self.weight, self.candidates = ctc_weight, candidates
-        # (utterance, characters) -> (r_n [T], r_b [T], prefix log-probability): the CTC forward variables of
-        # the prefix ending at each frame in a non-blank / blank label
+        # (utterance, characters) -> (r_n [T], r_b [T], prefix and full log-probabilities as floats): the CTC
+        # forward variables of the prefix ending at each frame in a non-blank / blank label
         no_label = torch.full((frames,), float("-inf"), device=self.x.device)
-        start = torch.tensor(0.0, device=self.x.device)
-        self.cache = {(b, ()): (no_label, self.x[b, :, 0].cumsum(0), start) for b in range(batch)}
+        blanks = self.x[..., 0].cumsum(1)
+        self.cache = {
+            (b, ()): (no_label, blanks[b], 0.0, blanks[b, -1].item()) for b in range(batch)
+        }
 
-    def prefix_score(self, item: int, chars: tuple[int, ...]) -> torch.Tensor:
+    def prefix_score(self, item: int, chars: tuple[int, ...]) -> float:
         """log p_ctc(the audio of utterance `item` begins with `chars`)."""
         self._compute([(item, chars)])
         return self.cache[(item, chars)][2]
 
-    def full_score(self, item: int, chars: tuple[int, ...]) -> torch.Tensor:
+    def full_score(self, item: int, chars: tuple[int, ...]) -> float:
         """log p_ctc(the audio of utterance `item` holds exactly `chars`)."""
         self._compute([(item, chars)])
-        r_n, r_b, _ = self.cache[(item, chars)]
-        return torch.logaddexp(r_n[-1], r_b[-1])
+        return self.cache[(item, chars)][3]
 
     def _compute(self, keys: list[tuple[int, tuple[int, ...]]]) -> None:
         """Fill the cache for `keys` and their missing prefixes, one character at a time, batched over keys."""
@@ -85,8 +87,9 @@ class JointCTCDecoding(LogitsProcessor):
                 torch.tensor([k[1][-2] if len(k[1]) > 1 else -1 for k in ready], device=device),
                 torch.tensor([k[1][-1] for k in ready], device=device),
             )
-            for i, key in enumerate(ready):
-                self.cache[key] = (r_n[i], r_b[i], psi[i])
+            full = torch.logaddexp(r_n[:, -1], r_b[:, -1]).tolist()
+            for i, (key, prefix) in enumerate(zip(ready, psi.tolist())):
+                self.cache[key] = (r_n[i], r_b[i], prefix, full[i])
             pending -= set(ready)
 
     def _extend(self, items, p_n, p_b, last, char):
@@ -131,11 +134,15 @@ class JointCTCDecoding(LogitsProcessor):
                 if chars is not None
             ]
         )
-        joint = torch.full_like(log_probs, float("-inf"))
-        for row, token, item, old, new in wanted:
-            before = self.cache[(item, old)][2]
-            after = self.full_score(item, old) if new is None else self.cache[(item, new)][2]
+        gains = []
+        for _, _, item, old, new in wanted:
+            _, _, before, full = self.cache[(item, old)]
+            after = full if new is None else self.cache[(item, new)][2]
             # a prefix CTC already rules out (a greedy row past what the audio holds): the decoder alone
-            ctc = after - before if torch.isfinite(before) else 0.0
-            joint[row, token] = (1 - self.weight) * log_probs[row, token] + self.weight * ctc
+            gains.append(after - before if math.isfinite(before) else 0.0)
+        rows_of, tokens_of = (torch.tensor(column) for column in list(zip(*wanted))[:2])
+        joint = torch.full_like(log_probs, float("-inf"))
+        joint[rows_of, tokens_of] = (1 - self.weight) * log_probs[
+            rows_of, tokens_of
+        ] + self.weight * torch.tensor(gains, device=log_probs.device)
         return joint.to(scores.dtype)

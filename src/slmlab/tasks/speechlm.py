@@ -160,7 +160,8 @@ class SpeechLMTask(SLMTask):
         self._evaluate(batch, "test")
 
     def _evaluate(self, batch, stage: str, keep_samples: bool = False) -> None:
-        """Teacher-forced LM loss and token accuracy over transcript tokens; WER/CER of greedy transcripts."""
+        """Teacher-forced LM loss and token accuracy over transcript tokens; WER/CER of the decoder's greedy
+        transcripts."""
         inputs = self.batch_inputs(batch)
         out = self.net(**inputs)
         labels = inputs["labels"][:, 1:]
@@ -172,7 +173,8 @@ class SpeechLMTask(SLMTask):
             self.log(f"{stage}/ctc_loss", out.ctc_loss, sync_dist=True, batch_size=len(batch["id"]))
         self.log(f"{stage}/token_accuracy", accuracy, sync_dist=True, batch_size=tokens)
         waveforms = [audio[:n] for audio, n in zip(batch["audio"], batch["audio_lengths"])]
-        hypotheses = self.transcribe(waveforms, num_beams=1, do_sample=False)
+        # the decoder alone, greedy: cheap, and comparable across decoding settings
+        hypotheses = self.transcribe(waveforms, num_beams=1, do_sample=False, ctc_weight=0.0)
         for metrics in (self.wer, self.cer):
             metrics[stage].update(hypotheses, batch["text"])
         self.log(f"{stage}/wer", self.wer[stage], prog_bar=True, batch_size=len(hypotheses))
