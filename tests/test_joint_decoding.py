@@ -87,7 +87,7 @@ def test_the_ctc_head_overrules_the_decoder_at_its_weight(tokenizer):  # noqa: F
 
 
 def test_transcribe_decodes_jointly_when_generation_sets_a_ctc_weight(
-    tiny_corpus, make_cfg, monkeypatch
+    tiny_corpus, make_cfg, monkeypatch, caplog
 ):
     """`generation.ctc_weight` > 0 puts the CTC head's scores into every decoding step of `transcribe`, greedy or
     beam; an arm without a CTC head is told to add one."""
@@ -108,6 +108,12 @@ def test_transcribe_decodes_jointly_when_generation_sets_a_ctc_weight(
         calls.clear()
         assert len(task.transcribe(wavs, ctc_weight=0.5, num_beams=beams)) == 2
         assert [rows for rows, _ in calls][:1] == [2 * beams] and len(calls) >= 1
-    _, plain = build(make_cfg("experiment=tiny_speechlm", "model.task.net.ctc_weight=0"))
-    with pytest.raises(ValueError, match="model.task.net.ctc_weight > 0"):
+    with caplog.at_level(
+        "WARNING", logger="slmlab.tasks.speechlm"
+    ):  # the default decoding, without a head
+        _, plain = build(make_cfg("experiment=tiny_speechlm", "model.task.net.ctc_weight=0"))
+    assert any("decodes with its decoder alone" in m for m in caplog.messages)
+    calls.clear()
+    assert len(plain.transcribe(wavs)) == 2 and not calls
+    with pytest.raises(ValueError, match="model.task.net.ctc_weight > 0"):  # asked for explicitly
         plain.transcribe(wavs, ctc_weight=0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -15,6 +16,8 @@ from slmlab.models.speechlm import ctc_character_ids, ctc_label_ids
 from slmlab.tasks.base import SLMTask
 from slmlab.tokenizers.frontends import extract_features
 from slmlab.tokenizers.prompts import AUDIO_TOKEN, prompt_batch
+
+log = logging.getLogger(__name__)
 
 
 class SpeechLMTask(SLMTask):
@@ -92,6 +95,13 @@ class SpeechLMTask(SLMTask):
             sample_count,
         )
         self.generation = {"max_new_tokens": 48, **(generation or {})}
+        if self.net.ctc_head is None and self.generation.get("ctc_weight"):
+            log.warning(
+                "generation.ctc_weight=%s is not used: this SpeechLM has no CTC head "
+                "(model.task.net.ctc_weight=0), so it decodes with its decoder alone",
+                self.generation["ctc_weight"],
+            )
+            self.generation["ctc_weight"] = 0.0
         self.wer = nn.ModuleDict({stage: WordErrorRate() for stage in ("val", "test")})
         self.cer = nn.ModuleDict({stage: CharErrorRate() for stage in ("val", "test")})
         self._samples: list[str] = []
