@@ -149,7 +149,8 @@ def test_output_lengths_and_masks_follow_the_real_encoder(tokenizer, encoder):
     model = make_model(tokenizer, encoder)
     extractor = build_feature_extractor(model.config.audio_config)
     features, lengths = extract_features(extractor, waveforms(), SAMPLE_RATE)
-    batched, batched_lengths = model.encode_audio(features, lengths)
+    audio = model.encode(features, lengths)
+    batched, batched_lengths = audio.embeds, audio.lengths
     for i, wav in enumerate(waveforms()):
         alone = extract_features(extractor, [wav], SAMPLE_RATE)[0]
         states = model.encoder(**{model.input_name: alone}).last_hidden_state

@@ -425,14 +425,6 @@ class SpeechLM(PreTrainedModel):
             self.projector.output_lengths(token_lengths),
         )
 
-    def encode_audio(
-        self, features: torch.Tensor, feature_lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """features [B, S] or [B, n_mels, F], zero-padded; feature_lengths [B]
-        -> (embeds [B, T_a, D_llm], lengths [B])."""
-        audio = self.encode(features, feature_lengths)
-        return audio.embeds, audio.lengths
-
     def embed_inputs(
         self, input_ids: torch.Tensor, audio_embeds: torch.Tensor, audio_lengths: torch.Tensor
     ) -> torch.Tensor:
