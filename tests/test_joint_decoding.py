@@ -69,8 +69,8 @@ def test_the_ctc_head_overrules_the_decoder_at_its_weight(tokenizer):  # noqa: F
     script_the_decoder(model, a, b, c, d)
     characters = {a: 1, b: 2, c: 3, d: 4}  # one CTC label per token
 
-    def chars_of(ids: list[int]) -> tuple[int, ...]:
-        return tuple(characters.get(i, 0) for i in ids if i in characters)
+    def chars_of(rows: list[list[int]]) -> list[tuple[int, ...]]:
+        return [tuple(characters[i] for i in ids if i in characters) for ids in rows]
 
     common = {
         "max_new_tokens": 1,

@@ -41,3 +41,20 @@ def test_pretrained_tokenizer_from_a_local_folder(tmp_path):
     assert tok.decode(tok.encode("two red birds")) == "two red birds"
     with pytest.raises(FileNotFoundError, match="never downloads"):
         load_pretrained("meta-llama/Llama-3.2-1B")
+
+
+@pytest.mark.parametrize("clean_up", [False, True])
+def test_decode_batch_reads_each_list_as_decode_does(clean_up):
+    """decode_batch (one call for joint decoding's thousands of candidates per step) equals decode on each
+    list: special tokens skipped, transformers' clean-up of spaces before punctuation when the tokenizer
+    asks for it, the ends stripped."""
+    tok = fit_bpe(TEXTS + ["the dog , runs ."] * 5, vocab_size=300)
+    tok.hf.clean_up_tokenization_spaces = clean_up
+    rows = [
+        tok.encode("the dog , runs ."),
+        tok.encode("two red birds", bos=False),
+        [tok.pad_id, *tok.encode("sing", eos=False)],
+        [],
+    ]
+    assert tok.decode_batch(rows) == [tok.decode(ids) for ids in rows]
+    assert tok.decode_batch(rows)[0] == ("the dog, runs." if clean_up else "the dog , runs .")

@@ -13,7 +13,8 @@ ruled out. The CTC head reads the audio frame by frame, the decoder knows the la
 transcribe better than either when the decoder has learnt to read the audio only a little.
 
 Replaces ESPnet's `CTCPrefixScoreTH` + `BatchBeamSearch`, for a character CTC head under a BPE decoder: a
-token's characters extend the prefix one at a time, and prefix scores are cached by their character strings.
+token's characters extend the prefix one at a time (all of them, for every candidate, in one pass over the
+frames), and prefix scores are cached by their character strings.
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ from slmlab.models.speechlm import frame_mask
 class JointCTCDecoding(LogitsProcessor):
     """ctc_log_probs [B, T, V] (log-softmax of the CTC head, blank 0) and lengths [B] valid frames, for the B
     utterances of a `generate` call (each row of `input_ids` is utterance row // (rows / B));
-    chars_of(ids) -> the CTC label ids (1..V-1) of the text those generated token ids decode to."""
+    chars_of(sequences) -> for each list of generated token ids, the CTC label ids (1..V-1) of the text it
+    decodes to (called once per step, for every hypothesis and candidate at once)."""
 
     def __init__(
         self,
         ctc_log_probs: torch.Tensor,
         lengths: torch.Tensor,
-        chars_of: Callable[[list[int]], tuple[int, ...]],
+        chars_of: Callable[[list[list[int]]], list[tuple[int, ...]]],
         eos_token_id: int,
         ctc_weight: float = 0.3,
         candidates: int = 16,
@@ -54,9 +56,10 @@ class JointCTCDecoding(LogitsProcessor):
         # forward variables of the prefix ending at each frame in a non-blank / blank label
         no_label = torch.full((frames,), float("-inf"), device=self.x.device)
         blanks = self.x[..., 0].cumsum(1)
-        self.cache = {
+        self.empty = {
             (b, ()): (no_label, blanks[b], 0.0, blanks[b, -1].item()) for b in range(batch)
         }
+        self.cache = dict(self.empty)
 
     def prefix_score(self, item: int, chars: tuple[int, ...]) -> float:
         """log p_ctc(the audio of utterance `item` begins with `chars`)."""
@@ -69,49 +72,63 @@ class JointCTCDecoding(LogitsProcessor):
         return self.cache[(item, chars)][3]
 
     def _compute(self, keys: list[tuple[int, tuple[int, ...]]]) -> None:
-        """Fill the cache for `keys` and their missing prefixes, one character at a time, batched over keys."""
-        pending, queue = set(), list(keys)
-        while queue:
-            key = queue.pop()
-            if key not in self.cache and key not in pending:
-                pending.add(key)
-                queue.append((key[0], key[1][:-1]))
-        while pending:
-            ready = [k for k in pending if (k[0], k[1][:-1]) in self.cache]
-            parents = [self.cache[(k[0], k[1][:-1])] for k in ready]
-            device = self.x.device
-            r_n, r_b, psi = self._extend(
-                torch.tensor([k[0] for k in ready], device=device),
-                torch.stack([p[0] for p in parents]),
-                torch.stack([p[1] for p in parents]),
-                torch.tensor([k[1][-2] if len(k[1]) > 1 else -1 for k in ready], device=device),
-                torch.tensor([k[1][-1] for k in ready], device=device),
-            )
-            full = torch.logaddexp(r_n[:, -1], r_b[:, -1]).tolist()
-            for i, (key, prefix) in enumerate(zip(ready, psi.tolist())):
-                self.cache[key] = (r_n[i], r_b[i], prefix, full[i])
-            pending -= set(ready)
-
-    def _extend(self, items, p_n, p_b, last, char):
-        """The prefix recursion of Watanabe et al. (2017), Algorithm 2, for N prefixes at once: parents'
-        r_n, r_b [N, T], their last characters [N] (-1: empty) and one more character each [N]
-        -> the extended prefixes' r_n, r_b [N, T] and log-probabilities [N]."""
-        x = self.x[items]  # [N, T, V]
-        x_char = x.gather(2, char[:, None, None].expand(-1, x.shape[1], 1)).squeeze(2)
-        x_blank = x[..., 0]
-        r_n = torch.full_like(p_n, float("-inf"))
-        r_b = torch.full_like(p_b, float("-inf"))
-        r_n[:, 0] = torch.where(last < 0, x_char[:, 0], float("-inf"))
-        psi = r_n[:, 0].clone()
+        """Fill the cache for `keys`, each extended from its longest cached prefix in one pass over the frames:
+        a key's k missing characters are k levels of the recursion, and level j at frame t needs only level
+        j - 1 at frame t - 1, so all levels of all keys advance together, frame by frame."""
+        extend = {}  # key -> the length of its longest cached prefix
+        for item, chars in dict.fromkeys(keys):
+            if (item, chars) not in self.cache:
+                known = len(chars) - 1
+                while (item, chars[:known]) not in self.cache:
+                    known -= 1
+                extend[(item, chars)] = known
+        if not extend:
+            return
+        news = [chars[known:] for (_, chars), known in extend.items()]
+        levels = max(map(len, news))
+        device, frames = self.x.device, self.x.shape[1]
+        pad = [
+            (1,) * (levels - len(new)) for new in news
+        ]  # levels past a key's own: computed, not kept
+        char = torch.tensor([new + rest for new, rest in zip(news, pad)], device=device)
+        last = torch.tensor(
+            [
+                ((chars[known - 1],) if known else (-1,)) + new[:-1] + rest
+                for ((_, chars), known), new, rest in zip(extend.items(), news, pad)
+            ],
+            device=device,
+        )
+        items = torch.tensor([item for item, _ in extend], device=device)
+        parents = [self.cache[(item, chars[:known])] for (item, chars), known in extend.items()]
+        # r_n, r_b [T, N, 1 + levels]: level 0 the cached prefix, level j its j-th new character
+        r_n = torch.full((frames, len(extend), 1 + levels), float("-inf"), device=device)
+        r_b = torch.full_like(r_n, float("-inf"))
+        r_n[:, :, 0] = torch.stack([p[0] for p in parents], 1)
+        r_b[:, :, 0] = torch.stack([p[1] for p in parents], 1)
+        frame = torch.arange(frames, device=device)
+        x_char = self.x[items[:, None, None], frame[:, None], char[:, None]].transpose(0, 1)
+        x_blank = self.x[items, :, 0].T[..., None]  # [T, N, 1]
+        r_n[0, :, 1] = torch.where(last[:, 0] < 0, x_char[0, :, 0], float("-inf"))
         repeated = last == char  # a repeated character needs a blank between
-        for t in range(1, x.shape[1]):
-            phi = torch.where(
-                repeated, p_b[:, t - 1], torch.logaddexp(p_b[:, t - 1], p_n[:, t - 1])
-            )
-            r_n[:, t] = torch.logaddexp(r_n[:, t - 1], phi) + x_char[:, t]
-            r_b[:, t] = torch.logaddexp(r_b[:, t - 1], r_n[:, t - 1]) + x_blank[:, t]
-            psi = torch.logaddexp(psi, phi + x_char[:, t])
-        return r_n, r_b, psi
+        phi = torch.empty_like(
+            x_char
+        )  # phi[t]: the parent's mass at frame t - 1 that may move on at t
+        for t in range(1, frames):
+            before_n, before_b = r_n[t - 1, :, :-1], r_b[t - 1, :, :-1]
+            phi[t] = torch.where(repeated, before_b, torch.logaddexp(before_b, before_n))
+            r_n[t, :, 1:] = torch.logaddexp(r_n[t - 1, :, 1:], phi[t]) + x_char[t]
+            r_b[t, :, 1:] = torch.logaddexp(r_b[t - 1, :, 1:], r_n[t - 1, :, 1:]) + x_blank[t]
+        # each key's own last level: the only one a later step extends or reads
+        keys, own = (
+            torch.arange(len(extend), device=device),
+            torch.tensor(list(map(len, news)), device=device),
+        )
+        psi = torch.logaddexp(r_n[0, :, 1:], (phi[1:] + x_char[1:]).logsumexp(0))
+        psi = psi[keys, own - 1].tolist()
+        full = torch.logaddexp(r_n[-1], r_b[-1])[keys, own].tolist()
+        r_n, r_b = r_n[:, keys, own].T.contiguous(), r_b[:, keys, own].T.contiguous()
+        for n, key in enumerate(extend):
+            self.cache[key] = (r_n[n], r_b[n], psi[n], full[n])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """input_ids [R, n] generated so far, scores [R, V] (logits or log-probs) -> joint scores [R, V]."""
@@ -119,28 +136,27 @@ class JointCTCDecoding(LogitsProcessor):
         rows = input_ids.shape[0]
         per_item = rows // self.batch
         top = log_probs.topk(min(self.candidates, log_probs.shape[-1]), -1).indices.tolist()
-        wanted = []  # (row, token, item, prefix chars, new chars or None for end-of-sequence)
-        for row in range(rows):
-            prefix = input_ids[row].tolist()
-            item, old = row // per_item, self.chars_of(prefix)
-            for token in {*top[row], self.eos}:
-                new = None if token == self.eos else self.chars_of(prefix + [token])
-                wanted.append((row, token, item, old, new))
+        prefixes = input_ids.tolist()
+        candidates = [(row, token) for row in range(rows) for token in {*top[row], self.eos}]
+        chars = self.chars_of(
+            prefixes + [prefixes[row] + [token] for row, token in candidates if token != self.eos]
+        )
+        old = [(row // per_item, c) for row, c in enumerate(chars[:rows])]
+        # a hypothesis only extends its own prefix: what earlier steps cached for others is let go
+        self.cache = {**self.empty, **{key: self.cache[key] for key in old if key in self.cache}}
+        extended = iter(chars[rows:])
+        new = [None if token == self.eos else next(extended) for _, token in candidates]
         self._compute(
-            [
-                (item, chars)
-                for _, _, item, old, new in wanted
-                for chars in (old, new)
-                if chars is not None
-            ]
+            old + [(row // per_item, c) for (row, _), c in zip(candidates, new) if c is not None]
         )
         gains = []
-        for _, _, item, old, new in wanted:
-            _, _, before, full = self.cache[(item, old)]
-            after = full if new is None else self.cache[(item, new)][2]
+        for (row, _), chars_after in zip(candidates, new):
+            key = old[row]
+            _, _, before, full = self.cache[key]
+            after = full if chars_after is None else self.cache[(key[0], chars_after)][2]
             # a prefix CTC already rules out (a greedy row past what the audio holds): the decoder alone
             gains.append(after - before if math.isfinite(before) else 0.0)
-        rows_of, tokens_of = (torch.tensor(column) for column in list(zip(*wanted))[:2])
+        rows_of, tokens_of = (torch.tensor(column) for column in zip(*candidates))
         joint = torch.full_like(log_probs, float("-inf"))
         joint[rows_of, tokens_of] = (1 - self.weight) * log_probs[
             rows_of, tokens_of

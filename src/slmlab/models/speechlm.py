@@ -19,6 +19,7 @@ encoder and decoder from local checkpoint folders.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,14 @@ def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 def ctc_label_ids(text: str, alphabet: str = CTC_ALPHABET) -> list[int]:
     """A text's lower-cased characters -> CTC label ids 1..len(alphabet) (0 is the blank), others dropped."""
-    return [alphabet.index(c) + 1 for c in text.lower() if c in alphabet]
+    labels = _label_of(alphabet)
+    return [labels[c] for c in text.lower() if c in labels]
+
+
+@functools.cache
+def _label_of(alphabet: str) -> dict[str, int]:
+    """alphabet's character -> its CTC label id (1-based; joint decoding looks up millions per evaluation)."""
+    return {c: i + 1 for i, c in enumerate(alphabet)}
 
 
 def ctc_character_ids(

@@ -229,7 +229,10 @@ class SpeechLMTask(SLMTask):
             joint = JointCTCDecoding(
                 audio.ctc_logits.log_softmax(-1),
                 audio.state_lengths,
-                lambda ids: tuple(ctc_label_ids(self.tokenizer.decode(ids), alphabet)),
+                lambda rows: [
+                    tuple(ctc_label_ids(text, alphabet))
+                    for text in self.tokenizer.decode_batch(rows)
+                ],
                 self.tokenizer.eos_id,
                 ctc_weight,
                 candidates,

@@ -54,6 +54,16 @@ class TextTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens).strip()
 
+    def decode_batch(self, rows, skip_special_tokens: bool = True) -> list[str]:
+        """`decode` of many id lists in one call to the Rust tokenizer (transformers' `batch_decode` calls
+        `decode` once per list), with the same clean-up of spaces as `decode`."""
+        texts = self.hf.backend_tokenizer.decode_batch(
+            [list(ids) for ids in rows], skip_special_tokens=skip_special_tokens
+        )
+        if self.hf.clean_up_tokenization_spaces:
+            texts = [self.hf.clean_up_tokenization(text) for text in texts]
+        return [text.strip() for text in texts]
+
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
         """Append tokens that are never split (e.g. `[TEXT]`, `[Hu12]`); returns their ids."""
         self.hf.add_special_tokens(
