@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= default
 
-.PHONY: setup demo demo-fit-tokenizers demo-fit-judges test test-cluster lint format bench clean-venv
+.PHONY: setup demo demo-fit-units demo-fit-codec-judges test test-cluster lint format bench clean-venv
 
 setup: $(STAMP)
 
@@ -25,8 +25,8 @@ DATA := data=synthetic data.preset=$(PRESET)
 demo: $(STAMP)
 	@echo ">> [1/4] the corpus (eSpeak NG) and the text tokenizer"
 	$(BIN)/slmlab-prepare $(DATA)
-	@echo ">> [2/4] two jobs: speech units, unit vocoder and codec | judge ASR and style classifier"
-	@$(MAKE) --no-print-directory -j2 demo-fit-tokenizers demo-fit-judges
+	@echo ">> [2/4] two jobs: speech units and unit vocoder | codec, judge ASR and style classifier"
+	@$(MAKE) --no-print-directory -j2 demo-fit-units demo-fit-codec-judges
 	@echo ">> [3/4] the sweep: five arms trained, tested and evaluated, two at a time"
 	$(BIN)/slmlab-train -m experiment=compare_tiny $(DATA)
 	@echo ">> [4/4] the report"
@@ -35,13 +35,11 @@ demo: $(STAMP)
 	@echo ">> tracked files this rewrote (git diff shows how this reproduction differs from the committed results):"
 	@git status --short -- README.md experiments/compare_tiny 2>/dev/null || echo "   (not a git checkout)"
 
-# the two jobs take about as long (make demo of 2026-11-24: units and vocoder 6 min, codec 1.5, judges 7.5)
-demo-fit-tokenizers:
+demo-fit-units:
 	$(BIN)/slmlab-prepare $(DATA) model=spiritlm_expressive threads=1
-	$(BIN)/slmlab-prepare $(DATA) model=csm threads=1
 
-demo-fit-judges:
-	$(BIN)/slmlab-prepare $(DATA) model=text_lm evaluate=true threads=1
+demo-fit-codec-judges:
+	$(BIN)/slmlab-prepare $(DATA) model=csm evaluate=true threads=1
 
 test: lint
 	$(BIN)/python -m pytest -q
