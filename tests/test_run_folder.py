@@ -184,6 +184,9 @@ def test_a_moved_run_loads_the_tokenizers_it_was_trained_with(trained, tmp_path,
     assert fits == [] and not (tmp_path / "data").exists()
     assert load_task(ckpt, generation={"temperature": 0.5}).generation["temperature"] == 0.5
     assert task.generation["temperature"] != 0.5
+    # a CLI's generation node: its nulls keep the run's decoding
+    node = OmegaConf.create({"temperature": None, "topk": 7})
+    assert load_task(ckpt, generation=node).generation == {**task.generation, "topk": 7}
     assert task.tokenizer.source == tmp_path / "run" / "tokenizers" / "text"
     loaded = load_tokenizers(tmp_path / "run")
     original = trained.tokenizers

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
@@ -359,12 +360,12 @@ def train(cfg: DictConfig) -> dict:
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-def load_task(ckpt_path: str | Path, with_config: bool = False, generation: dict | None = None):
+def load_task(ckpt_path: str | Path, with_config: bool = False, generation: Mapping | None = None):
     """The run's task with the checkpoint's weights, rebuilt from `<run>/.hydra/config.yaml` and the
     tokenizers in `<run>/tokenizers/`: the corpus is not read, nothing is fitted or synthesised (and
-    that config, `with_config`). `generation` overrides keys of the run's `model.task.generation`
-    (its decoding). A run made before runs kept their tokenizers loads them from its corpus, as then,
-    with a warning."""
+    that config, `with_config`). `generation` (a dict, or a CLI's `generation` node) overrides keys of
+    the run's `model.task.generation` (its decoding); a null keeps the run's value. A run made before
+    runs kept their tokenizers loads them from its corpus, as then, with a warning."""
     ckpt_path = Path(ckpt_path)
     run_dir = ckpt_path.parent.parent
     run_config = run_dir / ".hydra" / "config.yaml"
@@ -378,9 +379,12 @@ def load_task(ckpt_path: str | Path, with_config: bool = False, generation: dict
     cfg = OmegaConf.load(run_config)
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
-        if generation:
+        if isinstance(generation, DictConfig):
+            generation = OmegaConf.to_container(generation, resolve=True)
+        overrides = {k: v for k, v in (generation or {}).items() if v is not None}
+        if overrides:
             cfg.model.task.generation = OmegaConf.merge(
-                cfg.model.task.get("generation") or {}, generation
+                cfg.model.task.get("generation") or {}, overrides
             )
     if (run_dir / TOKENIZERS / RECORD).is_file():
         tokenizers = load_tokenizers(run_dir)

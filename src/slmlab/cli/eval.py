@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from slmlab.config_checks import check_config
 from slmlab.runs import CONF_DIR, evaluate_run, load_corpus, load_task
@@ -19,12 +19,7 @@ from slmlab.runs import CONF_DIR, evaluate_run, load_corpus, load_task
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> dict:
     check_config(cfg, "evaluate")
-    generation = {
-        k: v
-        for k, v in OmegaConf.to_container(cfg.generation, resolve=True).items()
-        if v is not None
-    }
-    task, run_cfg = load_task(cfg.ckpt_path, with_config=True, generation=generation)
+    task, run_cfg = load_task(cfg.ckpt_path, with_config=True, generation=cfg.generation)
     run_dir = Path(cfg.ckpt_path).parent.parent
     corpus = load_corpus(run_cfg)
     if not Path(corpus.manifest("test")).is_file():  # evaluation never synthesises a corpus

@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import soundfile
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from slmlab.config_checks import check_config
 from slmlab.data.manifest import load_audio
@@ -25,17 +25,11 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def main(cfg: DictConfig) -> dict:
     check_config(cfg, "generate")
-    task = load_task(cfg.ckpt_path)
+    task = load_task(cfg.ckpt_path, generation=cfg.generation)
     L.seed_everything(cfg.seed)
     audio = load_audio(cfg.audio, task.sample_rate) if cfg.audio else None
-    overrides = {
-        k: v
-        for k, v in OmegaConf.to_container(cfg.generation, resolve=True).items()
-        if v is not None
-    }
-    if cfg.get("speaker"):
-        overrides["speaker"] = cfg.speaker
-    output = task.respond(text=cfg.text, audio=audio, modality=cfg.modality, **overrides)
+    speaker = {"speaker": cfg.speaker} if cfg.get("speaker") else {}
+    output = task.respond(text=cfg.text, audio=audio, modality=cfg.modality, **speaker)
     out_dir = Path(cfg.paths.output_dir)
     (out_dir / "output.txt").write_text((output.get("text") or "") + "\n")
     if output.get(
