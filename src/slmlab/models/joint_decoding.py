@@ -87,9 +87,8 @@ class JointCTCDecoding(LogitsProcessor):
         news = [chars[known:] for (_, chars), known in extend.items()]
         levels = max(map(len, news))
         device, frames = self.x.device, self.x.shape[1]
-        pad = [
-            (1,) * (levels - len(new)) for new in news
-        ]  # levels past a key's own: computed, not kept
+        # levels past a key's own are computed, not kept
+        pad = [(1,) * (levels - len(new)) for new in news]
         char = torch.tensor([new + rest for new, rest in zip(news, pad)], device=device)
         last = torch.tensor(
             [
@@ -110,23 +109,20 @@ class JointCTCDecoding(LogitsProcessor):
         x_blank = self.x[items, :, 0].T[..., None]  # [T, N, 1]
         r_n[0, :, 1] = torch.where(last[:, 0] < 0, x_char[0, :, 0], float("-inf"))
         repeated = last == char  # a repeated character needs a blank between
-        phi = torch.empty_like(
-            x_char
-        )  # phi[t]: the parent's mass at frame t - 1 that may move on at t
+        # phi[t]: the parent's mass at frame t - 1 that may move on at t
+        phi = torch.empty_like(x_char)
         for t in range(1, frames):
             before_n, before_b = r_n[t - 1, :, :-1], r_b[t - 1, :, :-1]
             phi[t] = torch.where(repeated, before_b, torch.logaddexp(before_b, before_n))
             r_n[t, :, 1:] = torch.logaddexp(r_n[t - 1, :, 1:], phi[t]) + x_char[t]
             r_b[t, :, 1:] = torch.logaddexp(r_b[t - 1, :, 1:], r_n[t - 1, :, 1:]) + x_blank[t]
         # each key's own last level: the only one a later step extends or reads
-        keys, own = (
-            torch.arange(len(extend), device=device),
-            torch.tensor(list(map(len, news)), device=device),
-        )
+        every = torch.arange(len(extend), device=device)
+        own = torch.tensor(list(map(len, news)), device=device)
         psi = torch.logaddexp(r_n[0, :, 1:], (phi[1:] + x_char[1:]).logsumexp(0))
-        psi = psi[keys, own - 1].tolist()
-        full = torch.logaddexp(r_n[-1], r_b[-1])[keys, own].tolist()
-        r_n, r_b = r_n[:, keys, own].T.contiguous(), r_b[:, keys, own].T.contiguous()
+        psi = psi[every, own - 1].tolist()
+        full = torch.logaddexp(r_n[-1], r_b[-1])[every, own].tolist()
+        r_n, r_b = r_n[:, every, own].T.contiguous(), r_b[:, every, own].T.contiguous()
         for n, key in enumerate(extend):
             self.cache[key] = (r_n[n], r_b[n], psi[n], full[n])
 
