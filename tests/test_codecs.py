@@ -4,6 +4,7 @@ a local file; the evaluator's resynthesis ceiling (Griffin-Lim of the real mel a
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -36,6 +37,22 @@ def mel_error(reference: torch.Tensor, log_mel: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def codec(tiny_corpus) -> BuiltinCodec:
     return load_or_fit_builtin_codec(tiny_corpus, **TINY)
+
+
+@pytest.fixture(scope="module")
+def semantic_codec(tiny_corpus) -> BuiltinCodec:
+    """TINY with codebook 0 semantic (MFCC k-means at 12.5 Hz) and three acoustic codebooks."""
+    return load_or_fit_builtin_codec(tiny_corpus, **TINY, semantic={"features": "mfcc"})
+
+
+def normalised_information(codes: list[int], labels: list[str]) -> float:
+    """I(codes; labels) / H(labels): the share of the labels' entropy the codes tell (0 to 1)."""
+    n, by_code, by_label = len(codes), Counter(codes), Counter(labels)
+    joint = Counter(zip(codes, labels))
+    information = sum(
+        c / n * math.log(c * n / (by_code[x] * by_label[y])) for (x, y), c in joint.items()
+    )
+    return information / -sum(c / n * math.log(c / n) for c in by_label.values())
 
 
 def test_builtin_codec_round_trip_keeps_a_held_out_clip(codec, tiny_corpus, clip, tmp_path):
@@ -105,6 +122,55 @@ def test_the_dequantiser_decodes_held_out_clips_closer_than_the_centroid_sum(cod
 
     learned, summed = held_out_l1(codec), held_out_l1(centroid_sum)
     assert learned < 0.99 * summed, (learned, summed)  # an untrained dequantiser returns the sum
+
+
+def test_a_semantic_codebook_0_follows_the_words_more_and_the_voice_less_than_an_acoustic_one(
+    codec, semantic_codec, tiny_corpus
+):
+    """Over the frames of the held-out clips, codebook 0 of the semantic codec tells more about the word being
+    spoken and less about who speaks than codebook 0 of the same-sized acoustic codec: what lets CSM's
+    backbone read its text into codebook 0."""
+    records, _ = read_manifest(tiny_corpus.manifest("val"), check_audio=False)
+    told = {}
+    for name, fitted in (("acoustic", codec), ("semantic", semantic_codec)):
+        first, words, voices = [], [], []
+        for r in records:
+            codes = fitted.encode(load_audio(audio_path(r), 24000))
+            for t, code in enumerate(codes[0].tolist()):
+                centre = (t + 0.5) / fitted.frame_rate
+                word = [w["word"] for w in r.words if w["start"] <= centre < w["end"]]
+                if word:
+                    first, words, voices = first + [code], words + word, voices + [r.speaker]
+        told[name] = (normalised_information(first, words), normalised_information(first, voices))
+    (acoustic_words, acoustic_voice), (semantic_words, semantic_voice) = told.values()
+    assert semantic_words > acoustic_words and semantic_voice < acoustic_voice, told
+
+
+def test_the_dequantiser_reads_the_semantic_codebook(semantic_codec, tiny_corpus, tmp_path):
+    """A held-out clip's codes (semantic codebook first) decode closer to its mel with its own codebook 0
+    than with another clip's; saved and loaded, the codec encodes it the same."""
+    records, _ = read_manifest(tiny_corpus.manifest("val"), check_audio=False)
+    own, swapped = [], []
+    for r, other in zip(records[:8], records[8:16]):
+        wav = load_audio(audio_path(r), 24000)
+        codes, foreign = (
+            semantic_codec.encode(wav),
+            semantic_codec.encode(load_audio(audio_path(other), 24000)),
+        )
+        assert codes.shape == (4, math.ceil(len(wav) / 1920)) and codes.max() < 32
+        frames = min(codes.shape[1], foreign.shape[1])
+        mixed = torch.cat([foreign[:1, :frames], codes[1:, :frames]])
+        source = semantic_codec.vocoder.log_mel(
+            torch.nn.functional.pad(wav, (0, 1920 * codes.shape[1] - len(wav)))
+        )
+        own.append(mel_error(source, semantic_codec.decode_mel(codes[:, :frames])))
+        swapped.append(mel_error(source, semantic_codec.decode_mel(mixed)))
+    assert sum(own) < sum(swapped), (own, swapped)
+    semantic_codec.save(tmp_path / "codec")
+    wav = load_audio(audio_path(records[0]), 24000)
+    assert torch.equal(
+        BuiltinCodec.load(tmp_path / "codec").encode(wav), semantic_codec.encode(wav)
+    )
 
 
 class _CodecArm:

@@ -108,6 +108,47 @@ def test_units_hubert_takes_its_units_from_the_fitted_encoder(tiny_corpus, fitte
     assert len(set(units.tolist())) > 1
 
 
+def test_the_codec_takes_its_semantic_codebook_from_the_fitted_encoder(tiny_corpus, fitted):
+    """`codec_builtin` with semantic={features: hubert} and no hubert_path reads the corpus's speech encoder:
+    each 12.5 Hz code of codebook 0 is the centroid nearest to the mean of the chosen layer's two 25 Hz
+    states in its 80 ms (the 24 kHz clip heard at 16 kHz, as the encoder hears it)."""
+    import torchaudio
+    from transformers import ParakeetFeatureExtractor, ParakeetForCTC
+
+    from slmlab.tokenizers.codecs import load_or_fit_builtin_codec
+    from slmlab.tokenizers.units import assign_nearest
+
+    folder, _ = fitted
+    layer = 1
+    codec = load_or_fit_builtin_codec(
+        tiny_corpus,
+        num_codebooks=3,
+        cardinality=8,
+        max_hours=0.01,
+        semantic={"features": "hubert", "hubert_layer": layer},
+        speech_encoder={"model": TINY, "epochs": 0.5},
+    )
+    assert codec.config["semantic"]["hubert_path"] == str(folder)
+    clip = load_audio(read_split(tiny_corpus, "test")[0][0].audio_filepath, 24000)
+    clip = clip[: len(clip) // 1920 * 1920 - 960]  # its last 80 ms frame half full: padded
+    codes = codec.encode(clip)
+    frames = codes.shape[1]
+    assert codes.shape == (3, len(clip) // 1920 + 1)
+    heard = torchaudio.functional.resample(
+        torch.nn.functional.pad(clip, (0, frames * 1920 - len(clip))), 24000, 16000
+    )
+    inputs = ParakeetFeatureExtractor.from_pretrained(folder)(
+        heard.numpy(), sampling_rate=16000, return_tensors="pt"
+    )
+    with torch.no_grad():
+        states = ParakeetForCTC.from_pretrained(folder).encoder(**inputs, output_hidden_states=True)
+    at_25hz = states.hidden_states[layer][0][: 2 * frames]
+    at_25hz = torch.cat([at_25hz, at_25hz[-1:].expand(2 * frames - len(at_25hz), -1)])
+    expected = assign_nearest(at_25hz.reshape(frames, 2, -1).mean(1), codec.semantic_centroids)
+    assert codes[0].tolist() == expected.tolist()
+    assert len(set(codes[0].tolist())) > 1
+
+
 def test_the_judge_shares_nothing_with_the_speech_encoder(tiny_corpus, fitted):
     """Another folder, another seed, no reference to the other's key, and no trained tensor in common."""
     from transformers import ParakeetForCTC

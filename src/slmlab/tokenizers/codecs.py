@@ -6,11 +6,15 @@
 
 - `codec_mimi`: moshi's Mimi (24 kHz, 12.5 Hz, up to 32 codebooks of 2048) with weights from a local file.
 - `codec_builtin`: a residual vector quantiser fitted on the corpus by `slmlab-prepare`: 8 log-mel frames
-  (10 ms each) stacked into one 12.5 Hz vector, normalised per mel bin, quantised by `num_codebooks`
-  successive k-means codebooks of `cardinality` entries on the residuals, decoded by summing the chosen
-  centroids, correcting the sum with a learned dequantiser (`Dequantiser`, convolutions over neighbouring
-  frames trained with L1 on the train mels), and vocoding the log-mel (Griffin-Lim, or a local HiFi-GAN;
-  `tokenizers/mel.py`).
+  (10 ms each) stacked into one 12.5 Hz vector, normalised per mel bin, quantised by successive k-means
+  codebooks of `cardinality` entries on the residuals, decoded by summing the chosen centroids, correcting
+  the sum with a learned dequantiser (`Dequantiser`, convolutions over neighbouring frames trained with L1
+  on the train mels), and vocoding the log-mel (Griffin-Lim, or a local HiFi-GAN; `tokenizers/mel.py`).
+  With `semantic` settings, codebook 0 is a semantic codebook as Mimi's is (Mimi distils WavLM into it):
+  k-means of speaker-normalised phonetic features (per-utterance normalised MFCC, or a speech encoder's
+  layer; `units.make_features`) at 12.5 Hz, which the dequantiser reads beside the acoustic codebooks
+  1..K-1. CSM's backbone predicts codebook 0 from the text, so a codebook 0 that names sounds rather than
+  voices is one it can learn to read the text into.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchaudio
 from torch import nn
 
 from slmlab.artifacts import (
@@ -33,11 +38,11 @@ from slmlab.artifacts import (
     load_tensors,
     manifest_fingerprints,
 )
-from slmlab.constants import CODEC_FRAME_RATE, CODEC_SAMPLE_RATE
+from slmlab.constants import CODEC_FRAME_RATE, CODEC_SAMPLE_RATE, SAMPLE_RATE
 from slmlab.data.manifest import AudioOf, audio_path, fitting_subset, load_audio, read_split
 from slmlab.tokenizers.mel import MelVocoder
 from slmlab.tokenizers.unit_vocoder import ConvBlock
-from slmlab.tokenizers.units import assign_nearest, kmeans, sample_rows
+from slmlab.tokenizers.units import assign_nearest, kmeans, make_features, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -89,30 +94,40 @@ class MimiCodec:
 
 
 class Dequantiser(nn.Module):
-    """Summed centroids [B, width, T] (normalised stacked log-mel frames at 12.5 Hz, width = 8 * n_mels) ->
-    the same, plus a correction from residual convolutions over the neighbouring frames, which see across
-    the 80 ms frame edges that the codebooks quantise one by one. The correction starts at zero: untrained,
-    it returns the centroid sum."""
+    """Summed centroids [B, width, T] (normalised stacked log-mel frames at 12.5 Hz, width = 8 * n_mels) and,
+    for a codec with a semantic codebook, its codes [B, T] -> the sum plus a correction from residual
+    convolutions over the neighbouring frames, which see across the 80 ms frame edges that the codebooks
+    quantise one by one (and the semantic code's embedding). The correction starts at zero: untrained, it
+    returns the centroid sum."""
 
-    def __init__(self, width: int, dim: int = 256, layers: int = 3) -> None:
+    def __init__(
+        self, width: int, dim: int = 256, layers: int = 3, semantic_cardinality: int | None = None
+    ) -> None:
         super().__init__()
         self.config = {"width": width, "dim": dim, "layers": layers}
+        if semantic_cardinality is not None:
+            self.config["semantic_cardinality"] = semantic_cardinality
+            self.embed_semantic = nn.Embedding(semantic_cardinality, dim)
         self.project_in = nn.Conv1d(width, dim, 1)
         self.blocks = nn.ModuleList(ConvBlock(dim, 3, 0.0) for _ in range(layers))
         self.project_out = nn.Conv1d(dim, width, 1)
         nn.init.zeros_(self.project_out.weight)
         nn.init.zeros_(self.project_out.bias)
 
-    def forward(self, summed: torch.Tensor) -> torch.Tensor:
+    def forward(self, summed: torch.Tensor, semantic: torch.Tensor | None = None) -> torch.Tensor:
         x, every_frame = self.project_in(summed), summed.new_ones(len(summed), 1, summed.shape[2])
+        if semantic is not None:
+            x = x + self.embed_semantic(semantic).transpose(1, 2)
         for block in self.blocks:
             x = block(x, every_frame)
         return summed + self.project_out(x)
 
 
 class BuiltinCodec:
-    """`tokenizer/speech=codec_builtin`: fitted state = per-bin mel mean/std, the residual codebooks
-    [K, cardinality, 8 * n_mels] and the dequantiser (None: the centroid sum is the mel)."""
+    """`tokenizer/speech=codec_builtin`: fitted state = per-bin mel mean/std, the residual (acoustic) codebooks
+    [K_a, cardinality, 8 * n_mels], the dequantiser (None: the centroid sum is the mel) and, with a semantic
+    codebook (`config["semantic"]`: `units.make_features` settings), its centroids [cardinality, D]: then
+    codes are the semantic codebook followed by the K_a acoustic ones."""
 
     frame_rate = CODEC_FRAME_RATE
 
@@ -125,9 +140,14 @@ class BuiltinCodec:
         griffin_lim_iters: int = 32,
         vocoder_path: str | None = None,
         dequantiser: Dequantiser | None = None,
+        semantic_centroids: torch.Tensor | None = None,
     ) -> None:
         self.config, self.codebooks, self.mean, self.std = config, codebooks, mean, std
         self.dequantiser = dequantiser.eval() if dequantiser is not None else None
+        self.semantic_centroids = semantic_centroids
+        self.semantic_features = (
+            make_features(config["semantic"]) if config.get("semantic") else None
+        )
         self.griffin_lim_iters, self.vocoder_path = griffin_lim_iters, vocoder_path
         self.source: Path | None = None  # the folder it was loaded from (or fitted into)
         self.sample_rate = config["sample_rate"]
@@ -137,7 +157,7 @@ class BuiltinCodec:
 
     @property
     def num_codebooks(self) -> int:
-        return len(self.codebooks)
+        return len(self.codebooks) + (self.semantic_centroids is not None)
 
     @property
     def cardinality(self) -> int:
@@ -146,6 +166,8 @@ class BuiltinCodec:
     def fingerprint(self) -> str:
         digest = hashlib.sha1(json.dumps(self.config, sort_keys=True).encode())
         digest.update(self.codebooks.numpy().tobytes())
+        if self.semantic_centroids is not None:
+            digest.update(self.semantic_centroids.numpy().tobytes())
         weights = self.dequantiser.state_dict() if self.dequantiser is not None else {}
         for name in sorted(weights):
             digest.update(weights[name].numpy().tobytes())
@@ -160,24 +182,49 @@ class BuiltinCodec:
         normalised = (log_mel.T - self.mean) / self.std  # [M, n_mels]
         return normalised.reshape(count, -1)
 
+    def semantic_frames(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav [S] -> the semantic features [T, D] at 12.5 Hz (pairs of the 25 Hz features of the 16 kHz
+        waveform averaged), T = ceil(S / samples_per_frame) as `frames`."""
+        count = -(-len(wav) // self.samples_per_frame)
+        padded = F.pad(wav.float(), (0, count * self.samples_per_frame - len(wav)))
+        features = self.semantic_features(
+            torchaudio.functional.resample(padded, self.sample_rate, SAMPLE_RATE)
+        )  # [2 * count, D] at 25 Hz
+        return features.reshape(count, 2, -1).mean(1)
+
     def quantise(self, frames: torch.Tensor) -> torch.Tensor:
-        """Normalised stacked frames [T, width] -> codes [K, T], codebook by codebook on the residuals."""
+        """Normalised stacked frames [T, width] -> acoustic codes [K_a, T], codebook by codebook on the residuals."""
         residual, codes = frames, []
         for codebook in self.codebooks:
             index = assign_nearest(residual, codebook)
             residual = residual - codebook[index]
             codes.append(index)
-        return torch.stack(codes) if codes else torch.zeros(0, 0, dtype=torch.long)
+        return torch.stack(codes) if codes else torch.zeros(0, len(frames), dtype=torch.long)
+
+    def semantic_codes(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav [S] -> the semantic codebook's codes [T]."""
+        return assign_nearest(self.semantic_frames(wav), self.semantic_centroids)
 
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        return self.quantise(self.frames(wav))
+        acoustic = self.quantise(self.frames(wav))
+        if self.semantic_centroids is None:
+            return acoustic
+        return torch.cat([self.semantic_codes(wav)[None], acoustic])
 
     @torch.no_grad()
     def decode_mel(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [K', T] (the first K' <= K codebooks) -> log-mel [n_mels, T * mel_per_frame]."""
-        summed = sum(self.codebooks[k][codes[k].long()] for k in range(len(codes)))
-        if self.dequantiser is not None and codes.shape[1]:
-            summed = self.dequantiser(summed.T[None])[0].T
+        semantic = None
+        if self.semantic_centroids is not None:
+            semantic, codes = codes[0], codes[1:]
+        width, frames = self.codebooks.shape[2], codes.shape[1]
+        summed = sum(
+            (self.codebooks[k][codes[k].long()] for k in range(len(codes))),
+            torch.zeros(frames, width),
+        )
+        if self.dequantiser is not None and frames:
+            semantic = semantic[None].long() if semantic is not None else None
+            summed = self.dequantiser(summed.T[None], semantic)[0].T
         return (summed.reshape(-1, self.mean.shape[0]) * self.std + self.mean).T
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -185,14 +232,16 @@ class BuiltinCodec:
 
     def save(self, folder: str | Path) -> None:
         """`codec.json` (fitted settings, the dequantiser's sizes), `codec.pt` (codebooks, mel statistics,
-        the dequantiser's weights) and `vocoder.json` (how codes become a waveform: Griffin-Lim iterations
-        or a HiFi-GAN folder, referenced by path)."""
+        the semantic centroids, the dequantiser's weights) and `vocoder.json` (how codes become a waveform:
+        Griffin-Lim iterations or a HiFi-GAN folder, referenced by path)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         dequantiser = self.dequantiser
         config = {**self.config, "dequantiser": dequantiser.config if dequantiser else None}
         (folder / "codec.json").write_text(json.dumps(config, indent=2))
         state = {"codebooks": self.codebooks, "mean": self.mean, "std": self.std}
+        if self.semantic_centroids is not None:
+            state["semantic_centroids"] = self.semantic_centroids
         if dequantiser is not None:
             state["dequantiser"] = dequantiser.state_dict()
         torch.save(state, folder / "codec.pt")
@@ -228,12 +277,17 @@ def _mel_statistics(codec: BuiltinCodec, waveforms) -> tuple[torch.Tensor, torch
     return mean.float(), std.float().clamp_min(1e-3), frames
 
 
-def _crops(frames: list[torch.Tensor], most: int, generator) -> torch.Tensor:
-    """Stacked frames [T_i, width] -> one random crop of each, all as long as the shortest (at most `most`
-    frames): [B, T, width]."""
-    length = min(most, *(len(f) for f in frames))
-    starts = [int(torch.randint(len(f) - length + 1, (1,), generator=generator)) for f in frames]
-    return torch.stack([f[s : s + length] for f, s in zip(frames, starts)])
+def _crops(sequences: list[tuple[torch.Tensor, ...]], most: int, generator) -> list[torch.Tensor]:
+    """Aligned sequences ([T_i, ...] each, e.g. stacked frames and semantic codes) -> the same random crop of
+    each tuple, all as long as the shortest (at most `most` frames), stacked per position: [B, T, ...]."""
+    length = min(most, *(len(s[0]) for s in sequences))
+    starts = [
+        int(torch.randint(len(s[0]) - length + 1, (1,), generator=generator)) for s in sequences
+    ]
+    return [
+        torch.stack([s[i][start : start + length] for s, start in zip(sequences, starts)])
+        for i in range(len(sequences[0]))
+    ]
 
 
 def fit_dequantiser(
@@ -251,33 +305,42 @@ def fit_dequantiser(
     """Train a `Dequantiser` for the codec's codebooks: the L1 between the corrected centroid sum and the
     normalised stacked frames, on random crops of `batch_size` waveforms [S] per step (each read when its
     batch is drawn), AdamW with a 5 % warm-up and cosine decay. A `codebook_dropout` share of the crops keep
-    a random number k <= K of codebooks (quantiser dropout, as Mimi's), so that the first k codebooks alone
-    decode too."""
+    a random number k <= K of codebooks (quantiser dropout, as Mimi's, which always keeps the semantic
+    codebook), so that the first k codebooks alone decode too."""
     generator = torch.Generator().manual_seed(seed)
-    model = Dequantiser(codec.codebooks.shape[2], dim, layers)
+    semantic = codec.semantic_centroids is not None
+    model = Dequantiser(
+        codec.codebooks.shape[2], dim, layers, codec.cardinality if semantic else None
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, cosine decay
         optimizer,
         lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)),
     )
-    kept = torch.arange(codec.num_codebooks)[None, :, None]  # [1, K, 1]
+    acoustic = len(codec.codebooks)
+    kept = torch.arange(acoustic)[None, :, None]  # [1, K_a, 1]
     started = time.perf_counter()
     for step in range(steps):
         picks = torch.randint(len(waveforms), (batch_size,), generator=generator).tolist()
-        target = _crops([codec.frames(waveforms[i]) for i in picks], crop_frames, generator)
-        codes = torch.stack([codec.quantise(t) for t in target])  # [B, K, T]
+        sequences = [
+            (codec.frames(wav), codec.semantic_codes(wav)) if semantic else (codec.frames(wav),)
+            for wav in (waveforms[i] for i in picks)
+        ]
+        target, *semantic_codes = _crops(sequences, crop_frames, generator)
+        codes = torch.stack([codec.quantise(t) for t in target])  # [B, K_a, T]
         dropped = torch.rand(batch_size, generator=generator) < codebook_dropout
-        count = torch.where(
+        count = torch.where(  # the semantic codebook is always kept, as in Mimi's quantiser dropout
             dropped,
-            torch.randint(1, codec.num_codebooks + 1, (batch_size,), generator=generator),
-            codec.num_codebooks,
+            torch.randint(0 if semantic else 1, acoustic + 1, (batch_size,), generator=generator),
+            acoustic,
         )
         centroids = torch.stack(
-            [codec.codebooks[k][codes[:, k]] for k in range(codec.num_codebooks)], 1
-        )  # [B, K, T, width]
+            [codec.codebooks[k][codes[:, k]] for k in range(acoustic)], 1
+        )  # [B, K_a, T, width]
         summed = (centroids * (kept < count[:, None, None])[..., None]).sum(1)
-        loss = (model(summed.transpose(1, 2)) - target.transpose(1, 2)).abs().mean()
+        corrected = model(summed.transpose(1, 2), semantic_codes[0] if semantic else None)
+        loss = (corrected - target.transpose(1, 2)).abs().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -304,9 +367,12 @@ def fit_builtin_codec(
     max_frames: int = 100_000,
     seed: int = 0,
     dequantiser: dict | None = None,
+    semantic: dict | None = None,
 ) -> BuiltinCodec:
     """Residual k-means on the stacked log-mel frames of waveforms [S] at `sample_rate`, one in memory at a
-    time, then (with `dequantiser` settings: `fit_dequantiser`'s) a dequantiser for its codebooks.
+    time, then (with `dequantiser` settings: `fit_dequantiser`'s) a dequantiser for its codebooks. With
+    `semantic` settings (`units.make_features`'s: features mfcc | logmel | hubert, hubert_path, hubert_layer),
+    codebook 0 is k-means of those features at 12.5 Hz and the other `num_codebooks - 1` are acoustic.
     `waveforms` is read more than once (a list, or `AudioOf` records; not a generator): the mel statistics
     (sums in float64), at most `max_frames` random frames (`sample_rows`), the dequantiser's batches."""
     if iter(waveforms) is waveforms:
@@ -327,6 +393,8 @@ def fit_builtin_codec(
         "mel": mel,
         "seed": seed,
     }
+    if semantic is not None:
+        config["semantic"] = {"hubert_path": None, "hubert_layer": 6, **semantic}
     analysis = BuiltinCodec(
         config,
         torch.zeros(0, cardinality, 1),
@@ -334,9 +402,15 @@ def fit_builtin_codec(
         torch.ones(mel["n_mels"]),
     )
     analysis.mean, analysis.std, count = _mel_statistics(analysis, waveforms)
+    semantic_centroids = None
+    if semantic is not None:
+        features = (analysis.semantic_frames(w) for w in waveforms)
+        rows = sample_rows(features, count, max_frames, seed)
+        semantic_centroids = kmeans(rows, cardinality, iters=15, seed=seed)
+        log.info("semantic codebook: k-means of %s at 12.5 Hz", json.dumps(config["semantic"]))
     frames = sample_rows((analysis.frames(w) for w in waveforms), count, max_frames, seed)
     codebooks, residual = [], frames
-    for k in range(num_codebooks):
+    for k in range(num_codebooks - (semantic is not None)):
         codebook = kmeans(residual, cardinality, iters=15, seed=seed + k)
         residual = residual - codebook[assign_nearest(residual, codebook)]
         codebooks.append(codebook)
@@ -346,7 +420,13 @@ def fit_builtin_codec(
             float(residual.pow(2).mean() / frames.pow(2).mean()),
         )
     codec = BuiltinCodec(
-        config, torch.stack(codebooks), analysis.mean, analysis.std, griffin_lim_iters, vocoder_path
+        config,
+        torch.stack(codebooks),
+        analysis.mean,
+        analysis.std,
+        griffin_lim_iters,
+        vocoder_path,
+        semantic_centroids=semantic_centroids,
     )
     if dequantiser is not None:
         codec.dequantiser = fit_dequantiser(codec, waveforms, **{"seed": seed, **dequantiser})
@@ -393,13 +473,26 @@ def load_or_fit_builtin_codec(
     max_frames: int = 100_000,
     seed: int = 0,
     dequantiser: dict | None = None,
+    semantic: dict | None = None,
+    speech_encoder: dict | None = None,
 ) -> BuiltinCodec:
     """`tokenizer/speech=codec_builtin`: fit on at most `max_frames` random frames (and the dequantiser, given
     its settings, on its batches) of at most `max_hours` of the corpus's train audio (a random subset,
     `fitting_subset`), streamed, once (saved under
     `<corpus>/artifacts/codec/`, with `resynthesis.json` on 16 test clips and the utterances and hours
-    used in its artifact.json, `fitted_on`); later calls load it."""
+    used in its artifact.json, `fitted_on`); later calls load it. A semantic codebook of features=hubert
+    without `hubert_path` reads the corpus's own speech encoder (`slmlab.pretrain.speech_encoder`,
+    `speech_encoder` its settings), fitted first if need be, as Mimi's codebook 0 is distilled from WavLM."""
     mel = dict(mel) if mel is not None else None  # a Hydra DictConfig becomes JSON-able
+    semantic = dict(semantic) if semantic is not None else None
+    if (
+        semantic is not None
+        and semantic["features"] == "hubert"
+        and not semantic.get("hubert_path")
+    ):
+        from slmlab.pretrain.speech_encoder import load_or_fit_speech_encoder
+
+        semantic["hubert_path"] = str(load_or_fit_speech_encoder(corpus, **(speech_encoder or {})))
     settings = {
         "num_codebooks": num_codebooks,
         "cardinality": cardinality,
@@ -411,6 +504,8 @@ def load_or_fit_builtin_codec(
     }
     if dequantiser is not None:  # a codec without one keeps the key it had before dequantisers
         settings["dequantiser"] = dict(dequantiser)
+    if semantic is not None:  # as for the dequantiser, before semantic codebooks
+        settings["semantic"] = semantic
     inputs = manifest_fingerprints(corpus, "train", "test")
     record = {"settings": settings, "inputs": inputs}
 
@@ -435,6 +530,7 @@ def load_or_fit_builtin_codec(
             max_frames,
             seed,
             settings.get("dequantiser"),
+            settings.get("semantic"),
         )
         test, _ = read_split(corpus, "test")
         clips = [load_audio(audio_path(r), sample_rate) for r in test[:16]]
