@@ -676,13 +676,8 @@ def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):
     run_cli("slmlab-compare", f"sweep_dir={sweep}", f"out_dir={tmp_path / 'report'}", cwd=tmp_path)
     readme = (tmp_path / "report" / "README.md").read_text()
     rows = list(csv.DictReader(open(tmp_path / "report" / "results.csv")))
-    assert {r["arm"] for r in rows} == {
-        "text_lm",
-        "spiritlm_base",
-        "spiritlm_expressive",
-        "csm",
-        "speechlm",
-    }
+    arms = {"text_lm", "spiritlm_base_paired", "spiritlm_expressive_paired", "csm", "speechlm"}
+    assert {r["arm"] for r in rows} == arms
     by_arm = {r["arm"]: r for r in rows if r["seed"] == "0"}
     assert by_arm["speechlm"]["asr_wer"] and not by_arm["speechlm"]["tts_wer"]
     assert (
@@ -691,7 +686,7 @@ def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):
         and not by_arm["csm"]["asr_wer"]
     )
     assert all(
-        by_arm["spiritlm_base"][k]
+        by_arm["spiritlm_base_paired"][k]
         for k in ("asr_wer", "tts_wer", "text_ppl", "lexical_speech", "style_accuracy")
     )
     assert by_arm["text_lm"]["text_ppl"] and not by_arm["text_lm"]["style_accuracy"]
@@ -699,7 +694,6 @@ def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     # job folders, and so TensorBoard's runs, are named by the arm each job trains
-    arms = {"text_lm", "spiritlm_base", "spiritlm_expressive", "csm", "speechlm"}
     assert {p.name for p in sweep.iterdir() if (p / ".hydra").is_dir()} == arms
     from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 
