@@ -173,6 +173,13 @@ def test_the_dequantiser_reads_the_semantic_codebook(semantic_codec, tiny_corpus
     )
 
 
+def test_a_semantic_codebook_without_an_acoustic_one_is_refused():
+    from slmlab.tokenizers.codecs import fit_builtin_codec
+
+    with pytest.raises(ValueError, match="num_codebooks >= 2"):
+        fit_builtin_codec([torch.zeros(24000)], num_codebooks=1, semantic={"features": "mfcc"})
+
+
 class _CodecArm:
     """A speaking arm whose speech tokens are `codec`'s (as CSM's are): resynthesis only."""
 

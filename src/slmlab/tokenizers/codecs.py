@@ -394,6 +394,10 @@ def fit_builtin_codec(
         "seed": seed,
     }
     if semantic is not None:
+        if num_codebooks < 2:
+            raise ValueError(
+                f"a semantic codebook needs num_codebooks >= 2 (it and an acoustic one); got {num_codebooks}"
+            )
         config["semantic"] = {"hubert_path": None, "hubert_layer": 6, **semantic}
     analysis = BuiltinCodec(
         config,
