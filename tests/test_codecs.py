@@ -140,7 +140,9 @@ def test_a_semantic_codebook_0_follows_the_words_more_and_the_voice_less_than_an
                 centre = (t + 0.5) / fitted.frame_rate
                 word = [w["word"] for w in r.words if w["start"] <= centre < w["end"]]
                 if word:
-                    first, words, voices = first + [code], words + word, voices + [r.speaker]
+                    first.append(code)
+                    words.append(word[0])
+                    voices.append(r.speaker)
         told[name] = (normalised_information(first, words), normalised_information(first, voices))
     (acoustic_words, acoustic_voice), (semantic_words, semantic_voice) = told.values()
     assert semantic_words > acoustic_words and semantic_voice < acoustic_voice, told

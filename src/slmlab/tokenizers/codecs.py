@@ -42,7 +42,13 @@ from slmlab.constants import CODEC_FRAME_RATE, CODEC_SAMPLE_RATE, SAMPLE_RATE
 from slmlab.data.manifest import AudioOf, audio_path, fitting_subset, load_audio, read_split
 from slmlab.tokenizers.mel import MelVocoder
 from slmlab.tokenizers.unit_vocoder import ConvBlock
-from slmlab.tokenizers.units import assign_nearest, kmeans, make_features, sample_rows
+from slmlab.tokenizers.units import (
+    assign_nearest,
+    encoder_path,
+    kmeans,
+    make_features,
+    sample_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +316,7 @@ def fit_dequantiser(
     generator = torch.Generator().manual_seed(seed)
     semantic = codec.semantic_centroids is not None
     model = Dequantiser(
-        codec.codebooks.shape[2], dim, layers, codec.cardinality if semantic else None
+        codec.codebooks.shape[2], dim, layers, len(codec.semantic_centroids) if semantic else None
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     warmup = max(1, steps // 20)
@@ -489,14 +495,10 @@ def load_or_fit_builtin_codec(
     `speech_encoder` its settings), fitted first if need be, as Mimi's codebook 0 is distilled from WavLM."""
     mel = dict(mel) if mel is not None else None  # a Hydra DictConfig becomes JSON-able
     semantic = dict(semantic) if semantic is not None else None
-    if (
-        semantic is not None
-        and semantic["features"] == "hubert"
-        and not semantic.get("hubert_path")
-    ):
-        from slmlab.pretrain.speech_encoder import load_or_fit_speech_encoder
-
-        semantic["hubert_path"] = str(load_or_fit_speech_encoder(corpus, **(speech_encoder or {})))
+    if semantic is not None and semantic["features"] == "hubert":
+        semantic["hubert_path"] = encoder_path(
+            corpus, "hubert", semantic.get("hubert_path"), speech_encoder
+        )
     settings = {
         "num_codebooks": num_codebooks,
         "cardinality": cardinality,

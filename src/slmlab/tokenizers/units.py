@@ -442,6 +442,19 @@ class SpeechTokenizer:
         return tokenizer
 
 
+def encoder_path(
+    corpus, features: str, hubert_path: str | None, speech_encoder: dict | None
+) -> str | None:
+    """The speech encoder folder that features=hubert read: `hubert_path` when given, else the corpus's own
+    (`slmlab.pretrain.speech_encoder`, `speech_encoder` its settings), fitted first if need be. Other
+    features read none: `hubert_path` as given."""
+    if features != "hubert" or hubert_path:
+        return hubert_path
+    from slmlab.pretrain.speech_encoder import load_or_fit_speech_encoder
+
+    return str(load_or_fit_speech_encoder(corpus, **(speech_encoder or {})))
+
+
 def make_features(config: dict):
     if config["features"] == "hubert":
         if not config.get("hubert_path"):
@@ -596,10 +609,7 @@ def load_or_fit_speech_tokenizer(
     hifigan_spiritlm_* folder) voices the units with the release's CodeHiFiGAN instead of a fitted vocoder."""
     from slmlab.tokenizers.unit_vocoder import load_or_fit_unit_vocoder
 
-    if features == "hubert" and not hubert_path:
-        from slmlab.pretrain.speech_encoder import load_or_fit_speech_encoder
-
-        hubert_path = str(load_or_fit_speech_encoder(corpus, **(speech_encoder or {})))
+    hubert_path = encoder_path(corpus, features, hubert_path, speech_encoder)
     settings = {
         "features": features,
         "n_units": n_units,
