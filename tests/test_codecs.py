@@ -266,3 +266,21 @@ def test_the_report_says_where_resynthesis_loses_words():
         "0.400 against its ceiling 0.150 (+0.040 from Griffin-Lim, +0.250 from its speech tokens and "
         "their decoder)."
     )
+
+
+def test_the_report_says_how_much_of_csm_tts_is_lost_by_its_backbone_and_by_its_decoder():
+    from slmlab.eval.compare import Cell, reading
+    from slmlab.eval.evaluate import METRICS
+
+    cells = {"tts_wer": 1.2, "true_codebook0_wer": 0.9, "resynthesis_wer": 0.3}
+    table = {
+        "csm": {**dict.fromkeys(METRICS), **{k: Cell(v, 0.0, 1) for k, v in cells.items()}},
+        "speechlm": dict.fromkeys(METRICS),
+    }
+    lines = reading([], table, {"judge_wer": 0.11, "trivial_wer": 0.99})
+    (line,) = [x for x in lines if "true_codebook0_wer" in x]
+    assert line == (
+        "- **tts_wer against true_codebook0_wer and resynthesis_wer**: csm 1.200 from text, 0.900 with the "
+        "true codebook 0 (+0.300 from its backbone's codebook 0), 0.300 with every true codebook (+0.600 "
+        "from its decoder's other codebooks)."
+    )

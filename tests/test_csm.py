@@ -130,6 +130,24 @@ def test_cached_generation_returns_the_frames_of_uncached_generation():
     assert torch.equal(model.generate(*prompt, max_frames=30), torch.ones(K, 3, dtype=torch.long))
 
 
+def test_the_true_codebook0_is_completed_by_the_decoder_greedily_from_the_teacher_forced_states():
+    """`complete_codebook0` at top-1 keeps each frame's codebook 0 and decodes the others greedily from the
+    backbone state before the frame: so the training path's teacher-forced logits (`decoder_logits`) on its
+    output pick that output again."""
+    model, (tokens, mask, _) = make_model(), make_frames()
+    end = torch.zeros(1, 1, K + 1, dtype=torch.long)
+    end_mask = torch.ones_like(end, dtype=torch.bool)
+    end_mask[..., -1] = False
+    tokens, mask = torch.cat([tokens[:1], end], 1), torch.cat([mask[:1], end_mask], 1)  # 20 + end
+    codes = model.complete_codebook0(tokens, mask, temperature=1.0, topk=1)
+    assert codes.shape == (K, 15) and torch.equal(codes[0], tokens[0, 5:20, 0])
+    assert not torch.equal(codes[1:], tokens[0, 5:20, 1:K].T)  # the decoder's, not the true ones
+    with torch.no_grad():
+        states = model.backbone(model.embed_frames(tokens, mask))[0, 4:19]  # the frame before each
+        logits = model.decoder_logits(states, codes.T)  # [15, K-1, CARD]
+    assert torch.equal(logits.argmax(-1), codes[1:].T)
+
+
 def csm_1b_parameters() -> int:
     """CSM-1B: llama-1B backbone and llama-100M decoder without their token embeddings and outputs, text and
     code embeddings, projection, codebook-0 head and the per-codebook audio head (32 codebooks of 2051)."""

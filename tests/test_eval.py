@@ -683,8 +683,10 @@ def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):
     assert (
         by_arm["csm"]["tts_wer"]
         and by_arm["csm"]["lexical_speech"]
+        and by_arm["csm"]["true_codebook0_wer"]
         and not by_arm["csm"]["asr_wer"]
     )
+    assert not any(by_arm[arm]["true_codebook0_wer"] for arm in arms - {"csm"})
     assert all(
         by_arm["spiritlm_base_paired"][k]
         for k in ("asr_wer", "tts_wer", "text_ppl", "lexical_speech", "style_accuracy")

@@ -44,6 +44,7 @@ TABLES = {
         "tts_cer",
         "resynthesis_wer",
         "resynthesis_ceiling_wer",
+        "true_codebook0_wer",
         "style_accuracy",
         "resynthesis_style_accuracy",
         "empty_outputs",
@@ -343,6 +344,7 @@ HEARD_BY_THE_JUDGE = (
     "tts_cer_fewshot",
     "resynthesis_wer",
     "resynthesis_ceiling_wer",
+    "true_codebook0_wer",
 )
 
 
@@ -379,6 +381,9 @@ def reading(runs: list[Run], table: dict, baselines: dict) -> list[str]:
         if name == "resynthesis_ceiling_wer":
             lines.append(resynthesis_loss_line(table, baselines))
             continue
+        if name == "true_codebook0_wer":
+            lines.append(codebook0_loss_line(table))
+            continue
         lower = METRICS[name][1] == "lower"
         ranked = sorted(scored, key=lambda a: scored[a].mean, reverse=not lower)
         parts = [f"best {ranked[0]} {format_cell(name, scored[ranked[0]])}"]
@@ -412,6 +417,25 @@ def resynthesis_loss_line(table: dict, baselines: dict) -> str:
         )
     real = f" (the judge on real audio: {judge:.3f})" if judge is not None else ""
     return f"- **resynthesis_wer against resynthesis_ceiling_wer**{real}: " + "; ".join(parts) + "."
+
+
+def codebook0_loss_line(table: dict) -> str:
+    """Where an arm's TTS loses words between its two stages (CSM): from text (`tts_wer`) -> with each test
+    frame's own codebook 0 given and the decoder sampling the others (`true_codebook0_wer`) -> with every
+    codebook given (`resynthesis_wer`)."""
+    parts = []
+    for arm, cells in table.items():
+        tts, given, resynthesis = (
+            cells.get(k) for k in ("tts_wer", "true_codebook0_wer", "resynthesis_wer")
+        )
+        if tts is None or given is None or resynthesis is None:
+            continue
+        parts.append(
+            f"{arm} {tts.mean:.3f} from text, {given.mean:.3f} with the true codebook 0 "
+            f"({tts.mean - given.mean:+.3f} from its backbone's codebook 0), {resynthesis.mean:.3f} with "
+            f"every true codebook ({given.mean - resynthesis.mean:+.3f} from its decoder's other codebooks)"
+        )
+    return "- **tts_wer against true_codebook0_wer and resynthesis_wer**: " + "; ".join(parts) + "."
 
 
 def _beats(cell: Cell, base: float, lower: bool) -> str:

@@ -64,6 +64,11 @@ METRICS = {
         "(what resynthesis_wer would be with lossless speech tokens)",
         "lower",
     ),
+    "true_codebook0_wer": (
+        "the judge's WER on test audio whose codebook 0 is its own and whose other codebooks the arm's "
+        "decoder samples, conditioned on the true text and frames (CSM's TTS with a backbone that never errs)",
+        "lower",
+    ),
     "text_ppl": ("test text perplexity per BPE token", "lower"),
     "speech_nats_per_second": (
         "test speech negative log-likelihood, nats per second of audio",
@@ -104,6 +109,7 @@ GENERATED = (
     "asr_wer_fewshot",
     "tts_wer_fewshot",
     "resynthesis_wer",
+    "true_codebook0_wer",
     "style_accuracy",
     "resynthesis_style_accuracy",
 )
@@ -262,7 +268,10 @@ class Evaluator:
         self.empty: dict[str, int] = {}
         samples: list[dict] = []
         started = time.perf_counter()
-        needs_audio = any(can(task, c) for c in ("transcribe", "score_speech", "resynthesise"))
+        needs_audio = any(
+            can(task, c)
+            for c in ("transcribe", "score_speech", "resynthesise", "decode_true_codebook0")
+        )
         waves = [_load(r, rate) for r in test] if needs_audio else []
         if can(task, "transcribe"):
             hypotheses = [
@@ -302,6 +311,15 @@ class Evaluator:
             if vocoder is not None:
                 ceiling = [_to_judge(vocoder.mel_to_wave(vocoder.log_mel(w)), rate) for w in waves]
                 self._score_speech_outputs("resynthesis_ceiling", test, ceiling)
+        if can(task, "decode_true_codebook0"):
+            completed, _ = self._generate(
+                "true_codebook0_wer",
+                test,
+                lambda i, r: _to_judge(
+                    task.decode_true_codebook0(waves[i], r.text, r.speaker), rate
+                ),
+            )
+            self._score_speech_outputs("true_codebook0", test, completed)
         if can(task, "score_texts"):
             scores = task.score_texts(texts)
             self._record("text_ppl", test, [-s for s, _ in scores], [n for _, n in scores])

@@ -293,15 +293,28 @@ class CSM(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Backbone state h [B, D] -> one frame of codes [B, K]: codebook 0 from `codebook0_head`, then the
-        decoder codebook by codebook, incrementally when its KV cache is set up (restarted every frame)."""
-        cached = self.decoder.caches_are_enabled()
-        if cached:
-            self.decoder.reset_caches()
+        other codebooks from the decoder (`sample_acoustic`)."""
         h = h.to(
             self.codebook0_head.weight.dtype
         )  # torchtune returns float32 states from bf16 weights
-        codes = [sample_topk(self.codebook0_head(h), topk, temperature, generator)]
-        inputs = torch.cat([h[:, None], self.embed_audio(0, codes[0])], dim=1)  # [B, 2, D]
+        codebook0 = sample_topk(self.codebook0_head(h), topk, temperature, generator)
+        return self.sample_acoustic(h, codebook0, temperature, topk, generator)
+
+    def sample_acoustic(
+        self,
+        h: torch.Tensor,
+        codebook0: torch.Tensor,
+        temperature: float,
+        topk: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Backbone states h [B, D] and their frames' codebook 0 [B, 1] -> the frames [B, K]: the decoder
+        samples codebooks 1..K-1 one by one, incrementally when its KV cache is set up (restarted here)."""
+        cached = self.decoder.caches_are_enabled()
+        if cached:
+            self.decoder.reset_caches()
+        codes = [codebook0]
+        inputs = torch.cat([h[:, None], self.embed_audio(0, codebook0)], dim=1)  # [B, 2, D]
         causal = torch.tril(
             torch.ones(self.num_codebooks, self.num_codebooks, dtype=torch.bool, device=h.device)
         )
@@ -319,6 +332,25 @@ class CSM(nn.Module):
             step = self.embed_audio(k, codes[-1])
             inputs = step if cached else torch.cat([inputs, step], dim=1)
         return torch.cat(codes, dim=1)
+
+    @torch.no_grad()
+    def complete_codebook0(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        temperature: float = 0.9,
+        topk: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """One segment of text and true audio frames (tokens, mask [1, S, K+1]) -> codes [K, T]: each frame's
+        own codebook 0, and codebooks 1..K-1 sampled by the decoder from the backbone state
+        over the true text and frames before it (teacher-forced, as in training; the end frame left out).
+        TTS with a backbone that never errs: what the decoder alone costs."""
+        h = self.backbone(self.embed_frames(tokens, mask)).to(self.codebook0_head.weight.dtype)
+        lengths = torch.tensor([tokens.shape[1]], device=tokens.device)
+        rows, cols, targets = self.audio_targets(tokens, mask, lengths)
+        states, codebook0 = h[rows, cols][:-1], targets[:-1, :1]
+        return self.sample_acoustic(states, codebook0, temperature, topk, generator).T
 
 
 def build_csm(

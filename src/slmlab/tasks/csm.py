@@ -20,7 +20,15 @@ class CSMTask(SLMTask):
     generation: temperature, topk, max_seconds.
     """
 
-    capabilities = frozenset({"synthesise", "score_speech", "continue_speech", "resynthesise"})
+    capabilities = frozenset(
+        {
+            "synthesise",
+            "score_speech",
+            "continue_speech",
+            "resynthesise",
+            "decode_true_codebook0",
+        }
+    )
     speaks = True
 
     @classmethod
@@ -204,6 +212,24 @@ class CSMTask(SLMTask):
     def resynthesise(self, waveform: torch.Tensor) -> torch.Tensor:
         """A waveform through the codec: the ceiling of speech output."""
         return self.codec.decode(self.codec.encode(waveform.cpu()))
+
+    @torch.no_grad()
+    def decode_true_codebook0(
+        self, waveform: torch.Tensor, text: str, speaker: str | None = None
+    ) -> torch.Tensor:
+        """A waveform at the codec's rate and its transcript -> a waveform: its own codebook 0, and the other
+        codebooks sampled by the decoder (at the generation settings) from the backbone teacher-forced on the
+        text and true frames. The decoder's draws are seeded per call, so the figure does not depend on what
+        was generated before it."""
+        tokens, mask = self.segment(text, speaker, self.codec.encode(waveform.cpu()).T)
+        codes = self.net.complete_codebook0(
+            tokens[None].to(self.device),
+            mask[None].to(self.device),
+            temperature=self.generation["temperature"],
+            topk=self.generation["topk"],
+            generator=torch.Generator(self.device).manual_seed(0),
+        )
+        return self.codec.decode(codes.cpu())
 
     def respond(
         self,

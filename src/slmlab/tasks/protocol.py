@@ -19,6 +19,10 @@ tensors [S] at the task's `sample_rate`; likelihoods are (log-likelihood in nats
     resynthesise      resynthesise(waveform) -> wav                     resynthesis_wer (beside
                                                                         resynthesis_ceiling_wer),
                                                                         *_style_accuracy
+    decode_true_codebook0                                               true_codebook0_wer
+                      decode_true_codebook0(waveform, text, speaker)
+                      -> wav (CSM: its codebook 0 kept, the decoder's
+                      other codebooks; TTS with a backbone that never errs)
 
 An arm may take further keyword arguments after these, with defaults.
 """
@@ -71,6 +75,14 @@ class Resynthesises(Protocol):
         """A waveform through the arm's own speech tokens and decoder: its speech output's ceiling."""
 
 
+class DecodesTrueCodebook0(Protocol):
+    def decode_true_codebook0(
+        self, waveform: torch.Tensor, text: str, speaker: str | None
+    ) -> torch.Tensor:
+        """A waveform's own first speech codebook, the arm's decoder generating the others, conditioned on
+        the true text and frames: its speech output with a first stage that never errs."""
+
+
 CAPABILITIES: dict[str, type] = {
     "transcribe": Transcribes,
     "synthesise": Synthesises,
@@ -78,8 +90,11 @@ CAPABILITIES: dict[str, type] = {
     "score_speech": ScoresSpeech,
     "continue_speech": ContinuesSpeech,
     "resynthesise": Resynthesises,
+    "decode_true_codebook0": DecodesTrueCodebook0,
 }
-SPEECH_OUTPUT = frozenset({"synthesise", "continue_speech", "resynthesise"})
+SPEECH_OUTPUT = frozenset(
+    {"synthesise", "continue_speech", "resynthesise", "decode_true_codebook0"}
+)
 
 
 def can(task, capability: str) -> bool:
