@@ -237,6 +237,51 @@ def test_the_evaluator_reports_what_an_arm_supports_and_nothing_else(tiny_corpus
     assert echo["style_accuracy"] is None and echo["speech_nats_per_second"] is None
 
 
+class _RandomArm(_TextOnlyArm):
+    """Speaks noise of random lengths, drawn from torch's global generator."""
+
+    capabilities = frozenset({"synthesise", "continue_speech"})
+    speaks = True
+
+    def synthesise(self, text, speaker=None, max_seconds=8.0):
+        return torch.randn(int(torch.randint(1600, 16000, ())))
+
+    def continue_speech(self, prompt, seconds, prompt_text, speaker, next_text):
+        return torch.randn(int(torch.randint(1600, 16000, ())))
+
+    def decode_true_codebook0(self, waveform, text, speaker=None):
+        return torch.randn(int(torch.randint(1600, 16000, ())))
+
+
+class _StylesOfLengths(_Styles):
+    """Keeps the length of every waveform it is given."""
+
+    def __init__(self):
+        self.lengths = []
+
+    def predict(self, waveforms):
+        self.lengths += [len(w) for w in waveforms]
+        return super().predict(waveforms)
+
+
+def test_the_true_codebook0_metric_leaves_the_metrics_after_it_as_they_were(tiny_corpus):
+    """A diagnostic metric must not move the figures beside it: its draws do not advance the global
+    generator that later generations (the style continuations) draw from."""
+    from slmlab.eval.evaluate import Evaluator
+
+    heard = {}
+    for declared in (frozenset(), frozenset({"decode_true_codebook0"})):
+        arm, styles = _RandomArm(), _StylesOfLengths()
+        arm.capabilities = _RandomArm.capabilities | declared
+        torch.manual_seed(0)
+        metrics = Evaluator(
+            tiny_corpus, _Judge(tiny_corpus), styles, utterances=6, style_prompts=4
+        )(arm).metrics
+        heard[bool(declared)] = styles.lengths
+        assert (metrics["true_codebook0_wer"] is not None) == bool(declared)
+    assert len(heard[True]) == 4 and heard[True] == heard[False]
+
+
 def test_the_real_time_factor_is_compute_seconds_over_generated_seconds(tiny_corpus, monkeypatch):
     """With a clock that advances 0.5 s per reading, each synthesis takes 0.5 s: the RTF is 0.5 s times
     the items over the seconds of audio they produced."""

@@ -312,13 +312,14 @@ class Evaluator:
                 ceiling = [_to_judge(vocoder.mel_to_wave(vocoder.log_mel(w)), rate) for w in waves]
                 self._score_speech_outputs("resynthesis_ceiling", test, ceiling)
         if can(task, "decode_true_codebook0"):
-            completed, _ = self._generate(
-                "true_codebook0_wer",
-                test,
-                lambda i, r: _to_judge(
-                    task.decode_true_codebook0(waves[i], r.text, r.speaker), rate
-                ),
-            )
+            with torch.random.fork_rng():  # the metrics after it draw as they would without it
+                completed, _ = self._generate(
+                    "true_codebook0_wer",
+                    test,
+                    lambda i, r: _to_judge(
+                        task.decode_true_codebook0(waves[i], r.text, r.speaker), rate
+                    ),
+                )
             self._score_speech_outputs("true_codebook0", test, completed)
         if can(task, "score_texts"):
             scores = task.score_texts(texts)
