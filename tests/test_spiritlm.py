@@ -427,7 +427,10 @@ def test_a_tokenizer_the_model_cannot_use_is_refused_by_name(make_cfg):
     ):
         check_speech_tokenizer(cfg, "codec_builtin", "spiritlm_base")
     with pytest.raises(
-        ValueError, match=re.escape("accepts tokenizer/speech=codec_builtin | codec_mimi")
+        ValueError,
+        match=re.escape(
+            "accepts tokenizer/speech=codec_builtin | codec_builtin_semantic | codec_mimi"
+        ),
     ):
         check_speech_tokenizer(make_cfg("model=csm"), "units_mfcc", "csm")
 
