@@ -237,6 +237,43 @@ def test_the_evaluator_reports_what_an_arm_supports_and_nothing_else(tiny_corpus
     assert echo["style_accuracy"] is None and echo["speech_nats_per_second"] is None
 
 
+class _ListeningArm(_TextOnlyArm):
+    """Writes down every text it is asked to speak and every waveform length it is asked to hear."""
+
+    capabilities = frozenset({"transcribe", "synthesise"})
+    speaks = True
+
+    def __init__(self):
+        self.spoken, self.heard = [], []
+
+    def transcribe(self, waveforms):
+        self.heard += [len(w) for w in waveforms]
+        return ["a"] * len(waveforms)
+
+    def synthesise(self, text, speaker=None, max_seconds=8.0):
+        self.spoken.append(text)
+        return torch.zeros(1600)
+
+
+def test_decoding_is_chosen_on_the_val_split_without_reading_a_test_utterance(tiny_corpus):
+    from slmlab.data.manifest import load_audio, read_split
+    from slmlab.eval.evaluate import Evaluator
+
+    val, _ = read_split(tiny_corpus, "val")
+    test, _ = read_split(tiny_corpus, "test")
+    arm = _ListeningArm()
+    evaluation = Evaluator(
+        tiny_corpus, _Judge(tiny_corpus), None, utterances=3, probe_pairs=2, split="val"
+    )(arm)
+    assert arm.spoken == [r.text for r in val[:3]]
+    assert arm.heard == [len(load_audio(r.audio_filepath, 16000)) for r in val[:3]]
+    for name in ("asr_wer", "tts_wer", "judge_wer"):
+        assert evaluation.items[name]["ids"] == [r.id for r in val[:3]]
+    assert not {r.id for r in test} & {r.id for r in val}
+    with pytest.raises(ValueError, match="'train'.*test.*val|test.*val.*'train'"):
+        Evaluator(tiny_corpus, _Judge(tiny_corpus), None, split="train")
+
+
 class _RandomArm(_TextOnlyArm):
     """Speaks noise of random lengths, drawn from torch's global generator."""
 

@@ -178,6 +178,40 @@ def test_a_moved_run_is_evaluated_given_only_its_corpus_test_items(
     assert "published" not in (out / "eval.log").read_text()
 
 
+def test_decoding_chosen_on_val_leaves_the_run_s_test_evaluation_and_keeps_one_result_per_setting(
+    trained, judged_corpus, tmp_path
+):
+    """`slmlab-eval -m eval.split=val generation.temperature=...`: each setting scored on the first val
+    utterances, in its own sweep job folder; the run's metrics.json (its test evaluation) is not touched."""
+    ckpt = move_run(trained.run, tmp_path / "run", tmp_path / "data")
+    corpus = tmp_path / "data" / "synthetic" / trained.corpus.name
+    shutil.copytree(trained.corpus, corpus)
+    for kind in ("judge", "style_classifier"):
+        shutil.copytree(
+            judged_corpus / "artifacts" / kind, corpus / "artifacts" / kind, dirs_exist_ok=True
+        )
+    before = (tmp_path / "run" / "metrics.json").read_text()
+    sweep = tmp_path / "sweep"
+    run_cli(
+        "slmlab-eval",
+        "-m",
+        f"ckpt_path={ckpt}",
+        *TINY_EVAL,
+        "eval.split=val",
+        "generation.temperature=0.5,0.7",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert (tmp_path / "run" / "metrics.json").read_text() == before
+    val, _ = read_split(load_corpus(run_config(tmp_path / "run")), "val")
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert [set(r) for r in records] == [{"eval_val"}, {"eval_val"}]
+    assert {r["eval_val"]["generation"]["temperature"] for r in records} == {0.5, 0.7}
+    for record in records:
+        assert record["eval_val"]["settings"]["split"] == "val"
+        assert record["eval_val"]["items"]["tts_wer"]["ids"] == [r.id for r in val[:3]]
+
+
 def test_a_moved_run_loads_the_tokenizers_it_was_trained_with(trained, tmp_path, fits):
     ckpt = move_run(trained.run, tmp_path / "run", tmp_path / "data")
     task = load_task(ckpt)

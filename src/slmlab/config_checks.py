@@ -273,6 +273,7 @@ class Eval:
     max_seconds: float = above(0)
     tensorboard_samples: int = at_least(0)
     few_shot: FewShot = group(FewShot)
+    split: str = one_of("test", "val")
 
 
 @dataclass

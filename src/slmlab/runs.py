@@ -424,8 +424,9 @@ def evaluate_run(
     output_dir: str | Path,
     logger: TensorBoardLogger | None = None,
 ) -> Evaluation:
-    """Evaluate `task` on `corpus` with the judges of `eval_cfg`; merge the result into the run's
-    metrics.json (key "eval") and log it to its TensorBoard folder."""
+    """Evaluate `task` on `corpus` with the judges of `eval_cfg`; merge the result into
+    `output_dir`/metrics.json and log it to its TensorBoard folder: key "eval" for the test split, or
+    "eval_val" (no TensorBoard) for `eval.split=val`, the split decoding settings are chosen on."""
     settings = {
         k: v
         for k, v in OmegaConf.to_container(eval_cfg, resolve=True).items()
@@ -443,7 +444,8 @@ def evaluate_run(
     evaluation = evaluator(task.eval())
     path = Path(output_dir) / "metrics.json"
     record = json.loads(path.read_text()) if path.is_file() else {}
-    record["eval"] = {
+    key = "eval" if evaluator.split == "test" else f"eval_{evaluator.split}"
+    record[key] = {
         "metrics": evaluation.metrics,
         "baselines": evaluation.baselines,
         "empty_outputs": evaluation.empty,
@@ -454,6 +456,9 @@ def evaluate_run(
         ),
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
+    log.info("%s metrics -> %s", key, path)
+    if key != "eval":  # the run's TensorBoard holds its test evaluation only
+        return evaluation
     logger = logger or TensorBoardLogger(
         Path(output_dir) / "tensorboard", name=None, version="", default_hp_metric=False
     )
@@ -464,5 +469,4 @@ def evaluate_run(
         hparams | {"parameters": record.get("parameters")},
         record.get("global_step", 0),
     )
-    log.info("eval metrics -> %s", path)
     return evaluation

@@ -1,5 +1,5 @@
 """Every metric an arm supports, on the corpus's held-out test split and probes (`slmlab-eval`, and the end
-of `slmlab-train` with `evaluate=true`).
+of `slmlab-train` with `evaluate=true`); on the val split instead to choose decoding settings (`split`).
 
 An arm takes part in a metric by declaring the capability behind it (`slmlab.tasks.protocol`: the
 methods, their signatures and the metrics each one gives); a metric it cannot produce stays None (the
@@ -41,6 +41,11 @@ from slmlab.tasks.protocol import can, check_arm
 from slmlab.tokenizers.mel import MelVocoder
 
 log = logging.getLogger(__name__)
+
+SPLITS = (
+    "test",
+    "val",
+)  # what an evaluation scores: the held-out test items, or val to tune decoding
 
 # metric -> (what it is, which way is better); the report's columns, in order
 METRICS = {
@@ -185,6 +190,7 @@ def _probe_pairs(corpus, name: str, limit: int | None) -> list[tuple[object, obj
 class Evaluator:
     """corpus: the one the arm trained on; judge: `transcribe(16 kHz waveforms)`; style_classifier:
     `predict(16 kHz waveforms)`, or None when the corpus has no style labels (no style metrics then).
+    split: the utterances scored, "test", or "val" to choose decoding settings without reading the test items.
     utterances: test utterances for ASR, TTS and likelihoods; style_prompts: prompts of the style probe;
     probe_pairs: pairs per probe (None: all; a corpus without `probes/` has no probe metrics).
     few_shot: {"shots", "seed"}: an arm whose `transcribe` / `synthesise` take `examples` (Spirit LM) is also
@@ -204,7 +210,10 @@ class Evaluator:
         max_seconds: float = 8.0,
         tensorboard_samples: int = 2,
         few_shot: dict | None = None,
+        split: str = "test",
     ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"eval.split must be one of {SPLITS}; got {split!r}")
         self.corpus, self.judge, self.style_classifier = corpus, judge, style_classifier
         self.few_shot = {"shots": 3, "seed": 0} | (few_shot or {})
         self.utterances, self.style_prompts, self.probe_pairs = (
@@ -217,7 +226,10 @@ class Evaluator:
             max_seconds,
             tensorboard_samples,
         )
-        self.test, _ = read_split(corpus, "test")
+        self.split = split
+        self.test, _ = read_split(
+            corpus, split
+        )  # the scored utterances (the test split unless `split`)
         # the trivial baselines need only the transcripts; few-shot prompts, a few recordings
         self.train = read_labels(corpus, "train")
         self.train_texts = [r.text for r in self.train]
