@@ -742,7 +742,8 @@ def test_a_miniature_compare_tiny_sweep_end_to_end(data_dir, tmp_path):
     ]
     # as make demo does: fit the tokenizers and judges first, so that the parallel jobs only read them
     run_cli("slmlab-prepare", *settings, "model=spiritlm_expressive", cwd=tmp_path)
-    run_cli("slmlab-prepare", *settings, "model=csm", "evaluate=true", cwd=tmp_path)
+    run_cli("slmlab-prepare", *settings, "model=csm", cwd=tmp_path)
+    run_cli("slmlab-prepare", *settings, "model=text_lm", "evaluate=true", cwd=tmp_path)
     run_cli(
         "slmlab-train",
         "-m",
