@@ -23,9 +23,6 @@ $(STAMP): pyproject.toml
 # (Hydra's joblib launcher). Each step reuses what an earlier run left (corpus, tokenizers, judges).
 DATA := data=synthetic data.preset=$(PRESET)
 
-# one BLAS/OpenMP thread per job, as each job's torch runs (threads=1): the k-means fits of the units and the
-# codec then come out the same on every machine, and so does the committed report
-demo: export OMP_NUM_THREADS := 1
 demo: $(STAMP)
 	@echo ">> [1/4] the corpus (eSpeak NG) and the text tokenizer"
 	$(BIN)/slmlab-prepare $(DATA)
