@@ -315,9 +315,8 @@ def fit_dequantiser(
     codebook), so that the first k codebooks alone decode too."""
     generator = torch.Generator().manual_seed(seed)
     semantic = codec.semantic_centroids is not None
-    torch.manual_seed(
-        seed
-    )  # its initial weights from the seed alone, as the judge's (slmlab-prepare seeds nothing)
+    # its initial weights from the seed alone, as the judge's (slmlab-prepare seeds nothing before a fit)
+    torch.manual_seed(seed)
     model = Dequantiser(
         codec.codebooks.shape[2], dim, layers, len(codec.semantic_centroids) if semantic else None
     )

@@ -331,9 +331,8 @@ def load_or_fit_unit_vocoder(
     }
     record = {"settings": settings, "inputs": inputs}
     sizes = tokenizer.sizes
-    torch.manual_seed(
-        seed
-    )  # its initial weights from the seed alone, as the judge's (slmlab-prepare seeds nothing)
+    # its initial weights from the seed alone, as the judge's (slmlab-prepare seeds nothing before a fit)
+    torch.manual_seed(seed)
     model = UnitToMel(
         sizes["Hu"], sizes["Pi"], sizes["St"], mel["n_mels"], dim, layers, 640 / mel["hop_length"]
     )
