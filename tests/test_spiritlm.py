@@ -341,12 +341,19 @@ def test_hubert_features_load_from_a_tiny_local_checkpoint(tmp_path, waveform):
         )
 
 
-def test_the_unit_vocoder_speaks_and_reports_its_resynthesis(
-    speech_tokenizer, tiny_corpus, waveform
-):
-    merged = speech_tokenizer.merge(speech_tokenizer.encode_streams(waveform))
-    audio = speech_tokenizer.decode(speech_tokenizer.to_string(merged))
-    assert abs(len(audio) - len(waveform)) < 0.5 * len(waveform) and audio.abs().max() > 0
+def test_the_unit_vocoder_speaks_and_reports_its_resynthesis(speech_tokenizer, tiny_corpus):
+    """Eight val utterances through their speech tokens and the unit vocoder come out about as long as they
+    went in, in total (the tiny fit's predicted durations are off by 0.3 frames on average, and one of
+    these utterances comes out 1.7 times as long)."""
+    records, _ = read_manifest(tiny_corpus.manifest("val"), check_audio=False)
+    real, spoken = 0, 0
+    for record in records[:8]:
+        wav = load_audio(record.audio_filepath, 16000)
+        merged = speech_tokenizer.merge(speech_tokenizer.encode_streams(wav))
+        audio = speech_tokenizer.decode(speech_tokenizer.to_string(merged))
+        assert audio.abs().max() > 0
+        real, spoken = real + len(wav), spoken + len(audio)
+    assert abs(spoken - real) < 0.25 * real, (spoken, real)
     report_files = list(
         (tiny_corpus.root / "artifacts" / "unit_vocoder").glob("hu50-dim64-*/resynthesis.json")
     )
